@@ -1,0 +1,1 @@
+"""Baseline methods: vanilla, seqkd, sdft, replay, and the kl / wise extensions."""

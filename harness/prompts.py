@@ -1,0 +1,32 @@
+"""Prompt conventions shared by methods and suites."""
+
+from __future__ import annotations
+
+from harness.data import LANGUAGES, TranslationPair
+
+
+def translation_prompt(pair: TranslationPair) -> str:
+    """The ALMA prompt: 'Translate this from German to English:\\nGerman: ...\\nEnglish:'."""
+    src, tgt = LANGUAGES[pair.src_lang], LANGUAGES[pair.tgt_lang]
+    return f"Translate this from {src} to {tgt}:\n{src}: {pair.source}\n{tgt}:"
+
+
+def user_turn(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def render_chat(tokenizer, messages: list[dict], assistant_prefix: str = "") -> str:
+    """Chat-template text up to the assistant turn's start, plus an optional prefix of that turn."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text + assistant_prefix
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn (the tokenizer's eos plus the chat-end marker, if any)."""
+    ids = {tokenizer.eos_token_id}
+    for marker in ("<|im_end|>", "<|eot_id|>", "</s>", "<end_of_turn>"):
+        tid = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None and tid >= 0:
+            ids.add(tid)
+    ids.discard(None)
+    return sorted(ids)

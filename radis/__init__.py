@@ -1,0 +1,1 @@
+"""RaDis: rationale distillation (Wu et al., ACL Findings 2025)."""
