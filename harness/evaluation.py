@@ -28,6 +28,7 @@ class Metric:
     ci_high: float | None = None
     higher_is_better: bool | None = True  # None: neither (e.g. output length)
     main: bool = False  # the suite's headline number
+    note: str = ""  # e.g. the judge that produced a win rate
 
 
 @dataclass

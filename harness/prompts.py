@@ -30,3 +30,25 @@ def end_of_turn_ids(tokenizer) -> list[int]:
             ids.add(tid)
     ids.discard(None)
     return sorted(ids)
+
+
+EXTRACTION_RULES = ("first_paragraph", "first_line", "full")
+
+
+def extract_translation(text: str, rule: str = "first_paragraph") -> str:
+    """Cut the translation from chatty output by a recorded rule.
+
+    ``first_paragraph`` keeps the text before the first blank line (RaDis-trained models
+    append a rationale after one), ``first_line`` the text before the first line break,
+    ``full`` everything. Leading blank lines are skipped first.
+    """
+    body = text.strip()
+    if rule == "full":
+        return body
+    if rule == "first_line":
+        return body.split("\n", 1)[0].strip()
+    if rule == "first_paragraph":
+        import re
+
+        return re.split(r"\n\s*\n", body, maxsplit=1)[0].strip()
+    raise ValueError(f"unknown extraction rule {rule!r}")
