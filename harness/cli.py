@@ -1,0 +1,164 @@
+"""The ``radis-bench`` command line: list, run, report."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from harness.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Benchmark forgetting-mitigation methods (RaDis, vanilla FT, SDFT, self-KD, replay) for teaching chat LLMs translation.",
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """List registered methods and suites with one-line descriptions."""
+    from rich.table import Table
+
+    from harness import registry
+    from harness.progress import console
+
+    out = console.__class__()  # stdout console
+    for title, items in (("Methods", registry.methods()), ("Suites", registry.suites())):
+        table = Table(title=title, show_lines=False)
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for name, cls in sorted(items.items()):
+            extra = " [dim](extension)[/dim]" if getattr(cls, "extension", False) else ""
+            table.add_row(name, cls.description + extra)
+        out.print(table)
+
+
+def _split(values: Optional[List[str]]) -> Optional[list[str]]:
+    if values is None:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@app.command()
+def run(
+    methods: Optional[List[str]] = typer.Option(None, "--methods", "-m", help="Methods, comma-separated (see `radis-bench list`)."),
+    suites: Optional[List[str]] = typer.Option(None, "--suites", "-s", help="Suites, comma-separated."),
+    model: Optional[str] = typer.Option(None, help="Embedded model name (smollm2-135m), hub id or local checkpoint path."),
+    pairs: Optional[str] = typer.Option(None, help="Translation directions, e.g. de-en,en-de."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder with the layout of shared/data; 'starter' (default) or 'hub'."),
+    train_size: Optional[int] = typer.Option(None, help="Training pairs per direction (seeded sample)."),
+    eval_size: Optional[int] = typer.Option(None, help="Items per suite and direction (seeded sample)."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps per method (the shared budget)."),
+    batch_size: Optional[int] = typer.Option(None, help="Examples per optimiser step."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Equalise 'steps' (default) or 'tokens' across methods."),
+    seeds: Optional[str] = typer.Option(None, help="Training seeds, e.g. 0,1,2."),
+    out: Optional[str] = typer.Option(None, help="Run directory (default runs/<name>)."),
+    judge: Optional[str] = typer.Option(None, help="alpaca-eval annotator config (name or path) for AlpacaEval/MT-Bench."),
+    comet_model: Optional[str] = typer.Option(None, help="COMET checkpoint (hub name or local path)."),
+    safety_classifier: Optional[str] = typer.Option(None, help="Llama-Guard-style classifier (hub id or path)."),
+    lm_eval_tasks: Optional[str] = typer.Option(None, help="Extra lm-eval tasks, comma-separated."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file with the same settings (CLI overrides it)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any setting as key=value, e.g. radis.rationale_weight=0.5 or budget.max_length=256."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate every input and print the plan; train and generate nothing."),
+) -> None:
+    """Train every method under one budget and score every model on every suite."""
+    from harness.config import RunConfig, apply_settings, read_config_file, validate
+
+    try:
+        cfg = RunConfig()
+        if config is not None:
+            apply_settings(cfg, read_config_file(config), str(config))
+        given = {
+            "methods": _split(methods),
+            "suites": _split(suites),
+            "model": model,
+            "pairs": pairs,
+            "data_dir": data_dir,
+            "train_size": train_size,
+            "eval_size": eval_size,
+            "seeds": seeds,
+            "out": out,
+            "judge": judge,
+            "comet_model": comet_model,
+            "safety_classifier": safety_classifier,
+            "lm_eval_tasks": lm_eval_tasks,
+        }
+        apply_settings(cfg, {k: v for k, v in given.items() if v is not None}, "the command line")
+        budget_given = {"steps": steps, "batch_size": batch_size, "learning_rate": lr, "equalise": budget}
+        apply_settings(cfg.budget, {k: v for k, v in budget_given.items() if v is not None}, "the command line")
+        for item in set_ or []:
+            _apply_set(cfg, item)
+        validate(cfg)
+        from harness.runner import Runner
+
+        runner = Runner(cfg, config_file=config)
+        if dry_run:
+            runner.print_plan()
+            return
+        runner.run()
+    except UserError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _fail("interrupted; finished stages are saved, run the same command again to resume.", code=130)
+
+
+def _apply_set(cfg, item: str) -> None:
+    from harness.config import apply_settings
+
+    if "=" not in item:
+        raise UserError(f"--set '{item}' must look like key=value, e.g. radis.rationale_weight=0.5.")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) == 2 and parts[0] not in ("budget", "lora"):
+        # method or suite option: decided by which registry knows the name
+        from harness import registry
+
+        target = "method_options" if parts[0] in registry.methods() else "suite_options"
+        if parts[0] not in registry.methods() and parts[0] not in registry.suites():
+            raise UserError(f"--set '{item}': '{parts[0]}' is not a method, a suite, 'budget' or 'lora'.")
+        apply_settings(cfg, {target: {parts[0]: {parts[1]: value}}}, "--set")
+    elif len(parts) == 2:
+        apply_settings(cfg, {parts[0]: {parts[1]: value}}, "--set")
+    elif len(parts) == 1:
+        apply_settings(cfg, {parts[0]: value}, "--set")
+    else:
+        raise UserError(f"--set '{item}': use key=value or section.key=value.")
+
+
+@app.command()
+def report(
+    run_dirs: List[Path] = typer.Argument(..., help="One or more run directories to combine."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the leaderboard (default: <first run>/report)."),
+    title: Optional[str] = typer.Option(None, help="Leaderboard title."),
+) -> None:
+    """Render leaderboard.md/csv/html and plots from run directories."""
+    try:
+        for run_dir in run_dirs:
+            if not (run_dir / "scores.csv").exists():
+                raise UserError(f"{run_dir} is not a run directory (no scores.csv); give the --out folder of a run.")
+        from harness.report import render_report
+
+        target = out or run_dirs[0] / "report"
+        written = render_report(list(run_dirs), target, title=title)
+        for name, path in written.items():
+            typer.echo(f"{name}: {path}")
+    except UserError as err:
+        _fail(str(err))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(standalone_mode=True)
+    except SystemExit as exc:
+        sys.exit(exc.code)

@@ -1,0 +1,506 @@
+"""``radis-bench run``: evaluate the original model, then train every method under the
+shared budget and evaluate it, as units of work that are reused when a run resumes.
+
+Units and their keys (a unit is redone only when its key changes):
+- training of (method, seed): base-model fingerprint, method options, budget, LoRA,
+  training data (directions, sample size and seed, file hashes), seed;
+- evaluation of (model label, suite): the model's key, suite options and the run's
+  evaluation settings. Generations are cached separately (content-addressed), so an
+  evaluation interrupted half-way regenerates nothing it already produced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from harness import registry
+from harness.config import RunConfig
+from harness.data import DataSource, Direction, parse_directions, sample
+from harness.errors import UserError
+from harness.progress import console
+from harness.store import RunLock, read_json, write_atomic, write_json, write_jsonl
+
+log = logging.getLogger("radis_bench")
+
+SCORE_COLUMNS = ["model", "method", "seed", "suite", "metric", "value", "n", "ci_low", "ci_high", "higher_is_better", "main", "note"]
+
+# Which general-ability set each built-in suite reads (for the plan's sizes).
+SUITE_DATA = {
+    "ifeval": "ifeval",
+    "alpaca_eval": "alpaca_eval",
+    "mt_bench": "mt_bench",
+    "safety": "advbench",
+    "gsm8k": "gsm8k",
+    "retention": "alpaca_eval",
+}
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("radis-bench", "torch", "transformers", "peft", "lm-eval", "sacrebleu", "unbabel-comet", "alpaca-eval", "numpy", "pandas"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _git_commit() -> dict:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty if commit else None}
+
+
+def _hardware() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, config_file: Path | None = None):
+        self.cfg = cfg
+        self.config_file = config_file
+        self.directions: list[Direction] = parse_directions(cfg.pairs)
+        self.methods = {n: registry.get_method(n).from_settings(cfg.method_options.get(n)) for n in cfg.methods}
+        self.suites = {n: registry.get_suite(n).from_settings(cfg.suite_options.get(n)) for n in cfg.suites}
+        for name in list(cfg.method_options) + list(cfg.suite_options):
+            if name not in registry.methods() and name not in registry.suites():
+                raise UserError(f"Options given for '{name}', which is neither a known method nor a suite; see `radis-bench list`.")
+        self.data = DataSource.open(cfg.data_dir)
+        self.run_dir = Path(cfg.out) if cfg.out else Path("runs") / self.default_name()
+        self._original = None
+        self._spec = None
+        self._train_pairs = None
+
+    def default_name(self) -> str:
+        settings = self.cfg.to_dict()
+        settings.pop("out", None)
+        short = Path(self.cfg.model).name.replace(".", "_")
+        return f"{short}-{'_'.join(d.name for d in self.directions)}-{_hash(settings)[:8]}"
+
+    # --- the plan ---------------------------------------------------------------------
+    def plan(self) -> dict:
+        """Every size the run will use, read from the real files (validates the data)."""
+        from harness.models import check_model
+
+        model_note = check_model(self.cfg.model)
+        translation = {}
+        for d in self.directions:
+            train = self.data.translation(d, "train")
+            test = self.data.translation(d, "test")
+            translation[d.name] = {
+                "train_available": len(train),
+                "train_used": len(sample(train, self.cfg.train_size, self.cfg.data_seed)),
+                "test_available": len(test),
+                "test_used": len(sample(test, self.cfg.eval_size, self.cfg.data_seed)),
+            }
+        general = {}
+        needed = {SUITE_DATA[s] for s in self.suites if s in SUITE_DATA}
+        needed |= {getattr(m.options, "replay_set", None) for m in self.methods.values()} - {None}
+        for name in sorted(needed):
+            rows = self.data.general(name)
+            general[name] = {"available": len(rows), "used": len(sample(rows, self.cfg.eval_size, self.cfg.data_seed))}
+        return {"model": model_note, "data": self.data.label, "translation": translation, "general": general}
+
+    def print_plan(self) -> None:
+        from rich.table import Table
+
+        plan = self.plan()
+        out = console.__class__()
+        b = self.cfg.budget
+        out.print(f"[bold]Model:[/bold] {self.cfg.model} ({plan['model']})")
+        out.print(f"[bold]Data:[/bold] {plan['data']}")
+        table = Table(title="Translation data (pairs)")
+        for col in ("direction", "train available", "train used", "test available", "test used"):
+            table.add_column(col, justify="right" if col != "direction" else "left")
+        for name, row in plan["translation"].items():
+            table.add_row(name, f"{row['train_available']:,}", f"{row['train_used']:,}", f"{row['test_available']:,}", f"{row['test_used']:,}")
+        out.print(table)
+        if plan["general"]:
+            table = Table(title="General-ability data (items)")
+            for col in ("set", "available", "used"):
+                table.add_column(col)
+            for name, row in plan["general"].items():
+                table.add_row(name, f"{row['available']:,}", f"{row['used']:,}")
+            out.print(table)
+        out.print(f"[bold]Methods:[/bold] {', '.join(self.methods)}   [bold]Seeds:[/bold] {', '.join(map(str, self.cfg.seeds))}")
+        out.print(f"[bold]Suites:[/bold] {', '.join(self.suites)}")
+        lora = self.cfg.lora
+        adapter = "full fine-tuning" if lora.full_finetune else f"LoRA r={lora.r} alpha={lora.alpha} on {','.join(lora.target_modules)}"
+        out.print(
+            f"[bold]Budget (every method):[/bold] {b.steps} steps x {b.batch_size} examples, lr {b.learning_rate:g} {b.schedule}, "
+            f"max length {b.max_length}, equalise {b.equalise}; {adapter}"
+        )
+        out.print(f"[bold]Run directory:[/bold] {self.run_dir}")
+
+    # --- models ---------------------------------------------------------------------------
+    @property
+    def spec(self):
+        if self._spec is None:
+            from harness.models import resolve_model
+
+            self._spec = resolve_model(self.cfg.model, self.cfg.trust_remote_code)
+        return self._spec
+
+    def _load_base(self):
+        from harness.models import load_model
+
+        return load_model(self.spec)
+
+    @property
+    def original(self):
+        """(model, tokenizer, generator) of the frozen original model, loaded on first use."""
+        if self._original is None:
+            from harness.generation import Generator
+
+            model, tokenizer = self._load_base()
+            model.requires_grad_(False)
+            self._original = (model, tokenizer, Generator(model, tokenizer, self.spec.fingerprint, batch_size=self.cfg.gen_batch_size))
+        return self._original
+
+    # --- data ---------------------------------------------------------------------------
+    @property
+    def train_pairs(self):
+        if self._train_pairs is None:
+            pairs = []
+            for d in self.directions:
+                pairs += sample(self.data.translation(d, "train"), self.cfg.train_size, self.cfg.data_seed)
+            self._train_pairs = pairs
+        return self._train_pairs
+
+    # --- keys -----------------------------------------------------------------------------
+    def _data_key(self) -> dict:
+        return {"data": self.data.label, "directions": [d.name for d in self.directions], "train_size": self.cfg.train_size,
+                "data_seed": self.cfg.data_seed, "hashes": self._hashes_for_training()}
+
+    def _hashes_for_training(self) -> dict:
+        self.train_pairs  # reading the files records their hashes
+        return {k: v for k, v in sorted(self.data.hashes.items()) if k.startswith("alma/") and "/train." in k}
+
+    def train_key(self, method: str, seed: int) -> str:
+        m = self.methods[method]
+        return _hash({
+            "base": self.spec.fingerprint, "method": method, "options": m.options_dict(),
+            "budget": asdict(self.cfg.budget), "lora": asdict(self.cfg.lora), "seed": seed, "data": self._data_key(),
+            "replay": self._replay_hash(m),
+        })
+
+    def _replay_hash(self, method) -> str | None:
+        name = getattr(method.options, "replay_set", None)
+        if not name:
+            return None
+        self.data.general(name)
+        from harness.data import GENERAL_SETS
+
+        return self.data.hashes.get(GENERAL_SETS[name].path)
+
+    def eval_key(self, model_key: str, suite: str) -> str:
+        c = self.cfg
+        return _hash({
+            "model": model_key, "suite": suite, "options": self.suites[suite].options_dict(),
+            "directions": [d.name for d in self.directions], "eval_size": c.eval_size, "data_seed": c.data_seed,
+            "data": self.data.label, "extraction": c.extraction, "max_new_tokens": c.max_new_tokens,
+            "judge": c.judge, "comet": c.comet_model, "classifier": c.safety_classifier, "lm_eval": c.lm_eval_tasks,
+            "original": self.spec.fingerprint,
+        })
+
+    # --- the run ----------------------------------------------------------------------------
+    def run(self) -> Path:
+        self.plan()  # fail on bad input before any work
+        with RunLock(self.run_dir):
+            handler = logging.FileHandler(self.run_dir / "run.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+            try:
+                return self._run()
+            finally:
+                log.removeHandler(handler)
+                handler.close()
+
+    def _say(self, message: str) -> None:
+        console.print(message)
+        log.info(message)
+
+    def _run(self) -> Path:
+        started = time.time()
+        self._say(f"[bold]radis-bench[/bold] run in {self.run_dir} (model {self.cfg.model}, data {self.data.label})")
+        self.manifest = self._load_manifest()
+        self.counts = {"reused": 0, "computed": 0}
+        for suite in self.suites:
+            self._evaluate("original", "original", None, suite, self.spec.fingerprint, None)
+        for seed in self.cfg.seeds:
+            for method in self.methods:
+                key = self.train_key(method, seed)
+                label = f"{method}-seed{seed}"
+                holder = {}
+
+                def load(method=method, seed=seed, holder=holder):
+                    if "model" not in holder:
+                        holder["model"] = self._trained_model(method, seed)
+                    return holder["model"]
+
+                pending = [s for s in self.suites if not self._unit_done(label, s, key)]
+                if pending or not self._training_done(method, seed, key):
+                    load()
+                for suite in self.suites:
+                    self._evaluate(label, method, seed, suite, key, load)
+                holder.clear()
+        self.manifest["timings"]["total_s_last_invocation"] = round(time.time() - started, 1)
+        self._write_manifest()
+        self._write_scores()
+        self._render_report()
+        self._summary()
+        self._say(
+            f"Done in {time.time() - started:.0f}s: {self.counts['computed']} units computed, {self.counts['reused']} reused. "
+            f"Report: {self.run_dir / 'report' / 'leaderboard.html'}"
+        )
+        return self.run_dir
+
+    # manifest ----------------------------------------------------------------------------
+    def _load_manifest(self) -> dict:
+        old = read_json(self.run_dir / "manifest.json") or {}
+        cfg_text = None
+        if self.config_file is not None:
+            cfg_text = Path(self.config_file).read_text(encoding="utf-8")
+        manifest = {
+            "name": self.run_dir.name,
+            "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": [Path(sys.argv[0]).name] + sys.argv[1:],
+            "config": self.cfg.to_dict(),
+            "config_file": {"path": str(self.config_file), "text": cfg_text} if self.config_file else None,
+            "model": dataclasses.asdict(self.spec),
+            "versions": _versions(),
+            "git": _git_commit(),
+            "hardware": _hardware(),
+            "seeds": self.cfg.seeds,
+            "data": {"source": self.data.label, "plan": self.plan(), "file_sha256": dict(sorted(self.data.hashes.items()))},
+            "budget": asdict(self.cfg.budget),
+            "lora": asdict(self.cfg.lora),
+            "methods": {n: {"description": m.description, "extension": m.extension, "options": m.options_dict()} for n, m in self.methods.items()},
+            "suites": {n: {"description": s.description, "options": s.options_dict()} for n, s in self.suites.items()},
+            "evaluation": {"extraction": self.cfg.extraction, "max_new_tokens": self.cfg.max_new_tokens, "greedy": True,
+                           "judge": self.cfg.judge, "comet_model": self.cfg.comet_model, "safety_classifier": self.cfg.safety_classifier},
+            "training": old.get("training", {}),
+            "method_stats": old.get("method_stats", {}),
+            "timings": old.get("timings", {}),
+        }
+        write_json(self.run_dir / "manifest.json", manifest)
+        return manifest
+
+    def _write_manifest(self) -> None:
+        self.manifest["data"]["file_sha256"] = dict(sorted(self.data.hashes.items()))
+        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json(self.run_dir / "manifest.json", self.manifest)
+
+    # training ------------------------------------------------------------------------------
+    def _workdir(self, method: str, seed: int) -> Path:
+        return self.run_dir / "models" / method / f"seed{seed}"
+
+    def _training_done(self, method: str, seed: int, key: str) -> bool:
+        workdir = self._workdir(method, seed)
+        return (workdir / "train_stats.json").exists() and (workdir / "unit_key.txt").exists() and (workdir / "unit_key.txt").read_text() == key
+
+    def _trained_model(self, method: str, seed: int):
+        from harness.training import load_trained, train
+        from harness.generation import Generator
+
+        m = self.methods[method]
+        key = self.train_key(method, seed)
+        workdir = self._workdir(method, seed)
+        base, tokenizer = self._load_base()
+        trained = None
+        if self._training_done(method, seed, key):
+            trained = load_trained(base, workdir)
+        if trained is not None:
+            self._say(f"reused: training {method} seed {seed} ({workdir})")
+            self.counts["reused"] += 1
+        else:
+            if (workdir / "unit_key.txt").exists() and (workdir / "unit_key.txt").read_text() != key:
+                self._say(f"settings changed for {method} seed {seed}: discarding its old training")
+                shutil.rmtree(workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            write_atomic(workdir / "unit_key.txt", key)
+            from harness.methods import MethodContext
+
+            _, _, original_gen = self.original
+            ctx = MethodContext(pairs=self.train_pairs, original=original_gen, data=self.data, budget=self.cfg.budget, seed=seed)
+            t0 = time.time()
+            self._say(f"building training data: {method} seed {seed}")
+            examples = m.build_training_examples(ctx)
+            ctx.stats["build_s"] = round(time.time() - t0, 1)
+            ctx.stats["examples"] = len(examples)
+            write_jsonl(workdir / "examples.jsonl", [
+                {"messages": e.messages, "response": [dataclasses.asdict(s) for s in e.response], "source": e.source} for e in examples
+            ])
+            write_json(workdir / "method_stats.json", ctx.stats)
+            budget = self._budget_for(tokenizer)
+            self._say(f"training: {method} seed {seed} ({budget.steps} steps x {budget.batch_size})")
+            result = train(base, tokenizer, examples, budget, self.cfg.lora, workdir, seed,
+                           extra_loss=m.extra_loss, label=f"train {method} s{seed}")
+            trained = result.model
+            self.counts["computed"] += 1
+        stats = read_json(workdir / "train_stats.json") or {}
+        self.manifest["training"].setdefault(method, {})[str(seed)] = stats
+        self.manifest["method_stats"].setdefault(method, {})[str(seed)] = read_json(workdir / "method_stats.json") or {}
+        self._write_manifest()
+        original_model = self.original[0]
+        trained = m.after_training(trained, {k: v for k, v in original_model.state_dict().items()})
+        trained.eval()
+        fingerprint = f"{self.spec.fingerprint}+{method}:{key}"
+        return trained, tokenizer, Generator(trained, tokenizer, fingerprint, batch_size=self.cfg.gen_batch_size)
+
+    def _budget_for(self, tokenizer):
+        """The shared budget; with equalise=tokens, the target is what vanilla trains on in `steps`."""
+        b = self.cfg.budget
+        if b.equalise != "tokens" or b.target_tokens:
+            return b
+        from harness.data import TranslationPair  # noqa: F401  (typing aid)
+        from harness.methods import Segment, TrainingExample
+        from harness.prompts import translation_prompt, user_turn
+        from harness.training import example_token_weights
+
+        counts = []
+        for pair in self.train_pairs:
+            ex = TrainingExample(user_turn(translation_prompt(pair)), [Segment(pair.reference)])
+            _, weights = example_token_weights(tokenizer, ex, b.max_length)
+            counts.append(sum(1 for w in weights if w > 0))
+        target = int(b.steps * b.batch_size * sum(counts) / max(len(counts), 1))
+        return dataclasses.replace(b, target_tokens=target)
+
+    # evaluation ----------------------------------------------------------------------------
+    def _unit_path(self, label: str, suite: str) -> Path:
+        return self.run_dir / "results" / label / f"{suite}.json"
+
+    def _unit_done(self, label: str, suite: str, model_key: str) -> bool:
+        done = read_json(self._unit_path(label, suite))
+        return bool(done) and done.get("key") == self.eval_key(model_key, suite)
+
+    def _evaluate(self, label, method, seed, suite, model_key, load) -> None:
+        from harness.evaluation import SuiteContext
+
+        key = self.eval_key(model_key, suite)
+        path = self._unit_path(label, suite)
+        done = read_json(path)
+        if done and done.get("key") == key:
+            log.info("reused: %s on %s", label, suite)
+            self.counts["reused"] += 1
+            return
+        if load is None:
+            model, tokenizer, generator = self.original
+        else:
+            model, tokenizer, generator = load()
+        original_model, _, original_gen = self.original
+        self._say(f"evaluating: {label} on {suite}")
+        t0 = time.time()
+        ctx = SuiteContext(
+            label=label, model=model, tokenizer=tokenizer, generator=generator, original_generator=original_gen,
+            data=self.data, directions=self.directions, config=self.cfg, workdir=self.run_dir / "work" / label / suite,
+            original_model_fn=lambda: contextlib.nullcontext(original_model),
+        )
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        result = self.suites[suite].evaluate(ctx)
+        write_jsonl(self.run_dir / "outputs" / label / f"{suite}.jsonl", result.outputs)
+        write_json(path, {
+            "key": key, "label": label, "method": method, "seed": seed, "suite": suite,
+            "metrics": [dataclasses.asdict(m) for m in result.metrics],
+            "not_scored": [dataclasses.asdict(n) for n in result.not_scored],
+            "seconds": round(time.time() - t0, 1),
+        })
+        self.manifest["timings"][f"eval {label} {suite}"] = round(time.time() - t0, 1)
+        self.counts["computed"] += 1
+        self._write_scores()
+        self._write_manifest()
+
+    # outputs -------------------------------------------------------------------------------
+    def _score_rows(self) -> list[dict]:
+        rows = []
+        labels = [("original", "original", None)] + [
+            (f"{m}-seed{s}", m, s) for s in self.cfg.seeds for m in self.methods
+        ]
+        for label, method, seed in labels:
+            for suite in self.suites:
+                done = read_json(self._unit_path(label, suite))
+                if not done:
+                    continue
+                base = {"model": self.cfg.model, "method": method, "seed": "" if seed is None else seed, "suite": suite}
+                for m in done["metrics"]:
+                    rows.append({**base, "metric": m["name"], "value": m["value"], "n": m["n"], "ci_low": m["ci_low"],
+                                 "ci_high": m["ci_high"], "higher_is_better": "" if m["higher_is_better"] is None else m["higher_is_better"],
+                                 "main": m["main"], "note": m.get("note", "")})
+                for n in done["not_scored"]:
+                    rows.append({**base, "metric": n["metric"], "value": "", "n": "", "ci_low": "", "ci_high": "",
+                                 "higher_is_better": "", "main": False, "note": n["reason"]})
+        return rows
+
+    def _write_scores(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=SCORE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in self._score_rows():
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        write_atomic(self.run_dir / "scores.csv", buf.getvalue())
+
+    def _render_report(self) -> None:
+        from harness.report import render_report
+
+        render_report([self.run_dir], self.run_dir / "report")
+
+    def _summary(self) -> None:
+        from rich.table import Table
+
+        rows = self._score_rows()
+        mains = []
+        for r in rows:
+            key = (r["suite"], r["metric"])
+            if r["main"] and key not in mains:
+                mains.append(key)
+        table = Table(title="Main metrics (mean over seeds)")
+        table.add_column("method")
+        for suite, metric in mains:
+            table.add_column(f"{suite}\n{metric}", justify="right")
+        for method in ["original"] + list(self.methods):
+            cells = []
+            for suite, metric in mains:
+                vals = [float(r["value"]) for r in rows if r["method"] == method and r["suite"] == suite and r["metric"] == metric and r["value"] != ""]
+                cells.append(f"{sum(vals) / len(vals):.3g}" if vals else "—")
+            table.add_row(method, *cells)
+        console.print(table)
