@@ -1,0 +1,228 @@
+"""The trainer: tokenisation and loss weights, token accounting, schedule, budgets,
+saving and loading, and exact resumption after a hard kill."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_tiny_model
+
+from harness.config import Budget, LoRASettings
+from harness.data import TranslationPair
+from harness.errors import UserError
+from harness.methods import Segment, TrainingExample
+from harness.prompts import render_chat, translation_prompt, user_turn
+from harness.training import (
+    example_token_weights,
+    load_trained,
+    lr_factor,
+    step_indices,
+    target_tokens_in_steps,
+    train,
+)
+
+PAIRS = [
+    TranslationPair("de", "en", "Das Haus ist groß.", "The house is big."),
+    TranslationPair("de", "en", "Ich habe einen Hund.", "I have a dog."),
+    TranslationPair("de", "en", "Guten Morgen!", "Good morning!"),
+    TranslationPair("de", "en", "Ich habe eine Katze und einen Hund.", "I have a cat and a dog."),
+    TranslationPair("de", "en", "Das Wetter ist heute schön.", "The weather is nice today."),
+    TranslationPair("de", "en", "Wie geht es dir?", "How are you?"),
+]
+
+
+def vanilla_examples() -> list[TrainingExample]:
+    return [TrainingExample(user_turn(translation_prompt(p)), [Segment(p.reference)]) for p in PAIRS]
+
+
+def budget(**overrides) -> Budget:
+    settings = dict(steps=6, batch_size=4, learning_rate=1e-2, warmup_ratio=0.0, save_every=0, max_length=128)
+    return Budget(**{**settings, **overrides})
+
+
+def adapter_weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_prompt_is_masked_and_each_segment_keeps_its_weight(tiny_tokenizer):
+    tok = tiny_tokenizer
+    messages = user_turn(translation_prompt(PAIRS[0]))
+    example = TrainingExample(messages, [Segment("The house is big.", 1.0), Segment(" I have a dog.", 0.25, "rationale")])
+    ids, weights = example_token_weights(tok, example, max_length=512)
+    prompt = tok(render_chat(tok, messages), add_special_tokens=False)["input_ids"]
+    reference = tok("The house is big.", add_special_tokens=False)["input_ids"]
+    rationale = tok(" I have a dog.", add_special_tokens=False)["input_ids"]
+    assert ids == prompt + reference + rationale + [tok.eos_token_id]
+    assert weights == [0.0] * len(prompt) + [1.0] * len(reference) + [0.25] * len(rationale) + [0.25]
+
+    cut_ids, cut_weights = example_token_weights(tok, example, max_length=len(prompt) + 3)
+    assert cut_ids == prompt + reference[:3]
+    assert cut_weights == [0.0] * len(prompt) + [1.0] * 3
+
+
+def test_data_order_is_a_seeded_permutation_per_epoch():
+    epoch = [i for step in range(3) for i in step_indices(step, 2, 6, seed=0)]
+    assert sorted(epoch) == list(range(6))
+    assert step_indices(0, 6, 6, seed=0) == epoch
+    assert step_indices(0, 6, 6, seed=1) != epoch
+    assert sorted(step_indices(1, 6, 6, seed=0)) == list(range(6))  # the second epoch cycles
+
+
+def test_schedule_warms_up_then_decays():
+    cosine = Budget(warmup_ratio=0.25, schedule="cosine")
+    factors = [lr_factor(s, 8, cosine) for s in range(8)]
+    assert factors[:3] == [0.5, 1.0, 1.0]
+    assert all(a > b for a, b in zip(factors[2:], factors[3:])) and factors[-1] > 0
+    assert lr_factor(5, 8, Budget(warmup_ratio=0.0, schedule="linear")) == pytest.approx(1 - 5 / 8)
+    assert lr_factor(7, 8, Budget(warmup_ratio=0.0, schedule="constant")) == 1.0
+
+
+def test_training_lowers_loss_and_accounts_tokens(tiny_model, tiny_tokenizer, tmp_path):
+    examples = vanilla_examples()
+    b = budget(steps=12)
+    result = train(tiny_model, tiny_tokenizer, examples, b, LoRASettings(r=4, alpha=8), tmp_path, seed=0)
+    stats = result.stats
+    losses = stats["losses"]
+    assert len(losses) == stats["steps"] == 12 and stats["examples_seen"] == 48
+    assert sum(losses[-3:]) < sum(losses[:3])
+
+    tokenised = [example_token_weights(tiny_tokenizer, ex, b.max_length) for ex in examples]
+    order = [i for s in range(12) for i in step_indices(s, 4, len(examples), 0)]
+    expected_targets = sum(sum(w > 0 for w in tokenised[i][1]) for i in order)
+    assert stats["target_tokens"] == expected_targets
+    assert stats["target_tokens_by_kind"] == {"target": expected_targets}
+    assert stats["total_tokens"] == sum(len(tokenised[i][0]) for i in order)
+    assert stats["padding_share"] == pytest.approx(stats["padded_tokens"] / (stats["padded_tokens"] + stats["total_tokens"]))
+    assert 0 < stats["padding_share"] < 0.5
+    assert stats["trainable_params"] == sum(p.numel() for n, p in result.model.named_parameters() if "lora_" in n)
+    assert stats["resumed_from_step"] is None and stats["peak_mem_mb"] > 0
+
+    assert json.loads((tmp_path / "train_stats.json").read_text()) == stats
+    assert (tmp_path / "final" / "adapter_config.json").exists()
+    assert not (tmp_path / "state").exists()
+
+
+def test_gradient_accumulation_gives_the_same_update(tiny_tokenizer, tmp_path):
+    """The loss is a token-level mean over the whole step, however it is split."""
+    runs = []
+    for accum in (1, 2):
+        result = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(steps=3, grad_accum=accum),
+                       LoRASettings(r=4), tmp_path / f"accum{accum}", seed=0)
+        runs.append(adapter_weights(result.model))
+    assert runs[0].keys() == runs[1].keys()
+    for name in runs[0]:
+        assert torch.allclose(runs[0][name], runs[1][name], atol=1e-6), name
+
+
+def test_token_budget_trains_until_the_target_is_reached(tiny_model, tiny_tokenizer, tmp_path):
+    examples = vanilla_examples()
+    after_three = target_tokens_in_steps(tiny_tokenizer, examples, budget(steps=3), seed=0)
+    b = budget(equalise="tokens", target_tokens=after_three + 1)
+    stats = train(tiny_model, tiny_tokenizer, examples, b, LoRASettings(r=4), tmp_path, seed=0).stats
+    assert stats["steps"] == stats["schedule_steps"] == 4
+    assert stats["target_tokens"] >= after_three + 1
+
+
+def test_finished_training_is_loaded_not_repeated(tiny_tokenizer, tmp_path):
+    assert load_trained(build_tiny_model(tiny_tokenizer), tmp_path) is None
+    first = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(steps=2), LoRASettings(r=4), tmp_path, seed=0)
+    loaded = load_trained(build_tiny_model(tiny_tokenizer), tmp_path)
+    trained = adapter_weights(first.model)
+    assert trained.keys() == adapter_weights(loaded).keys()
+    assert all(torch.equal(trained[n], adapter_weights(loaded)[n]) for n in trained)
+    again = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(steps=2), LoRASettings(r=4), tmp_path, seed=0)
+    assert again.stats == first.stats
+
+
+def test_full_finetuning_trains_and_reloads_every_weight(tiny_tokenizer, tmp_path):
+    original = build_tiny_model(tiny_tokenizer)
+    before = {n: p.detach().clone() for n, p in original.named_parameters()}
+    result = train(original, tiny_tokenizer, vanilla_examples(), budget(steps=2), LoRASettings(full_finetune=True), tmp_path, seed=0)
+    assert result.stats["trainable_params"] == sum(p.numel() for p in before.values())
+    assert all(not torch.equal(before[n], p) for n, p in result.model.named_parameters())
+    loaded = load_trained(build_tiny_model(tiny_tokenizer), tmp_path)
+    for name, param in result.model.named_parameters():
+        assert torch.equal(param, dict(loaded.named_parameters())[name]), name
+
+
+def test_lora_targets_missing_from_the_model_are_skipped(tiny_model, tiny_tokenizer, tmp_path):
+    lora = LoRASettings(r=4, target_modules=("q_proj", "w_pack"))
+    result = train(tiny_model, tiny_tokenizer, vanilla_examples(), budget(steps=1), lora, tmp_path, seed=0)
+    assert {n.split(".")[-4] for n in adapter_weights(result.model)} == {"q_proj"}
+
+
+def test_lora_without_any_known_target_is_a_user_error(tiny_model, tiny_tokenizer, tmp_path):
+    with pytest.raises(UserError, match="target modules w_pack exist"):
+        train(tiny_model, tiny_tokenizer, vanilla_examples(), budget(steps=1), LoRASettings(target_modules=("w_pack",)), tmp_path, seed=0)
+
+
+RESUMABLE_RUN = '''
+import sys, time
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from harness.config import Budget, LoRASettings
+from harness.methods import Segment, TrainingExample
+from harness.prompts import user_turn
+from harness.training import train
+
+
+def run(checkpoint, workdir, delay):
+    def slow_zero(model, batch, outputs):  # leaves the loss unchanged, gives time to kill the run
+        time.sleep(delay)
+        return torch.zeros(())
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    examples = [
+        TrainingExample(user_turn(f"Translate: Das Haus Nummer {i} ist groß."), [Segment(f"The house number {i} is big.")])
+        for i in range(5)
+    ]
+    budget = Budget(steps=6, batch_size=4, grad_accum=2, learning_rate=1e-2, save_every=2, max_length=96)
+    return train(model, tokenizer, examples, budget, LoRASettings(r=4, dropout=0.1), workdir, seed=3, extra_loss=slow_zero)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], sys.argv[2], float(sys.argv[3]))
+'''
+
+
+def test_a_killed_training_resumes_to_the_same_weights(tiny_checkpoint, tmp_path):
+    script = tmp_path / "resumable_run.py"
+    script.write_text(RESUMABLE_RUN)
+    workdir = tmp_path / "interrupted"
+    command = [sys.executable, str(script), str(tiny_checkpoint), str(workdir), "0.4"]
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent)
+    deadline = time.time() + 120
+    while not (workdir / "state" / "progress.json").exists():
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()
+        assert time.time() < deadline, "no state was saved in time"
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert not (workdir / "train_stats.json").exists()
+
+    spec = importlib.util.spec_from_file_location("resumable_run", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    resumed = module.run(str(tiny_checkpoint), workdir, 0.0).stats
+    assert resumed["resumed_from_step"] in (2, 4) and resumed["steps"] == 6
+    uninterrupted = module.run(str(tiny_checkpoint), tmp_path / "uninterrupted", 0.0)
+    assert uninterrupted.stats["resumed_from_step"] is None
+
+    from safetensors.torch import load_file
+
+    a = load_file(workdir / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "uninterrupted" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    assert resumed["losses"] == pytest.approx(uninterrupted.stats["losses"], abs=1e-6)
+    assert resumed["target_tokens"] == uninterrupted.stats["target_tokens"]
