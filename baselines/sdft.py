@@ -1,0 +1,83 @@
+"""SDFT (Yang et al. 2024, "Self-Distillation Bridges Distribution Gap in Language Model
+Fine-Tuning"): the original model rewrites each reference in its own words, and the model
+is trained on the rewrites. Not the on-policy SDFT of Shenfeld et al. (TRL's SDFTTrainer).
+
+The rewrite prompt is sail-sg/sdft's ``alpaca_distill_using`` template, sent as one user
+turn so it works with any chat template. Rewrites are rejected (the reference is kept) as
+in its ``eval/gen_distilled_data.py``, plus a recorded chrF floor as the translation check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sacrebleu.metrics import CHRF
+
+from harness.errors import UserError
+from harness.generation import Decoding, Request
+from harness.methods import Method, MethodContext, Segment, TrainingExample
+from harness.prompts import EXTRACTION_RULES, extract_translation, translation_prompt, user_turn
+from harness.registry import register_method
+
+DISTILL_PROMPT = (
+    "Below are an instruction that describes a task along with a reference answer. "
+    "Using the reference answer as a guide, write your own response.\n\n"
+    "### Instruction:\n{instruction}\n\n### Reference Answer:\n{reference}\n\n### Response:\n"
+)
+# sail-sg/sdft rejects rewrites that talk about the reference or about themselves
+REJECTED_PHRASES = ("reference answer", "your response", "my response", "your own response", "now it's your turn")
+
+
+@dataclass
+class SDFTOptions:
+    chrf_floor: float = field(default=50.0, metadata={"help": "Keep a rewrite only if its chrF against the reference reaches this."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Generation limit of the rewrites (greedy)."})
+    extraction: str = field(default="first_paragraph", metadata={"help": "How the translation is cut from a rewrite: first_paragraph, first_line or full."})
+
+
+def mentions_reference(text: str) -> bool:
+    lowered = text.lower()
+    return any(phrase in lowered for phrase in REJECTED_PHRASES) or lowered.lstrip().startswith("your turn")
+
+
+@register_method
+class SDFT(Method):
+    name = "sdft"
+    description = "Self-distillation fine-tuning: train on the original model's rewrites of the references (Yang et al. 2024)."
+    Options = SDFTOptions
+
+    def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
+        o = self.options
+        if o.extraction not in EXTRACTION_RULES:
+            raise UserError(f"sdft.extraction '{o.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
+        prompts = [translation_prompt(p) for p in ctx.pairs]
+        requests = [
+            Request(user_turn(DISTILL_PROMPT.format(instruction=prompt, reference=pair.reference)))
+            for prompt, pair in zip(prompts, ctx.pairs)
+        ]
+        decoding = Decoding(max_new_tokens=o.max_new_tokens)
+        outputs = ctx.original.generate(requests, decoding, label="sdft: rewrites")
+        chrf = CHRF()
+        examples, by_phrase, by_chrf, kept_scores = [], 0, 0, []
+        for pair, prompt, output in zip(ctx.pairs, prompts, outputs):
+            target = pair.reference
+            rewrite = extract_translation(output.text, o.extraction)
+            score = chrf.sentence_score(rewrite, [pair.reference]).score if rewrite else 0.0
+            if mentions_reference(output.text):
+                by_phrase += 1
+            elif score < o.chrf_floor:
+                by_chrf += 1
+            else:
+                target = rewrite
+                kept_scores.append(score)
+            examples.append(TrainingExample(user_turn(prompt), [Segment(target)]))
+        ctx.stats.update(
+            decoding=decoding.key(),
+            chrf_floor=o.chrf_floor,
+            rewrites_kept=len(kept_scores),
+            kept_share=len(kept_scores) / len(outputs) if outputs else 0.0,
+            rejected_by_phrase=by_phrase,
+            rejected_by_chrf=by_chrf,
+            mean_kept_chrf=sum(kept_scores) / len(kept_scores) if kept_scores else None,
+        )
+        return examples

@@ -1,0 +1,49 @@
+"""WiSE-FT weight interpolation (extension): θ = (1 − α)·θ_original + α·θ_fine-tuned.
+
+With LoRA the fine-tuned weights are the original plus the adapter's delta B·A, so the
+interpolation is the delta scaled by α, done by scaling every lora_B."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from baselines.vanilla import Vanilla
+from harness.errors import UserError
+from harness.methods import Method, MethodContext, TrainingExample
+from harness.registry import register_method
+
+
+@dataclass
+class WiSEOptions:
+    alpha: float = field(default=0.5, metadata={"help": "Interpolation weight of the fine-tuned model (0 = original, 1 = fine-tuned)."})
+
+
+@register_method
+class WiSE(Method):
+    name = "wise"
+    description = "Extension (not in the paper): vanilla SFT, then WiSE-FT interpolation between the original and fine-tuned weights."
+    extension = True
+    Options = WiSEOptions
+
+    def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
+        if not 0.0 <= self.options.alpha <= 1.0:
+            raise UserError(f"wise.alpha must be between 0 and 1, got {self.options.alpha}.")
+        ctx.stats["alpha"] = self.options.alpha
+        return Vanilla().build_training_examples(ctx)
+
+    def after_training(self, model, original_state: dict | None = None):
+        alpha = self.options.alpha
+        with torch.no_grad():
+            if hasattr(model, "peft_config"):
+                for module in model.modules():
+                    for delta in (getattr(module, "lora_B", {}), getattr(module, "lora_embedding_B", {})):
+                        for value in delta.values():
+                            (value.weight if isinstance(value, torch.nn.Module) else value).mul_(alpha)
+                return model
+            if original_state is None:
+                raise ValueError("wise needs original_state (the weights before training) after full fine-tuning")
+            for name, param in model.named_parameters():
+                param.mul_(alpha).add_(original_state[name].to(param.device, param.dtype), alpha=1.0 - alpha)
+        return model
