@@ -329,8 +329,13 @@ def train(
 ) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` under ``budget``; resumes from ``workdir/state``.
 
-    ``extra_loss(model, batch, outputs)`` (batch: input_ids, attention_mask, weights) is
-    added to each micro-batch's loss, weighted like that micro-batch's tokens.
+    ``budget.equalise == "tokens"`` trains until ``budget.target_tokens`` target tokens are
+    reached, else exactly ``budget.steps`` steps. ``extra_loss(model, batch, outputs)``
+    (batch: input_ids, attention_mask, weights) is added to each micro-batch's loss,
+    weighted like that micro-batch's tokens. The stats hold steps, examples_seen,
+    target_tokens (tokens with loss weight > 0) and target_tokens_by_kind, total_tokens
+    (non-padding), padded_tokens, padding_share, wall_s, peak_mem_mb, per-step losses
+    (and extra_losses), the final lr, resumed_from_step and trainable_params.
     """
     workdir = Path(workdir)
     finished = load_trained(model, workdir)
