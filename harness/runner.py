@@ -256,8 +256,10 @@ class Runner:
                 handler.close()
 
     def _say(self, message: str) -> None:
+        from rich.text import Text
+
         console.print(message)
-        log.info(message)
+        log.info(Text.from_markup(message).plain)
 
     def _run(self) -> Path:
         started = time.time()
