@@ -1,0 +1,115 @@
+import contextlib
+import copy
+import json
+
+import pytest
+import torch
+
+from harness.config import RunConfig
+from harness.data import DataSource
+from harness.errors import UserError
+from harness.evaluation import SuiteContext
+from harness.generation import GenerationCache, Generator, Output
+from harness.prompts import render_chat, user_turn
+from suites.retention import RetentionSuite, end_of_turn_text, teacher_forced_sequences
+
+from conftest import build_tiny_model
+
+INSTRUCTIONS = [
+    "Hello",
+    "How are you today? Tell me about the weather in Berlin.",
+    "Guten Morgen",
+    "Translate this from German to English: Das Haus ist groß.",
+]
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    root = tmp_path / "data"
+    (root / "alpaca_eval").mkdir(parents=True)
+    rows = [{"instruction": text, "output": "reference"} for text in INSTRUCTIONS]
+    (root / "alpaca_eval" / "alpaca_eval.json").write_text(json.dumps(rows), encoding="utf-8")
+    return root
+
+
+def make_context(model, original, tokenizer, root, tmp_path, original_model_fn=None) -> SuiteContext:
+    cache = GenerationCache(tmp_path / "generations.sqlite")
+    original_generator = Generator(original, tokenizer, "original", cache, batch_size=4)
+    generator = Generator(model, tokenizer, "evaluated", cache, batch_size=4)
+    config = RunConfig(eval_size=None)
+    return SuiteContext("m", model, tokenizer, generator, original_generator, DataSource.open(root), [], config,
+                        tmp_path / "work", original_model_fn)
+
+
+def run(ctx, **options):
+    result = RetentionSuite.from_settings({"max_new_tokens": 12, "batch_size": 3, **options}).evaluate(ctx)
+    return {m.name: m for m in result.metrics}, result
+
+
+def test_original_against_itself_is_exactly_zero(tiny_model, tiny_tokenizer, data_root, tmp_path):
+    metrics, result = run(make_context(tiny_model, tiny_model, tiny_tokenizer, data_root, tmp_path))
+    assert metrics["kl"].value == 0.0 and metrics["delta_nll"].value == 0.0 and metrics["abs_delta_nll"].value == 0.0
+    assert metrics["kl"].main and metrics["kl"].higher_is_better is False
+    assert metrics["nll"].value == metrics["nll_original"].value > 0
+    assert all(m.n == len(INSTRUCTIONS) for m in metrics.values())
+    assert len({row["nll"] for row in result.outputs}) == len(INSTRUCTIONS)  # items differ
+
+
+def test_perturbed_model_moves_away(tiny_model, tiny_tokenizer, data_root, tmp_path):
+    perturbed = copy.deepcopy(tiny_model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ctx = make_context(perturbed, tiny_model, tiny_tokenizer, data_root, tmp_path,
+                       original_model_fn=lambda: contextlib.nullcontext(tiny_model))
+    metrics, result = run(ctx)
+    assert metrics["kl"].value > 0 and metrics["abs_delta_nll"].value > 0
+    assert all(row["kl"] > 0 for row in result.outputs)
+    assert metrics["delta_nll"].value == pytest.approx(metrics["nll"].value - metrics["nll_original"].value)
+    assert metrics["kl"].ci_low <= metrics["kl"].value <= metrics["kl"].ci_high
+    assert ctx.generator.stats.generated == 0  # the evaluated model only scores, it never answers
+
+
+@pytest.mark.parametrize("init_lora_weights, moved", [(True, False), (False, True)])
+def test_lora_adapter_is_compared_with_the_adapter_disabled(tiny_tokenizer, data_root, tmp_path, init_lora_weights, moved):
+    from peft import LoraConfig, get_peft_model
+
+    original = build_tiny_model(tiny_tokenizer)
+    adapted = get_peft_model(build_tiny_model(tiny_tokenizer),
+                             LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=init_lora_weights))
+    metrics, _ = run(make_context(adapted, original, tiny_tokenizer, data_root, tmp_path))
+    # B = 0 (peft's default init) leaves the model unchanged, so the KL is exactly zero
+    assert (metrics["kl"].value > 0) is moved
+    assert (metrics["delta_nll"].value != 0) is moved
+
+
+def test_scored_tokens_are_the_answer_and_end_of_turn(tiny_model, tiny_tokenizer):
+    assert end_of_turn_text(tiny_tokenizer) == "<|im_end|>"
+    end_id = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    finished, cut = teacher_forced_sequences(
+        tiny_tokenizer, ["Hello", "Hello"], [Output("I am fine", 3, True), Output("I am fine", 3, False)]
+    )
+    prompt_ids = tiny_tokenizer(render_chat(tiny_tokenizer, user_turn("Hello")), add_special_tokens=False)["input_ids"]
+    ids, scored = finished
+    assert ids[: len(prompt_ids)] == prompt_ids and ids[-1] == end_id
+    assert tiny_tokenizer.decode(ids[-scored:]) == "I am fine<|im_end|>"
+    assert cut[1] == scored - 1 and cut[0] == ids[:-1]
+
+
+def test_batched_nll_matches_an_unpadded_forward_pass(tiny_model, tiny_tokenizer, data_root, tmp_path):
+    ctx = make_context(tiny_model, tiny_model, tiny_tokenizer, data_root, tmp_path)
+    _, result = run(ctx)
+    answers = [Output(row["output"], 0, row["finished"]) for row in result.outputs]
+    sequences = teacher_forced_sequences(tiny_tokenizer, INSTRUCTIONS, answers)
+    for (ids, scored), row in zip(sequences, result.outputs):
+        labels = torch.tensor([[-100] * (len(ids) - scored) + ids[-scored:]])
+        with torch.no_grad():
+            loss = tiny_model(input_ids=torch.tensor([ids]), labels=labels).loss.item()
+        assert row["nll"] == pytest.approx(loss, abs=1e-5) and row["tokens"] == scored
+
+
+def test_unknown_instruction_set_is_a_user_error(tiny_model, tiny_tokenizer, data_root, tmp_path):
+    ctx = make_context(tiny_model, tiny_model, tiny_tokenizer, data_root, tmp_path)
+    with pytest.raises(UserError, match="advbench"):
+        run(ctx, instruction_set="advbench")
