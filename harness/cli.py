@@ -158,6 +158,8 @@ def report(
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Spinning OpenMP threads slow decoding many-fold when cores are shared.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         app(standalone_mode=True)
     except SystemExit as exc:

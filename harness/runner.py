@@ -374,7 +374,7 @@ class Runner:
                 {"messages": e.messages, "response": [dataclasses.asdict(s) for s in e.response], "source": e.source} for e in examples
             ])
             write_json(workdir / "method_stats.json", ctx.stats)
-            budget = self._budget_for(tokenizer)
+            budget = self._budget_for(tokenizer, seed)
             self._say(f"training: {method} seed {seed} ({budget.steps} steps x {budget.batch_size})")
             result = train(base, tokenizer, examples, budget, self.cfg.lora, workdir, seed,
                            extra_loss=m.extra_loss, label=f"train {method} s{seed}")
@@ -390,23 +390,17 @@ class Runner:
         fingerprint = f"{self.spec.fingerprint}+{method}:{key}"
         return trained, tokenizer, Generator(trained, tokenizer, fingerprint, batch_size=self.cfg.gen_batch_size)
 
-    def _budget_for(self, tokenizer):
+    def _budget_for(self, tokenizer, seed: int):
         """The shared budget; with equalise=tokens, the target is what vanilla trains on in `steps`."""
         b = self.cfg.budget
         if b.equalise != "tokens" or b.target_tokens:
             return b
-        from harness.data import TranslationPair  # noqa: F401  (typing aid)
         from harness.methods import Segment, TrainingExample
         from harness.prompts import translation_prompt, user_turn
-        from harness.training import example_token_weights
+        from harness.training import target_tokens_in_steps
 
-        counts = []
-        for pair in self.train_pairs:
-            ex = TrainingExample(user_turn(translation_prompt(pair)), [Segment(pair.reference)])
-            _, weights = example_token_weights(tokenizer, ex, b.max_length)
-            counts.append(sum(1 for w in weights if w > 0))
-        target = int(b.steps * b.batch_size * sum(counts) / max(len(counts), 1))
-        return dataclasses.replace(b, target_tokens=target)
+        vanilla = [TrainingExample(user_turn(translation_prompt(p)), [Segment(p.reference)]) for p in self.train_pairs]
+        return dataclasses.replace(b, target_tokens=target_tokens_in_steps(tokenizer, vanilla, b, seed))
 
     # evaluation ----------------------------------------------------------------------------
     def _unit_path(self, label: str, suite: str) -> Path:

@@ -1,0 +1,203 @@
+"""`radis-bench run` end to end on a tiny model: files, reuse, kill-and-resume, locking,
+combined reports, plugins."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+SUITES = "translation,safety,retention,gsm8k"
+
+
+def run_args(model: Path, out: Path, methods="radis,vanilla,sdft", seeds="0"):
+    return [
+        "run", "--model", str(model), "--methods", methods, "--suites", SUITES, "--seeds", seeds,
+        "--train-size", "16", "--eval-size", "6", "--steps", "6", "--batch-size", "4", "--out", str(out),
+        "--set", "max_new_tokens=12", "--set", "radis.max_new_tokens=12", "--set", "sdft.max_new_tokens=12",
+        "--set", "retention.max_new_tokens=12", "--set", "translation.max_new_tokens=12",
+        "--set", "budget.save_every=2",
+    ]
+
+
+def cli(args, env_extra=None, wait=True, cwd=None):
+    env = {**os.environ, **(env_extra or {})}
+    cmd = [sys.executable, "-m", "harness", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=cwd)
+
+
+def read_scores(run_dir: Path) -> list[dict]:
+    with (run_dir / "scores.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def unit_mtimes(run_dir: Path) -> dict[str, int]:
+    files = list((run_dir / "results").rglob("*.json")) + list((run_dir / "models").rglob("train_stats.json"))
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files}
+
+
+def kill_when(proc, condition, timeout=600):
+    start = time.time()
+    while time.time() - start < timeout:
+        if condition():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"run ended before the kill point (rc={proc.returncode}): {err[-2000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("kill point never reached")
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_checkpoint):
+    """An uninterrupted run, the baseline of every comparison."""
+    root = tmp_path_factory.mktemp("ref")
+    env = {"RADIS_BENCH_CACHE": str(root / "cache")}
+    result = cli(run_args(tiny_checkpoint, root / "run"), env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "run", env, result
+
+
+def test_run_writes_every_artefact(reference_run):
+    run_dir, _, result = reference_run
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for name in ("scores.csv", "run.log", "report/leaderboard.md", "report/leaderboard.csv", "report/leaderboard.html"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "report").glob("*.png"))
+    for label in ("original", "radis-seed0", "vanilla-seed0", "sdft-seed0"):
+        for suite in SUITES.split(","):
+            rows = (run_dir / "outputs" / label / f"{suite}.jsonl").read_text().splitlines()
+            assert rows and all(json.loads(r) for r in rows)
+    # identical budgets, and the tokens each method trained on
+    budgets = {m: manifest["training"][m]["0"] for m in ("radis", "vanilla", "sdft")}
+    assert {b["steps"] for b in budgets.values()} == {6}
+    assert manifest["budget"]["batch_size"] == 4 and manifest["budget"]["learning_rate"] == 2e-4
+    assert manifest["lora"]["r"] == 16 and manifest["seeds"] == [0]
+    assert all(b["target_tokens"] > 0 for b in budgets.values())
+    # a random tiny model writes blank rationales, which fall back to vanilla examples
+    assert budgets["radis"]["target_tokens"] >= budgets["vanilla"]["target_tokens"]
+    assert manifest["methods"]["radis"]["options"]["rationale_weight"] == 1.0
+    assert manifest["versions"]["torch"] and manifest["data"]["source"].startswith("starter")
+    scores = read_scores(run_dir)
+    methods = {r["method"] for r in scores}
+    assert methods == {"original", "radis", "vanilla", "sdft"}
+    retention_kl = {r["method"]: float(r["value"]) for r in scores if r["suite"] == "retention" and r["metric"] == "kl"}
+    assert retention_kl["original"] == 0.0 and retention_kl["vanilla"] > 0.0
+
+
+def test_rerun_reuses_everything(reference_run):
+    run_dir, env, _ = reference_run
+    before = unit_mtimes(run_dir)
+    scores = (run_dir / "scores.csv").read_text()
+    again = cli(run_args(Path(json.loads((run_dir / "manifest.json").read_text())["config"]["model"]), run_dir), env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert unit_mtimes(run_dir) == before
+    assert (run_dir / "scores.csv").read_text() == scores
+    assert "0 units computed" in again.stderr
+    assert "reused: training radis seed 0" not in again.stderr  # nothing even loaded
+    log = (run_dir / "run.log").read_text()
+    assert "reused: original on translation" in log
+
+
+def test_killed_during_training_and_evaluation_resumes_to_the_same_scores(reference_run, tiny_checkpoint, tmp_path):
+    ref_dir, _, _ = reference_run
+    env = {"RADIS_BENCH_CACHE": str(tmp_path / "cache")}
+    run_dir = tmp_path / "run"
+    args = run_args(tiny_checkpoint, run_dir)
+    # 1) kill while vanilla trains (after its first state save)
+    proc = cli(args, env, wait=False)
+    kill_when(proc, lambda: (run_dir / "models" / "vanilla" / "seed0" / "state").exists())
+    done_before = unit_mtimes(run_dir)
+    assert not (run_dir / "models" / "vanilla" / "seed0" / "train_stats.json").exists()
+    # 2) restart, kill during the evaluation of sdft
+    proc = cli(args, env, wait=False)
+    kill_when(proc, lambda: (run_dir / "results" / "sdft-seed0" / "translation.json").exists())
+    for name, mtime in done_before.items():
+        assert unit_mtimes(run_dir)[name] == mtime, f"{name} was recomputed"
+    done_before = unit_mtimes(run_dir)
+    # 3) finish
+    final = cli(args, env)
+    assert final.returncode == 0, final.stderr[-3000:]
+    for name, mtime in done_before.items():
+        assert unit_mtimes(run_dir)[name] == mtime, f"{name} was recomputed"
+    stats = json.loads((run_dir / "models" / "vanilla" / "seed0" / "train_stats.json").read_text())
+    assert stats["resumed_from_step"] is not None and stats["resumed_from_step"] > 0
+    ours = [{k: v for k, v in r.items()} for r in read_scores(run_dir)]
+    ref = read_scores(ref_dir)
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        assert (a["method"], a["suite"], a["metric"]) == (b["method"], b["suite"], b["metric"])
+        if a["value"] and b["value"]:
+            assert float(a["value"]) == pytest.approx(float(b["value"]), rel=1e-4, abs=1e-6), (a, b)
+        else:
+            assert a["value"] == b["value"]
+
+
+def test_second_concurrent_run_exits_2(reference_run, tiny_checkpoint, tmp_path):
+    from harness.store import RunLock
+
+    run_dir = tmp_path / "locked"
+    with RunLock(run_dir):
+        result = cli(run_args(tiny_checkpoint, run_dir), {"RADIS_BENCH_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 2
+    assert "in use by radis-bench process" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_report_combines_two_runs(reference_run, tmp_path):
+    run_dir, _, _ = reference_run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text((run_dir / "manifest.json").read_text().replace('"model": {', '"model": {"alias": 1, ', 1))
+    rows = read_scores(run_dir)
+    with (other / "scores.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "model": "second-model"})
+    result = cli(["report", str(run_dir), str(other), "--out", str(tmp_path / "combined")])
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "combined" / "leaderboard.csv").read_text()
+    assert "second-model" in table and str(json.loads((run_dir / "manifest.json").read_text())["config"]["model"]) in table
+
+
+def test_external_plugin_method_is_listed_and_runs(tiny_checkpoint, tmp_path):
+    """A method from another package, registered only through the entry-point group."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "echo_method.py").write_text(textwrap.dedent('''
+        from harness.methods import Method, Segment, TrainingExample
+        from harness.prompts import translation_prompt, user_turn
+
+        class EchoMethod(Method):
+            name = "echo"
+            description = "plugin test: trains on the source sentence itself"
+
+            def build_training_examples(self, ctx):
+                return [TrainingExample(user_turn(translation_prompt(p)), [Segment(p.source)]) for p in ctx.pairs]
+    '''))
+    dist = site / "echo_method-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-method\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[radis_bench.methods]\necho = echo_method:EchoMethod\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "RADIS_BENCH_CACHE": str(tmp_path / "cache")}
+    listed = cli(["list"], env)
+    assert listed.returncode == 0 and "echo" in listed.stdout and "plugin test" in listed.stdout
+    args = run_args(tiny_checkpoint, tmp_path / "run", methods="echo")
+    args[args.index("--suites") + 1] = "translation"
+    result = cli(args, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    methods = {r["method"] for r in read_scores(tmp_path / "run")}
+    assert methods == {"original", "echo"}
