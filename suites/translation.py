@@ -1,0 +1,275 @@
+"""Translation quality on the WMT22 test sets: BLEU, chrF++, COMET and output length.
+
+The model gets the method-neutral ALMA prompt in its chat template and decodes greedily
+with room for a rationale (RaDis-trained models append one); the raw output is kept and
+the translation is cut from it by the run's recorded extraction rule. Corpus metrics get
+a 95% bootstrap CI over sentences; COMET is scored only with a checkpoint
+(``--comet-model``) and its segment scores are cached on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sacrebleu.metrics import BLEU, CHRF
+
+from harness.data import Direction, TranslationPair, sample
+from harness.errors import UserError
+from harness.evaluation import Metric, NotScored, Suite, SuiteContext, SuiteResult
+from harness.generation import Decoding, Output, Request
+from harness.paths import cache_dir
+from harness.prompts import extract_translation, translation_prompt, user_turn
+from harness.registry import register_suite
+from harness.stats import bootstrap_ci_of
+
+
+@dataclass
+class TranslationOptions:
+    max_new_tokens: int = field(
+        default=256, metadata={"help": "Generation limit per sentence; leaves room for the rationale RaDis-trained models append."}
+    )
+    comet_batch_size: int = field(default=8, metadata={"help": "Sentences per COMET forward pass."})
+    bootstrap_resamples: int = field(default=200, metadata={"help": "Resamples for the 95% CI of each corpus metric."})
+
+
+# --- BLEU and chrF++ ------------------------------------------------------------------
+
+
+def bleu_tokenizer(tgt_lang: str) -> str:
+    """sacrebleu's convention: character-level 'zh' for Chinese targets, '13a' otherwise."""
+    return "zh" if tgt_lang == "zh" else "13a"
+
+
+@dataclass
+class CorpusScore:
+    value: float
+    ci: tuple[float | None, float | None]
+
+
+@dataclass
+class CorpusScores:
+    bleu: CorpusScore
+    chrf: CorpusScore  # chrF++ (character n-grams plus word bigrams)
+    sentence_chrf: list[float]
+
+
+def score_corpus(hypotheses: list[str], references: list[str], tgt_lang: str, n_boot: int = 200,
+                 seed: int = 0) -> CorpusScores:
+    """Corpus BLEU and chrF++ with bootstrap CIs, and sentence chrF++.
+
+    Sentences are turned into sacrebleu's sufficient statistics once; a resample's score
+    is computed from their sum, as sacrebleu's own paired bootstrap does.
+    """
+    scores = {}
+    sentence_chrf: list[float] = []
+    for key, metric in (("bleu", BLEU(tokenize=bleu_tokenizer(tgt_lang))), ("chrf", CHRF(word_order=2))):
+        stats = metric._extract_corpus_statistics(hypotheses, [references])
+
+        def corpus(rows, metric=metric):
+            return metric._compute_score_from_stats(np.sum(rows, axis=0).tolist()).score
+
+        scores[key] = CorpusScore(corpus(stats), bootstrap_ci_of(stats, corpus, n_boot=n_boot, seed=seed))
+        if key == "chrf":
+            sentence_chrf = [metric._compute_score_from_stats(s).score for s in stats]
+    return CorpusScores(scores["bleu"], scores["chrf"], sentence_chrf)
+
+
+# --- COMET ----------------------------------------------------------------------------
+
+
+class CometUnavailable(Exception):
+    """The COMET checkpoint could not be found or loaded; the message says why."""
+
+
+def comet_checkpoint(name: str) -> Path:
+    """A local ``.ckpt`` file, a folder holding ``checkpoints/model.ckpt``, or a hub name
+    that unbabel-comet fetches (from the local hub cache when offline)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "model.ckpt"
+        if not ckpt.is_file():
+            raise CometUnavailable(f"the folder {path} holds no checkpoints/model.ckpt")
+        return ckpt
+    from comet import download_model
+
+    try:
+        return Path(download_model(name))
+    except Exception as err:  # offline, unknown name, broken download: all mean "no COMET"
+        raise CometUnavailable(f"it is no local checkpoint and fetching it failed ({type(err).__name__}: {err})") from None
+
+
+@functools.lru_cache(maxsize=1)  # a 2.3 GB checkpoint is loaded once per process, not once per evaluated model
+def _load_comet(ckpt: str):
+    from comet import load_from_checkpoint
+
+    with _quiet_lightning():
+        return load_from_checkpoint(ckpt)
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Silence the banners Lightning and COMET log on every load and predict."""
+    names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "comet")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class CometScorer:
+    """COMET segment scores (x100) of (source, translation, reference) triples, cached on
+    disk under the checkpoint's identity so a re-run scores nothing twice."""
+
+    def __init__(self, name: str, batch_size: int):
+        self.name = name
+        self.batch_size = batch_size
+        self.ckpt = comet_checkpoint(name)
+        stat = self.ckpt.stat()
+        self.identity = f"{self.ckpt.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        self.db = sqlite3.connect(cache_dir() / "comet_scores.sqlite", timeout=60)
+        self.db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL)")
+
+    def _key(self, triple: tuple[str, str, str]) -> str:
+        return hashlib.sha256(json.dumps([self.identity, *triple]).encode()).hexdigest()
+
+    def score(self, triples: list[tuple[str, str, str]]) -> list[float]:
+        keys = [self._key(t) for t in triples]
+        found = {}
+        for key in set(keys):
+            row = self.db.execute("SELECT score FROM scores WHERE key=?", (key,)).fetchone()
+            if row:
+                found[key] = row[0]
+        todo = {k: t for k, t in zip(keys, triples) if k not in found}
+        if todo:
+            import torch
+
+            try:
+                model = _load_comet(str(self.ckpt))
+            except Exception as err:
+                raise CometUnavailable(f"loading {self.ckpt} failed ({type(err).__name__}: {err})") from None
+            data = [{"src": s, "mt": m, "ref": r} for s, m, r in todo.values()]
+            with _quiet_lightning():
+                pred = model.predict(data, batch_size=self.batch_size, gpus=1 if torch.cuda.is_available() else 0,
+                                     progress_bar=False)
+            new = {k: 100.0 * float(s) for k, s in zip(todo, pred.scores)}
+            self.db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?)", list(new.items()))
+            self.db.commit()
+            found.update(new)
+        return [found[k] for k in keys]
+
+
+# --- the suite --------------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    direction: Direction
+    index: int  # position in the test file, so ids stay stable across --eval-size
+    pair: TranslationPair
+    output: Output
+    translation: str
+    comet: float | None = None
+
+
+@register_suite
+class TranslationSuite(Suite):
+    name = "translation"
+    description = "WMT22 test sets: BLEU, chrF++ (main), COMET with a checkpoint, and output length."
+    Options = TranslationOptions
+
+    def evaluate(self, ctx: SuiteContext) -> SuiteResult:
+        opts = self.options
+        rule = ctx.config.extraction
+        chosen: list[tuple[Direction, int, TranslationPair]] = []
+        for direction in ctx.directions:
+            pairs = ctx.data.translation(direction, "test")
+            if not pairs:
+                raise UserError(f"The {direction.name} test set in {ctx.data.label} is empty; give it at least one pair.")
+            chosen += [(direction, i, p) for i, p in sample(list(enumerate(pairs)), ctx.eval_size, ctx.data_seed)]
+        # one call for every direction: batches fill up across directions
+        outputs = ctx.generator.generate(
+            [Request(user_turn(translation_prompt(p))) for _, _, p in chosen],
+            Decoding(max_new_tokens=opts.max_new_tokens),
+            label=f"translation [{ctx.label}]",
+        )
+        items = [_Item(d, i, p, o, extract_translation(o.text, rule)) for (d, i, p), o in zip(chosen, outputs)]
+
+        result = SuiteResult()
+        comet_reason = self._add_comet_scores(ctx, items)
+        note = f"translation cut from the output by rule '{rule}'"
+        several = len(ctx.directions) > 1
+        per_direction: dict[str, dict[str, float]] = {}
+        for direction in ctx.directions:
+            name = direction.name
+            mine = [it for it in items if it.direction == direction]
+            scores = score_corpus([it.translation for it in mine], [it.pair.reference for it in mine], direction.tgt,
+                                  n_boot=opts.bootstrap_resamples)
+            per_direction[name] = {"bleu": scores.bleu.value, "chrf++": scores.chrf.value}
+            result.metrics.append(Metric(f"{name}/bleu", scores.bleu.value, len(mine), *scores.bleu.ci, note=note))
+            result.metrics.append(Metric(f"{name}/chrf++", scores.chrf.value, len(mine), *scores.chrf.ci,
+                                         main=not several, note=note))
+            if comet_reason is None:
+                comet = result.add_mean(f"{name}/comet", [it.comet for it in mine])
+                comet.note = f"{ctx.config.comet_model}, segment scores x100; {note}"
+                per_direction[name]["comet"] = comet.value
+            else:
+                result.not_scored.append(NotScored(f"{name}/comet", comet_reason))
+            for metric, values in (
+                ("words_raw", [len(it.output.text.split()) for it in mine]),
+                ("words", [len(it.translation.split()) for it in mine]),
+                ("chars_raw", [len(it.output.text) for it in mine]),
+                ("chars", [len(it.translation) for it in mine]),
+                ("finished", [float(it.output.finished) for it in mine]),
+            ):
+                result.add_mean(f"{name}/{metric}", values, higher_is_better=None)
+            for it, chrf in zip(mine, scores.sentence_chrf):
+                row = {
+                    "id": f"{name}/{it.index}",
+                    "direction": name,
+                    "source": it.pair.source,
+                    "reference": it.pair.reference,
+                    "output": it.output.text,
+                    "translation": it.translation,
+                    "chrf++": chrf,
+                    "finished": it.output.finished,
+                    "new_tokens": it.output.new_tokens,
+                }
+                if it.comet is not None:
+                    row["comet"] = it.comet
+                result.outputs.append(row)
+        if several:
+            metrics = ["chrf++", "bleu"] + (["comet"] if comet_reason is None else [])
+            for metric in metrics:
+                value = sum(d[metric] for d in per_direction.values()) / len(per_direction)
+                result.metrics.append(Metric(f"avg/{metric}", value, len(items), main=metric == "chrf++",
+                                             note=f"mean over {', '.join(per_direction)}"))
+        return result
+
+    def _add_comet_scores(self, ctx: SuiteContext, items: list[_Item]) -> str | None:
+        """Fill in each item's COMET score; the not-scored reason when there is none."""
+        name = ctx.config.comet_model
+        if not name:
+            return "not scored: no COMET checkpoint (--comet-model)"
+        try:
+            scorer = CometScorer(name, self.options.comet_batch_size)
+            scores = scorer.score([(it.pair.source, it.translation, it.pair.reference) for it in items])
+        except CometUnavailable as err:
+            return f"not scored: could not load COMET model {name!r}: {err}"
+        for it, score in zip(items, scores):
+            it.comet = score
+        return None
