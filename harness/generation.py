@@ -129,35 +129,75 @@ class Generator:
         lengths = {i: len(tok(texts[i], add_special_tokens=False)["input_ids"]) for i in todo}
         order = sorted(todo, key=lambda i: -lengths[i])
         batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-        tok.padding_side = "left"
         started = time.time()
         with progress_bar(label, total=len(order), unit="tok") as bar, torch.inference_mode():
             for batch in batches:
-                enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False)
-                enc = {k: v.to(self.model.device) for k, v in enc.items()}
-                if decoding.do_sample:
-                    torch.manual_seed(int(keys[batch[0]][:8], 16) ^ decoding.seed)
-                out = self.model.generate(
-                    **enc,
-                    max_new_tokens=decoding.max_new_tokens,
-                    do_sample=decoding.do_sample,
-                    temperature=decoding.temperature if decoding.do_sample else None,
-                    top_p=decoding.top_p if decoding.do_sample else None,
-                    top_k=None,
-                    eos_token_id=self.stop_ids,
-                    pad_token_id=tok.pad_token_id,
-                )
-                new = out[:, enc["input_ids"].shape[1] :]
+                seed = int(keys[batch[0]][:8], 16) ^ decoding.seed
+                rows = self._decode([texts[i] for i in batch], decoding, seed, bar)
                 done = []
-                for row, i in zip(new.tolist(), batch):
-                    finished = any(t in self.stop_ids for t in row)
-                    if finished:
-                        row = row[: min(row.index(t) for t in self.stop_ids if t in row)]
-                    text = tok.decode(row, skip_special_tokens=True)
-                    results[i] = Output(text, len(row), finished)
+                for (ids, finished), i in zip(rows, batch):
+                    results[i] = Output(tok.decode(ids, skip_special_tokens=True), len(ids), finished)
                     done.append((keys[i], results[i]))
-                    self.stats.new_tokens += len(row)
+                    self.stats.new_tokens += len(ids)
                 self.cache.put_many(done)
                 self.stats.generated += len(batch)
-                bar.advance(len(batch), tokens=sum(o.new_tokens for _, o in done))
         self.stats.seconds += time.time() - started
+
+    def _decode(self, prompts: list[str], decoding: Decoding, seed: int, bar) -> list[tuple[list[int], bool]]:
+        """Decode one left-padded batch with a KV cache; a sequence that reaches end of turn
+        leaves the batch (and the cache) at once, so the rest decode without it."""
+        import torch
+        from transformers import DynamicCache
+
+        tok, model = self.tokenizer, self.model
+        tok.padding_side = "left"
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False)
+        ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        alive = list(range(len(prompts)))
+        out: list[list[int]] = [[] for _ in prompts]
+        finished = [False] * len(prompts)
+        stop = set(self.stop_ids)
+        generator = torch.Generator(device=model.device).manual_seed(seed) if decoding.do_sample else None
+        cache = DynamicCache()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1, :]
+        next_pos = positions[:, -1] + 1
+        for step in range(decoding.max_new_tokens):
+            chosen = self._pick(logits, decoding, generator)
+            keep = []
+            for j, (row, token) in enumerate(zip(alive, chosen.tolist())):
+                if token in stop:
+                    finished[row] = True
+                    bar.advance(1)
+                else:
+                    out[row].append(token)
+                    keep.append(j)
+            bar.advance(0, tokens=len(alive))
+            if not keep or step == decoding.max_new_tokens - 1:
+                bar.advance(len(keep))
+                break
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=ids.device)
+                cache.batch_select_indices(index)
+                mask, next_pos, chosen = mask[index], next_pos[index], chosen[index]
+                alive = [alive[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+            logits = model(
+                input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos[:, None], past_key_values=cache, use_cache=True
+            ).logits[:, -1, :]
+            next_pos = next_pos + 1
+        return list(zip(out, finished))
+
+    @staticmethod
+    def _pick(logits, decoding: Decoding, generator):
+        import torch
+
+        if not decoding.do_sample:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float() / max(decoding.temperature, 1e-6), dim=-1)
+        if decoding.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs > decoding.top_p
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
