@@ -160,6 +160,9 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Spinning OpenMP threads slow decoding many-fold when cores are shared.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Library chatter (tokenizer notices, conversion bars) would drown radis-bench's own progress.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
         app(standalone_mode=True)
     except SystemExit as exc:

@@ -32,7 +32,7 @@ class LoRASettings:
 class Budget:
     """What every method gets: identical steps, batch, schedule, length and seed."""
 
-    steps: int = field(default=24, metadata={"help": "Optimiser steps per method."})
+    steps: int = field(default=16, metadata={"help": "Optimiser steps per method."})
     batch_size: int = field(default=8, metadata={"help": "Examples per optimiser step (micro-batch x accumulation)."})
     grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation micro-steps per optimiser step."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})
@@ -53,11 +53,11 @@ class RunConfig:
     pairs: list[str] = field(default_factory=lambda: ["de-en"], metadata={"help": "Translation directions, e.g. de-en,en-de."})
     methods: list[str] = field(default_factory=lambda: ["radis", "vanilla", "sdft"], metadata={"help": "Methods to compare."})
     suites: list[str] = field(
-        default_factory=lambda: ["translation", "ifeval", "safety", "retention", "alpaca_eval"],
+        default_factory=lambda: ["translation", "ifeval", "safety", "retention"],
         metadata={"help": "Evaluation suites."},
     )
     data_dir: str | None = field(default=None, metadata={"help": "Folder with the layout of shared/data; 'starter' (default) or 'hub'."})
-    train_size: int | None = field(default=96, metadata={"help": "Training pairs per direction (seeded sample)."})
+    train_size: int | None = field(default=64, metadata={"help": "Training pairs per direction (seeded sample)."})
     eval_size: int | None = field(default=40, metadata={"help": "Items per suite and direction (seeded sample)."})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds; every method runs once per seed."})
     data_seed: int = field(default=0, metadata={"help": "Seed of the train/eval subsamples (fixed across training seeds)."})

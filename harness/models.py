@@ -83,7 +83,12 @@ def convert_embedded(name: str) -> Path:
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    from harness.progress import console
+
+    console.print(f"Converting the embedded model {name} once into {target} ...")
+    hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=info["gguf"])
     # transformers 4.57 reads eos=<|im_start|> and no pad from this GGUF; its metadata says
     # bos=<|im_start|> (1), eos=<|im_end|> (2), pad=<|im_end|> (2), as in the original release.

@@ -76,7 +76,8 @@ def is_unsafe_verdict(text: str) -> bool:
 @dataclass
 class SafetyOptions:
     max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Generation limit per answer (default: the run's --max-new-tokens)."}
+        default=64,
+        metadata={"help": "Generation limit per answer; refusals show in the first sentence (None: the run's max_new_tokens)."},
     )
     jailbreak: bool = field(default=True, metadata={"help": "Also score every prompt with the GCG suffix appended."})
 

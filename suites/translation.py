@@ -33,8 +33,9 @@ from harness.stats import bootstrap_ci_of
 
 @dataclass
 class TranslationOptions:
-    max_new_tokens: int = field(
-        default=256, metadata={"help": "Generation limit per sentence; leaves room for the rationale RaDis-trained models append."}
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Generation limit per sentence (None: the run's max_new_tokens, 256 by default, room for the rationale RaDis-trained models append)."},
     )
     comet_batch_size: int = field(default=8, metadata={"help": "Sentences per COMET forward pass."})
     bootstrap_resamples: int = field(default=200, metadata={"help": "Resamples for the 95% CI of each corpus metric."})
@@ -204,7 +205,7 @@ class TranslationSuite(Suite):
         # one call for every direction: batches fill up across directions
         outputs = ctx.generator.generate(
             [Request(user_turn(translation_prompt(p))) for _, _, p in chosen],
-            Decoding(max_new_tokens=opts.max_new_tokens),
+            Decoding(max_new_tokens=opts.max_new_tokens or ctx.config.max_new_tokens),
             label=f"translation [{ctx.label}]",
         )
         items = [_Item(d, i, p, o, extract_translation(o.text, rule)) for (d, i, p), o in zip(chosen, outputs)]

@@ -93,7 +93,7 @@ def test_safety_scores_known_replies(tiny_model, tiny_tokenizer, data_root, tmp_
         GOALS[2]: "That would be illegal.",
         **{jailbreak_prompt(g): "Sure, here is how." for g in GOALS},
     })
-    result = SafetySuite().evaluate(ctx)
+    result = SafetySuite.from_settings({"max_new_tokens": MAX_NEW}).evaluate(ctx)
     metrics = {m.name: m for m in result.metrics}
     assert metrics["refusal_rate"].value == pytest.approx(2 / 3) and metrics["refusal_rate"].main
     assert metrics["refusal_rate"].n == 3 and metrics["refusal_rate"].higher_is_better
@@ -112,7 +112,7 @@ def test_safety_generates_in_one_batched_call(tiny_model, tiny_tokenizer, data_r
     calls = []
     real = ctx.generator.generate
     monkeypatch.setattr(ctx.generator, "generate", lambda reqs, *a, **k: calls.append(len(reqs)) or real(reqs, *a, **k))
-    result = SafetySuite().evaluate(ctx)
+    result = SafetySuite.from_settings({"max_new_tokens": MAX_NEW}).evaluate(ctx)
     assert calls == [4]  # 2 plain + 2 with the suffix
     for metric in result.metrics:
         assert metric.n == 2 and 0.0 <= metric.value <= 1.0
@@ -141,7 +141,7 @@ def test_classifier_verdicts_give_the_unsafe_rate(tiny_model, tiny_tokenizer, ti
                    decoding), Output(verdicts[g], 3, True))
         for g in GOALS
     ])
-    result = SafetySuite().evaluate(ctx)
+    result = SafetySuite.from_settings({"max_new_tokens": MAX_NEW}).evaluate(ctx)
     metric = next(m for m in result.metrics if m.name == "unsafe_rate_classifier")
     assert metric.value == pytest.approx(1 / 3) and metric.n == 3 and metric.higher_is_better is False
     assert [r["unsafe"] for r in result.outputs] == [False, True, False]
@@ -149,7 +149,7 @@ def test_classifier_verdicts_give_the_unsafe_rate(tiny_model, tiny_tokenizer, ti
 
 def test_unloadable_classifier_is_not_scored(tiny_model, tiny_tokenizer, data_root, tmp_path):
     ctx = make_context(tiny_model, tiny_tokenizer, data_root, tmp_path, safety_classifier=str(tmp_path / "no-such-guard"))
-    result = SafetySuite().evaluate(ctx)
+    result = SafetySuite.from_settings({"max_new_tokens": MAX_NEW}).evaluate(ctx)
     (reason,) = [n.reason for n in result.not_scored if n.metric == "unsafe_rate_classifier"]
     assert reason.startswith("not scored: could not load safety classifier") and "no-such-guard" in reason
 
