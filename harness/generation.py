@@ -89,7 +89,7 @@ class GenerationStats:
 class Generator:
     """Generates chat completions for one model (base + optional adapter), through the cache."""
 
-    def __init__(self, model, tokenizer, fingerprint: str, cache: GenerationCache | None = None, batch_size: int = 16):
+    def __init__(self, model, tokenizer, fingerprint: str, cache: GenerationCache | None = None, batch_size: int = 32):
         self.model = model
         self.tokenizer = tokenizer
         self.fingerprint = fingerprint
@@ -160,7 +160,9 @@ class Generator:
         stop = set(self.stop_ids)
         generator = torch.Generator(device=model.device).manual_seed(seed) if decoding.do_sample else None
         cache = DynamicCache()
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1, :]
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
+        ).logits[:, -1, :]
         next_pos = positions[:, -1] + 1
         for step in range(decoding.max_new_tokens):
             chosen = self._pick(logits, decoding, generator)
