@@ -128,24 +128,18 @@ class Generator:
         tok = self.tokenizer
         lengths = {i: len(tok(texts[i], add_special_tokens=False)["input_ids"]) for i in todo}
         order = sorted(todo, key=lambda i: -lengths[i])
-        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         started = time.time()
+        seed = int(keys[order[0]][:8], 16) ^ decoding.seed
         with progress_bar(label, total=len(order), unit="tok") as bar, torch.inference_mode():
-            for batch in batches:
-                seed = int(keys[batch[0]][:8], 16) ^ decoding.seed
-                rows = self._decode([texts[i] for i in batch], decoding, seed, bar)
-                done = []
-                for (ids, finished), i in zip(rows, batch):
-                    results[i] = Output(tok.decode(ids, skip_special_tokens=True), len(ids), finished)
-                    done.append((keys[i], results[i]))
-                    self.stats.new_tokens += len(ids)
-                self.cache.put_many(done)
-                self.stats.generated += len(batch)
+            for i, (ids, finished) in self._decode([texts[i] for i in order], order, decoding, seed, bar):
+                results[i] = Output(tok.decode(ids, skip_special_tokens=True), len(ids), finished)
+                self.cache.put_many([(keys[i], results[i])])
+                self.stats.new_tokens += len(ids)
+                self.stats.generated += 1
         self.stats.seconds += time.time() - started
 
-    def _decode(self, prompts: list[str], decoding: Decoding, seed: int, bar) -> list[tuple[list[int], bool]]:
-        """Decode one left-padded batch with a KV cache; a sequence that reaches end of turn
-        leaves the batch (and the cache) at once, so the rest decode without it."""
+    def _prefill(self, prompts: list[str]):
+        """Left-padded forward pass over new prompts: (cache, mask, next positions, last logits)."""
         import torch
         from transformers import DynamicCache
 
@@ -154,41 +148,79 @@ class Generator:
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False)
         ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        alive = list(range(len(prompts)))
-        out: list[list[int]] = [[] for _ in prompts]
-        finished = [False] * len(prompts)
-        stop = set(self.stop_ids)
-        generator = torch.Generator(device=model.device).manual_seed(seed) if decoding.do_sample else None
         cache = DynamicCache()
         logits = model(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
         ).logits[:, -1, :]
-        next_pos = positions[:, -1] + 1
-        for step in range(decoding.max_new_tokens):
+        return cache, mask, positions[:, -1] + 1, logits
+
+    @staticmethod
+    def _merge(cache, mask, extra_cache, extra_mask):
+        """Join two left-padded caches along the batch, left-padding the shorter one."""
+        import torch
+        import torch.nn.functional as F
+
+        width = max(mask.shape[1], extra_mask.shape[1])
+
+        def widen(layer_tensor, current):
+            return F.pad(layer_tensor, (0, 0, width - current, 0))
+
+        cur, new = mask.shape[1], extra_mask.shape[1]
+        for layer, extra in zip(cache.layers, extra_cache.layers):
+            layer.keys = torch.cat([widen(layer.keys, cur), widen(extra.keys, new)])
+            layer.values = torch.cat([widen(layer.values, cur), widen(extra.values, new)])
+        return torch.cat([F.pad(mask, (width - cur, 0)), F.pad(extra_mask, (width - new, 0))])
+
+    def _decode(self, prompts: list[str], ids_of: list[int], decoding: Decoding, seed: int, bar):
+        """Continuous batching with a KV cache: a sequence that reaches end of turn leaves the
+        batch at once, and waiting prompts join whenever half the batch has finished.
+        Yields (request index, (token ids, finished)) as sequences complete."""
+        import torch
+
+        model = self.model
+        stop = set(self.stop_ids)
+        generator = torch.Generator(device=model.device).manual_seed(seed) if decoding.do_sample else None
+        queue = list(range(len(prompts)))
+        alive: list[int] = []
+        out: dict[int, list[int]] = {}
+        cache = mask = next_pos = logits = None
+        while queue or alive:
+            if queue and len(alive) <= self.batch_size // 2:
+                take, queue = queue[: self.batch_size - len(alive)], queue[self.batch_size - len(alive) :]
+                new_cache, new_mask, new_pos, new_logits = self._prefill([prompts[j] for j in take])
+                if alive:
+                    mask = self._merge(cache, mask, new_cache, new_mask)
+                    next_pos, logits = torch.cat([next_pos, new_pos]), torch.cat([logits, new_logits])
+                else:
+                    cache, mask, next_pos, logits = new_cache, new_mask, new_pos, new_logits
+                alive += take
+                out.update({j: [] for j in take})
             chosen = self._pick(logits, decoding, generator)
             keep = []
-            for j, (row, token) in enumerate(zip(alive, chosen.tolist())):
+            for k, (j, token) in enumerate(zip(alive, chosen.tolist())):
                 if token in stop:
-                    finished[row] = True
                     bar.advance(1)
-                else:
-                    out[row].append(token)
-                    keep.append(j)
+                    yield ids_of[j], (out.pop(j), True)
+                    continue
+                out[j].append(token)
+                if len(out[j]) >= decoding.max_new_tokens:
+                    bar.advance(1)
+                    yield ids_of[j], (out.pop(j), False)
+                    continue
+                keep.append(k)
             bar.advance(0, tokens=len(alive))
-            if not keep or step == decoding.max_new_tokens - 1:
-                bar.advance(len(keep))
-                break
             if len(keep) < len(alive):
-                index = torch.tensor(keep, device=ids.device)
+                index = torch.tensor(keep, dtype=torch.long, device=mask.device)
                 cache.batch_select_indices(index)
-                mask, next_pos, chosen = mask[index], next_pos[index], chosen[index]
-                alive = [alive[j] for j in keep]
+                mask, next_pos, chosen, logits = mask[index], next_pos[index], chosen[index], logits[index]
+                alive = [alive[k] for k in keep]
+            if not alive:
+                continue
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
             logits = model(
                 input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos[:, None], past_key_values=cache, use_cache=True
             ).logits[:, -1, :]
             next_pos = next_pos + 1
-        return list(zip(out, finished))
 
     @staticmethod
     def _pick(logits, decoding: Decoding, generator):
