@@ -140,6 +140,7 @@ def report(
     run_dirs: List[Path] = typer.Argument(..., help="One or more run directories to combine."),
     out: Optional[Path] = typer.Option(None, help="Where to write the leaderboard (default: <first run>/report)."),
     title: Optional[str] = typer.Option(None, help="Leaderboard title."),
+    general_metric: Optional[str] = typer.Option(None, help="y axis of the trade-off plot, e.g. ifeval/prompt_strict or retention/kl."),
 ) -> None:
     """Render leaderboard.md/csv/html and plots from run directories."""
     try:
@@ -149,7 +150,7 @@ def report(
         from harness.report import render_report
 
         target = out or run_dirs[0] / "report"
-        written = render_report(list(run_dirs), target, title=title)
+        written = render_report(list(run_dirs), target, title=title, general_metric=general_metric)
         for name, path in written.items():
             typer.echo(f"{name}: {path}")
     except UserError as err:

@@ -22,9 +22,7 @@ import html
 import io
 import json
 import math
-import os
 import statistics
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harness.errors import UserError
+from harness.store import write_atomic
 
 SCORE_COLUMNS = ["model", "method", "seed", "suite", "metric", "value", "n", "ci_low", "ci_high", "higher_is_better", "main", "note"]
 ORIGINAL = "original"
@@ -151,7 +150,7 @@ def render_report(run_dirs: list[Path], out_dir: Path, title: str | None = None,
     written = {}
     for name, data in files.items():
         written[name] = out_dir / name
-        _write_atomic(out_dir / name, data)
+        write_atomic(out_dir / name, data)
     return written
 
 
@@ -747,18 +746,3 @@ def plot_training_loss(board: Leaderboard) -> bytes | None:
 
 def _safe_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so a reader (or a crash) never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
