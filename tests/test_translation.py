@@ -54,10 +54,10 @@ def make_ctx(tmp_path, model, tokenizer, data, pairs, **config) -> SuiteContext:
     )
 
 
-def prefill(ctx: SuiteContext, pairs, texts, max_new_tokens: int = 256) -> None:
-    """Store outputs in the generation cache under the exact keys the suite will ask for,
-    so the real generator returns known text."""
-    gen, decoding = ctx.generator, Decoding(max_new_tokens=max_new_tokens)
+def prefill(ctx: SuiteContext, pairs, texts, max_new_tokens: int | None = None) -> None:
+    """Store outputs in the generation cache under the exact keys the suite will ask for
+    (by default the run's max_new_tokens), so the real generator returns known text."""
+    gen, decoding = ctx.generator, Decoding(max_new_tokens=max_new_tokens or ctx.config.max_new_tokens)
     gen.cache.put_many([
         (gen.key(gen.prompt_text(Request(user_turn(translation_prompt(p)))), decoding), Output(t, len(t.split()), True))
         for p, t in zip(pairs, texts)
