@@ -32,7 +32,7 @@ class LoRASettings:
 class Budget:
     """What every method gets: identical steps, batch, schedule, length and seed."""
 
-    steps: int = field(default=12, metadata={"help": "Optimiser steps per method."})
+    steps: int = field(default=10, metadata={"help": "Optimiser steps per method."})
     batch_size: int = field(default=8, metadata={"help": "Examples per optimiser step (micro-batch x accumulation)."})
     grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation micro-steps per optimiser step."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})
@@ -40,7 +40,7 @@ class Budget:
     warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warm-up."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    max_length: int = field(default=320, metadata={"help": "Maximum tokens per training example (prompt + response)."})
+    max_length: int = field(default=224, metadata={"help": "Maximum tokens per training example (prompt + response)."})
     equalise: str = field(default="steps", metadata={"help": "'steps' (same optimiser steps) or 'tokens' (same target tokens)."})
     target_tokens: int | None = field(default=None, metadata={"help": "With equalise=tokens: target tokens per method (default: what vanilla trains on in `steps`)."})
     save_every: int = field(default=8, metadata={"help": "Save resumable training state every N steps."})
@@ -57,8 +57,8 @@ class RunConfig:
         metadata={"help": "Evaluation suites."},
     )
     data_dir: str | None = field(default=None, metadata={"help": "Folder with the layout of shared/data; 'starter' (default) or 'hub'."})
-    train_size: int | None = field(default=48, metadata={"help": "Training pairs per direction (seeded sample)."})
-    eval_size: int | None = field(default=20, metadata={"help": "Items per suite and direction (seeded sample)."})
+    train_size: int | None = field(default=40, metadata={"help": "Training pairs per direction (seeded sample)."})
+    eval_size: int | None = field(default=16, metadata={"help": "Items per suite and direction (seeded sample)."})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds; every method runs once per seed."})
     data_seed: int = field(default=0, metadata={"help": "Seed of the train/eval subsamples (fixed across training seeds)."})
     out: str | None = field(default=None, metadata={"help": "Run directory (default runs/<name>)."})
@@ -68,7 +68,7 @@ class RunConfig:
     lm_eval_tasks: list[str] = field(default_factory=list, metadata={"help": "Extra lm-eval tasks run on each model."})
     extraction: str = field(default="first_paragraph", metadata={"help": "How a translation is cut from chatty output: first_paragraph, first_line or full."})
     gen_batch_size: int = field(default=32, metadata={"help": "Sequences per generation batch."})
-    max_new_tokens: int = field(default=160, metadata={"help": "Generation limit for suite answers (translations keep room for an appended rationale)."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Generation limit for suite answers (translations keep room for an appended rationale)."})
     budget: Budget = field(default_factory=Budget)
     lora: LoRASettings = field(default_factory=LoRASettings)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-method settings."})

@@ -35,7 +35,7 @@ from harness.stats import bootstrap_ci_of
 class TranslationOptions:
     max_new_tokens: int | None = field(
         default=None,
-        metadata={"help": "Generation limit per sentence (None: the run's max_new_tokens, 256 by default, room for the rationale RaDis-trained models append)."},
+        metadata={"help": "Generation limit per sentence (None: the run's max_new_tokens)."},
     )
     comet_batch_size: int = field(default=8, metadata={"help": "Sentences per COMET forward pass."})
     bootstrap_resamples: int = field(default=200, metadata={"help": "Resamples for the 95% CI of each corpus metric."})
