@@ -32,7 +32,7 @@ class LoRASettings:
 class Budget:
     """What every method gets: identical steps, batch, schedule, length and seed."""
 
-    steps: int = field(default=10, metadata={"help": "Optimiser steps per method."})
+    steps: int = field(default=8, metadata={"help": "Optimiser steps per method."})
     batch_size: int = field(default=8, metadata={"help": "Examples per optimiser step (micro-batch x accumulation)."})
     grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation micro-steps per optimiser step."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})
@@ -57,8 +57,8 @@ class RunConfig:
         metadata={"help": "Evaluation suites."},
     )
     data_dir: str | None = field(default=None, metadata={"help": "Folder with the layout of shared/data; 'starter' (default) or 'hub'."})
-    train_size: int | None = field(default=40, metadata={"help": "Training pairs per direction (seeded sample)."})
-    eval_size: int | None = field(default=16, metadata={"help": "Items per suite and direction (seeded sample)."})
+    train_size: int | None = field(default=32, metadata={"help": "Training pairs per direction (seeded sample)."})
+    eval_size: int | None = field(default=12, metadata={"help": "Items per suite and direction (seeded sample)."})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds; every method runs once per seed."})
     data_seed: int = field(default=0, metadata={"help": "Seed of the train/eval subsamples (fixed across training seeds)."})
     out: str | None = field(default=None, metadata={"help": "Run directory (default runs/<name>)."})

@@ -386,6 +386,9 @@ class Runner:
         self._write_manifest()
         original_model = self.original[0]
         trained = m.after_training(trained, {k: v for k, v in original_model.state_dict().items()})
+        if hasattr(trained, "merge_and_unload"):
+            # merged weights evaluate faster than base + adapter; the original stays a separate model
+            trained = trained.merge_and_unload()
         trained.eval()
         fingerprint = f"{self.spec.fingerprint}+{method}:{key}"
         return trained, tokenizer, Generator(trained, tokenizer, fingerprint, batch_size=self.cfg.gen_batch_size)
