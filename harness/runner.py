@@ -243,7 +243,7 @@ class Runner:
 
     # --- the run ----------------------------------------------------------------------------
     def run(self) -> Path:
-        self.plan()  # fail on bad input before any work
+        self._plan = self.plan()  # fail on bad input before any work; the manifest records it
         with RunLock(self.run_dir):
             handler = logging.FileHandler(self.run_dir / "run.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -314,7 +314,7 @@ class Runner:
             "git": _git_commit(),
             "hardware": _hardware(),
             "seeds": self.cfg.seeds,
-            "data": {"source": self.data.label, "plan": self.plan(), "file_sha256": dict(sorted(self.data.hashes.items()))},
+            "data": {"source": self.data.label, "plan": self._plan, "file_sha256": dict(sorted(self.data.hashes.items()))},
             "budget": asdict(self.cfg.budget),
             "lora": asdict(self.cfg.lora),
             "methods": {n: {"description": m.description, "extension": m.extension, "options": m.options_dict()} for n, m in self.methods.items()},
