@@ -67,6 +67,7 @@ class RunConfig:
     safety_classifier: str | None = field(default=None, metadata={"help": "Llama-Guard-style classifier hub id or path."})
     lm_eval_tasks: list[str] = field(default_factory=list, metadata={"help": "Extra lm-eval tasks run on each model."})
     extraction: str = field(default="first_paragraph", metadata={"help": "How a translation is cut from chatty output: first_paragraph, first_line or full."})
+    generation_backend: str = field(default="auto", metadata={"help": "Generation backend: auto (vllm when CUDA and vllm are present, else transformers), transformers or vllm."})
     gen_batch_size: int = field(default=32, metadata={"help": "Sequences per generation batch."})
     max_new_tokens: int = field(default=128, metadata={"help": "Generation limit for suite answers (translations keep room for an appended rationale)."})
     budget: Budget = field(default_factory=Budget)
@@ -175,5 +176,7 @@ def validate(config: RunConfig) -> None:
         raise UserError("--seeds is empty; give at least one seed, e.g. --seeds 0.")
     if config.extraction not in ("first_paragraph", "first_line", "full"):
         raise UserError(f"--extraction '{config.extraction}' is unknown; use first_paragraph, first_line or full.")
+    if config.generation_backend not in ("auto", "transformers", "vllm"):
+        raise UserError(f"generation_backend '{config.generation_backend}' is unknown; use auto, transformers or vllm.")
     if not config.methods:
         raise UserError("--methods is empty; name at least one method (see `radis-bench list`).")
