@@ -87,7 +87,12 @@ class GenerationStats:
 
 
 class Generator:
-    """Generates chat completions for one model (base + optional adapter), through the cache."""
+    """Generates chat completions for one model (base + optional adapter), through the cache.
+
+    This is the transformers backend; harness/vllm_backend.py has a vLLM one with the
+    same surface, prompts and cache keys."""
+
+    backend = "transformers"
 
     def __init__(self, model, tokenizer, fingerprint: str, cache: GenerationCache | None = None, batch_size: int = 32):
         self.model = model
