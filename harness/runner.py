@@ -107,11 +107,15 @@ class Runner:
         self.run_dir = Path(cfg.out) if cfg.out else Path("runs") / self.default_name()
         self._original = None
         self._spec = None
+        self._backend = None
+        self._engine = None
+        self._lora_ids: dict[str, int] = {}
         self._train_pairs = None
 
     def default_name(self) -> str:
         settings = self.cfg.to_dict()
         settings.pop("out", None)
+        settings.pop("generation_backend", None)  # both backends share one run (and one cache)
         short = Path(self.cfg.model).name.replace(".", "_")
         return f"{short}-{'_'.join(d.name for d in self.directions)}-{_hash(settings)[:8]}"
 
@@ -185,14 +189,37 @@ class Runner:
         return load_model(self.spec)
 
     @property
+    def backend(self) -> str:
+        """The generation backend, 'transformers' or 'vllm' (resolved from generation_backend once)."""
+        if self._backend is None:
+            from harness.vllm_backend import select_backend
+
+            self._backend = select_backend(self.cfg.generation_backend)
+        return self._backend
+
+    def _generator(self, model, tokenizer, fingerprint: str, adapter: Path | None = None):
+        """A generator for a model. With vLLM, one engine holds the base model and a trained
+        LoRA model is base + its saved adapter; a fully fine-tuned model stays on transformers."""
+        from harness.generation import Generator
+
+        if self.backend != "vllm" or (fingerprint != self.spec.fingerprint and adapter is None):
+            return Generator(model, tokenizer, fingerprint, batch_size=self.cfg.gen_batch_size)
+        from harness.vllm_backend import VLLMGenerator, load_engine
+
+        if self._engine is None:
+            lora = None if self.cfg.lora.full_finetune else self.cfg.lora.r
+            self._engine = load_engine(self.spec.path, lora_rank=lora, trust_remote_code=self.spec.trust_remote_code)
+        lora_id = self._lora_ids.setdefault(str(adapter), len(self._lora_ids) + 1) if adapter else 1
+        return VLLMGenerator(self._engine, tokenizer, fingerprint, batch_size=self.cfg.gen_batch_size,
+                             lora_path=adapter, lora_id=lora_id)
+
+    @property
     def original(self):
         """(model, tokenizer, generator) of the frozen original model, loaded on first use."""
         if self._original is None:
-            from harness.generation import Generator
-
             model, tokenizer = self._load_base()
             model.requires_grad_(False)
-            self._original = (model, tokenizer, Generator(model, tokenizer, self.spec.fingerprint, batch_size=self.cfg.gen_batch_size))
+            self._original = (model, tokenizer, self._generator(model, tokenizer, self.spec.fingerprint))
         return self._original
 
     # --- data ---------------------------------------------------------------------------
@@ -244,6 +271,7 @@ class Runner:
     # --- the run ----------------------------------------------------------------------------
     def run(self) -> Path:
         self._plan = self.plan()  # fail on bad input before any work; the manifest records it
+        self.backend  # an unusable generation_backend fails here too
         with RunLock(self.run_dir):
             handler = logging.FileHandler(self.run_dir / "run.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -324,6 +352,11 @@ class Runner:
             "training": old.get("training", {}),
             "method_stats": old.get("method_stats", {}),
             "timings": old.get("timings", {}),
+            "generation": {
+                "backend_setting": self.cfg.generation_backend, "backend": self.backend,
+                "note": "vllm: the original and trained LoRA models (base + adapter) generate with vLLM; fully fine-tuned "
+                        "models and the safety classifier generate with transformers" if self.backend == "vllm" else "",
+            },
         }
         write_json(self.run_dir / "manifest.json", manifest)
         return manifest
@@ -343,7 +376,6 @@ class Runner:
 
     def _trained_model(self, method: str, seed: int):
         from harness.training import load_trained, train
-        from harness.generation import Generator
 
         m = self.methods[method]
         key = self.train_key(method, seed)
@@ -386,12 +418,17 @@ class Runner:
         self._write_manifest()
         original_model = self.original[0]
         trained = m.after_training(trained, {k: v for k, v in original_model.state_dict().items()})
+        adapter = None
+        if self.backend == "vllm" and hasattr(trained, "peft_config"):
+            # vLLM serves base + this adapter, saved after after_training (e.g. WiSE scaling)
+            adapter = workdir / "eval_adapter"
+            trained.save_pretrained(adapter)
         if hasattr(trained, "merge_and_unload"):
             # merged weights evaluate faster than base + adapter; the original stays a separate model
             trained = trained.merge_and_unload()
         trained.eval()
         fingerprint = f"{self.spec.fingerprint}+{method}:{key}"
-        return trained, tokenizer, Generator(trained, tokenizer, fingerprint, batch_size=self.cfg.gen_batch_size)
+        return trained, tokenizer, self._generator(trained, tokenizer, fingerprint, adapter)
 
     def _budget_for(self, tokenizer, seed: int):
         """The shared budget; with equalise=tokens, the target is what vanilla trains on in `steps`."""
