@@ -67,6 +67,7 @@ def run(
     comet_model: Optional[str] = typer.Option(None, help="COMET checkpoint (hub name or local path)."),
     safety_classifier: Optional[str] = typer.Option(None, help="Llama-Guard-style classifier (hub id or path)."),
     lm_eval_tasks: Optional[str] = typer.Option(None, help="Extra lm-eval tasks, comma-separated."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Generation backend: auto (vllm when CUDA and vllm are present), transformers or vllm."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file with the same settings (CLI overrides it)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any setting as key=value, e.g. radis.rationale_weight=0.5 or budget.max_length=256."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate every input and print the plan; train and generate nothing."),
@@ -92,6 +93,7 @@ def run(
             "comet_model": comet_model,
             "safety_classifier": safety_classifier,
             "lm_eval_tasks": lm_eval_tasks,
+            "generation_backend": backend,
         }
         apply_settings(cfg, {k: v for k, v in given.items() if v is not None}, "the command line")
         budget_given = {"steps": steps, "batch_size": batch_size, "learning_rate": lr, "equalise": budget}

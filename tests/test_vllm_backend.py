@@ -120,6 +120,9 @@ def test_cli_vllm_without_the_package_exits_2_with_one_line(no_vllm, tiny_checkp
     assert result.exit_code == 2
     assert "generation_backend=vllm needs the vllm package" in result.output and "radis-bench[gpu]" in result.output
     assert not (tmp_path / "run" / "results").exists()  # failed before any work
+    result = CliRunner().invoke(app, ["run", "--model", str(tiny_checkpoint), "--methods", "vanilla", "--suites", "translation",
+                                      "--out", str(tmp_path / "run"), "--backend", "vllm"])
+    assert result.exit_code == 2 and "radis-bench[gpu]" in result.output
 
 
 # --- request translation ------------------------------------------------------------------
