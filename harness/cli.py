@@ -67,7 +67,7 @@ def run(
     comet_model: Optional[str] = typer.Option(None, help="COMET checkpoint (hub name or local path)."),
     safety_classifier: Optional[str] = typer.Option(None, help="Llama-Guard-style classifier (hub id or path)."),
     lm_eval_tasks: Optional[str] = typer.Option(None, help="Extra lm-eval tasks, comma-separated."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file with the same settings (CLI overrides it)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file with the same settings (CLI overrides it), or a shipped preset: paper, paper-llama2."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any setting as key=value, e.g. radis.rationale_weight=0.5 or budget.max_length=256."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate every input and print the plan; train and generate nothing."),
     only: Optional[List[str]] = typer.Option(
@@ -82,6 +82,9 @@ def run(
     try:
         cfg = RunConfig()
         if config is not None:
+            from harness.config import resolve_config_path
+
+            config = resolve_config_path(config)
             apply_settings(cfg, read_config_file(config), str(config))
         given = {
             "methods": _split(methods),

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from harness import registry
 from harness.config import RunConfig
-from harness.data import DataSource, Direction, parse_directions, sample
+from harness.data import DataSource, Direction, MissingData, parse_directions, sample
 from harness.errors import UserError
 from harness.progress import console
 from harness.store import CellLock, RunLock, StateLock, read_json, write_atomic, write_json, write_jsonl
@@ -163,33 +163,54 @@ class Runner:
         return f"{short}-{'_'.join(d.name for d in self.directions)}-{_hash(settings)[:8]}"
 
     # --- the plan ---------------------------------------------------------------------
-    def plan(self) -> dict:
-        """Every size the run will use, read from the real files (validates the data)."""
+    def plan(self, missing_ok: bool = False) -> dict:
+        """Every size the run will use, read from the real files (validates the data).
+
+        With ``missing_ok`` (the dry run) a direction or set whose data is missing is listed
+        under ``missing`` with the error a real run would stop with."""
         from harness.models import check_model
 
         model_note = check_model(self.cfg.model)
-        translation = {}
+        translation, general, missing = {}, {}, {}
         for d in self.directions:
-            train = self.data.translation(d, "train")
-            test = self.data.translation(d, "test")
+            try:
+                train = self.data.translation(d, "train")
+                test = self.data.translation(d, "test")
+            except MissingData as err:
+                if not missing_ok:
+                    raise
+                missing[d.name] = str(err)
+                continue
+            used = sample(train, self.cfg.train_size, self.cfg.data_seed)
             translation[d.name] = {
                 "train_available": len(train),
-                "train_used": len(sample(train, self.cfg.train_size, self.cfg.data_seed)),
+                "train_used": len(used),
+                "train_chars_used": sum(len(p.source) + len(p.reference) for p in used),
                 "test_available": len(test),
                 "test_used": len(sample(test, self.cfg.eval_size, self.cfg.data_seed)),
             }
-        general = {}
         needed = {SUITE_DATA[s] for s in self.suites if s in SUITE_DATA}
         needed |= {getattr(m.options, "replay_set", None) for m in self.methods.values()} - {None}
         for name in sorted(needed):
-            rows = self.data.general(name)
+            try:
+                rows = self.data.general(name)
+            except MissingData as err:
+                if not missing_ok:
+                    raise
+                missing[name] = str(err)
+                continue
             general[name] = {"available": len(rows), "used": len(sample(rows, self.cfg.eval_size, self.cfg.data_seed))}
-        return {"model": model_note, "data": self.data.label, "translation": translation, "general": general}
+        plan = {"model": model_note, "data": self.data.label, "translation": translation, "general": general}
+        if missing:
+            plan["missing"] = missing
+        return plan
 
     def print_plan(self) -> None:
         from rich.table import Table
 
-        plan = self.plan()
+        from harness.estimate import estimate
+
+        plan = self.plan(missing_ok=True)
         out = console.__class__()
         b = self.cfg.budget
         out.print(f"[bold]Model:[/bold] {self.cfg.model} ({plan['model']})")
@@ -199,6 +220,9 @@ class Runner:
             table.add_column(col, justify="right" if col != "direction" else "left")
         for name, row in plan["translation"].items():
             table.add_row(name, f"{row['train_available']:,}", f"{row['train_used']:,}", f"{row['test_available']:,}", f"{row['test_used']:,}")
+        for name in plan.get("missing", {}):
+            if name in [d.name for d in self.directions]:
+                table.add_row(name, *["[red]missing[/red]"] * 4)
         out.print(table)
         if plan["general"]:
             table = Table(title="General-ability data (items)")
@@ -216,6 +240,12 @@ class Runner:
             f"max length {b.max_length}, equalise {b.equalise}; {adapter}"
         )
         out.print(f"[bold]Run directory:[/bold] {self.run_dir}")
+        if plan.get("missing"):
+            out.print(f"[bold red]Missing data:[/bold red] {', '.join(plan['missing'])}; a real run stops with:")
+            for message in plan["missing"].values():
+                out.print(f"  - {message}", soft_wrap=True)
+        out.print("[bold]" + estimate(self, plan).line().replace(":", ":[/bold]", 1) + (
+            " (directions and sets with missing data not counted)" if plan.get("missing") else ""), soft_wrap=True)
         if self.only is not None:
             out.print(f"[bold]Cells (--only):[/bold] {', '.join(self.only)}")
 
