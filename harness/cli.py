@@ -68,9 +68,14 @@ def run(
     safety_classifier: Optional[str] = typer.Option(None, help="Llama-Guard-style classifier (hub id or path)."),
     lm_eval_tasks: Optional[str] = typer.Option(None, help="Extra lm-eval tasks, comma-separated."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Generation backend: auto (vllm when CUDA and vllm are present), transformers or vllm."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file with the same settings (CLI overrides it)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file with the same settings (CLI overrides it), or a shipped preset: paper, paper-llama2."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any setting as key=value, e.g. radis.rationale_weight=0.5 or budget.max_length=256."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate every input and print the plan; train and generate nothing."),
+    only: Optional[List[str]] = typer.Option(
+        None, "--only",
+        help="Run only some cells of the grid, e.g. method=radis,seed=1 or method=original (values joined with +; "
+        "repeat to add cells). Cells run by separate processes into one --out make one leaderboard.",
+    ),
 ) -> None:
     """Train every method under one budget and score every model on every suite."""
     from harness.config import RunConfig, apply_settings, read_config_file, validate
@@ -78,6 +83,9 @@ def run(
     try:
         cfg = RunConfig()
         if config is not None:
+            from harness.config import resolve_config_path
+
+            config = resolve_config_path(config)
             apply_settings(cfg, read_config_file(config), str(config))
         given = {
             "methods": _split(methods),
@@ -103,7 +111,7 @@ def run(
         validate(cfg)
         from harness.runner import Runner
 
-        runner = Runner(cfg, config_file=config)
+        runner = Runner(cfg, config_file=config, only=only)
         if dry_run:
             runner.print_plan()
             return

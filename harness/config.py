@@ -131,10 +131,28 @@ def apply_settings(obj: Any, settings: dict[str, Any], where: str) -> None:
             setattr(obj, name, _coerce(value, str(known[name].type), key))
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def presets() -> list[str]:
+    """Names of the config files shipped with radis-bench (``--config paper``)."""
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """``--config`` as given: a file path, or the name of a shipped preset."""
+    path = Path(name)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1 and (PRESETS / f"{path}.yaml").exists():
+        return PRESETS / f"{path}.yaml"
+    return path
+
+
+def read_config_file(path: str | Path, _seen: tuple = ()) -> dict[str, Any]:
+    """A config file's settings; ``extends: <preset or path>`` starts from another file's
+    settings (nested sections merged, this file's values win)."""
+    path = resolve_config_path(path)
     if not path.exists():
-        raise UserError(f"Config file {path} does not exist; check --config.")
+        raise UserError(f"Config file {path} does not exist; check --config (presets: {', '.join(presets())}).")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".toml":
@@ -153,7 +171,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"Config file {path} could not be parsed: {str(err).splitlines()[0]}; fix its syntax.") from None
     if not isinstance(data, dict):
         raise UserError(f"Config file {path} must hold a mapping of settings at its top level.")
+    base = data.pop("extends", None)
+    if base is not None:
+        if str(base) in _seen:
+            raise UserError(f"Config file {path}: 'extends: {base}' makes a cycle; remove it.")
+        data = _merge(read_config_file(base, _seen + (str(base),)), data)
     return data
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def validate(config: RunConfig) -> None:

@@ -269,6 +269,10 @@ def _to_instruction(i: int, row: dict) -> Instruction:
     )
 
 
+class MissingData(UserError):
+    """A pair or set that the data source does not have (or cannot reach); a dry run lists it."""
+
+
 def _hub_rows(name: str, split: str, config: str | None = None) -> list[dict]:
     """Rows of a public hub data set; offline this fails with one clear sentence."""
     try:
@@ -276,7 +280,7 @@ def _hub_rows(name: str, split: str, config: str | None = None) -> list[dict]:
 
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as err:  # the datasets library raises many types when offline
-        raise UserError(
+        raise MissingData(
             f"Could not load the hub data set '{name}' ({type(err).__name__}); "
             "check your network or point --data-dir at a local copy."
         ) from None
@@ -332,7 +336,7 @@ class DataSource:
             return self._hub_translation(direction, split)
         folder = self.root / "alma" / direction.folder
         if not folder.is_dir():
-            raise UserError(
+            raise MissingData(
                 f"No data for pair {direction.name} in {self.root}: expected the folder {folder}; "
                 "choose another --pairs or --data-dir."
             )
@@ -379,7 +383,7 @@ class DataSource:
         else:
             path = self._file(spec.path)
             if not path.exists():
-                raise UserError(
+                raise MissingData(
                     f"The {name} set is missing from {self.root}: expected {path}; "
                     "add it, choose another --data-dir, or leave that suite out of --suites."
                 )

@@ -176,4 +176,12 @@ def check_model(name: str) -> str:
         if not (path / "config.json").exists():
             raise UserError(f"Model path {path} has no config.json; give a saved transformers checkpoint folder.")
         return f"local checkpoint {path}"
-    return f"hub model {name} (downloaded on first use)"
+    try:  # reads the local hub cache only, never the network
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:
+        cached = None
+    if isinstance(cached, str):
+        return f"hub model {name} (in the local hub cache)"
+    return f"hub model {name} (not in local cache; would be downloaded on first use)"

@@ -7,6 +7,13 @@ Units and their keys (a unit is redone only when its key changes):
 - evaluation of (model label, suite): the model's key, suite options and the run's
   evaluation settings. Generations are cached separately (content-addressed), so an
   evaluation interrupted half-way regenerates nothing it already produced.
+
+Cells: the original model's evaluation, and the training and evaluation of each (method,
+seed). ``--only`` runs some cells; separate processes (a job array) may run different
+cells into one run directory at once. Each holds the run directory's lock shared and its
+cells' locks exclusively; manifest.json, scores.csv and the report are rebuilt from the
+unit files on disk under a short lock, so whichever process finishes last leaves them
+complete.
 """
 
 from __future__ import annotations
@@ -28,10 +35,10 @@ from pathlib import Path
 
 from harness import registry
 from harness.config import RunConfig
-from harness.data import DataSource, Direction, parse_directions, sample
+from harness.data import DataSource, Direction, MissingData, parse_directions, sample
 from harness.errors import UserError
 from harness.progress import console
-from harness.store import RunLock, read_json, write_atomic, write_json, write_jsonl
+from harness.store import CellLock, RunLock, StateLock, read_json, write_atomic, write_json, write_jsonl
 
 log = logging.getLogger("radis_bench")
 
@@ -93,8 +100,45 @@ def _hardware() -> dict:
     return info
 
 
+ONLY_HELP = "method=NAME[+NAME...][,seed=N[+N...]], e.g. method=radis,seed=1 or method=original"
+
+
+def parse_only(specs: list[str], methods: list[str], seeds: list[int]) -> list[str]:
+    """The cells that ``--only`` selects, as unit labels (``original``, ``radis-seed1``), in
+    run order. Each spec selects the product of its methods and seeds (every method or
+    seed of the run when left out; ``original`` takes no seed); repeated specs add up."""
+    chosen: set[str] = set()
+    for spec in specs:
+        fields: dict[str, list[str]] = {}
+        for part in spec.split(","):
+            key, eq, value = part.partition("=")
+            key = key.strip()
+            values = [v.strip() for v in value.split("+")]
+            if not eq or key not in ("method", "seed") or key in fields or not all(values):
+                raise UserError(f"--only '{spec}' is not valid; use {ONLY_HELP}.")
+            fields[key] = values
+        picked = fields.get("method", list(methods))
+        for name in picked:
+            if name != "original" and name not in methods:
+                raise UserError(f"--only '{spec}': method '{name}' is not in this run's methods ({', '.join(methods)}) nor 'original'.")
+        wanted = fields.get("seed")
+        if wanted is not None:
+            for value in wanted:
+                if not value.lstrip("-").isdigit() or int(value) not in seeds:
+                    raise UserError(f"--only '{spec}': seed '{value}' is not one of this run's seeds ({', '.join(map(str, seeds))}).")
+            if picked == ["original"]:
+                raise UserError(f"--only '{spec}': the original model has no seed; use method=original alone.")
+        for name in picked:
+            if name == "original":
+                chosen.add("original")
+            else:
+                chosen |= {f"{name}-seed{s}" for s in seeds if wanted is None or s in {int(v) for v in wanted}}
+    order = ["original"] + [f"{m}-seed{s}" for s in seeds for m in methods]
+    return [label for label in order if label in chosen]
+
+
 class Runner:
-    def __init__(self, cfg: RunConfig, config_file: Path | None = None):
+    def __init__(self, cfg: RunConfig, config_file: Path | None = None, only: list[str] | None = None):
         self.cfg = cfg
         self.config_file = config_file
         self.directions: list[Direction] = parse_directions(cfg.pairs)
@@ -105,12 +149,15 @@ class Runner:
                 raise UserError(f"Options given for '{name}', which is neither a known method nor a suite; see `radis-bench list`.")
         self.data = DataSource.open(cfg.data_dir)
         self.run_dir = Path(cfg.out) if cfg.out else Path("runs") / self.default_name()
+        # the cells this process runs; None: the whole run (holds the run directory alone)
+        self.only = parse_only(only, list(self.methods), list(cfg.seeds)) if only else None
         self._original = None
         self._spec = None
         self._backend = None
         self._engine = None
         self._lora_ids: dict[str, int] = {}
         self._train_pairs = None
+        self._train_keys: dict[tuple[str, int], str] = {}
 
     def default_name(self) -> str:
         settings = self.cfg.to_dict()
@@ -120,33 +167,54 @@ class Runner:
         return f"{short}-{'_'.join(d.name for d in self.directions)}-{_hash(settings)[:8]}"
 
     # --- the plan ---------------------------------------------------------------------
-    def plan(self) -> dict:
-        """Every size the run will use, read from the real files (validates the data)."""
+    def plan(self, missing_ok: bool = False) -> dict:
+        """Every size the run will use, read from the real files (validates the data).
+
+        With ``missing_ok`` (the dry run) a direction or set whose data is missing is listed
+        under ``missing`` with the error a real run would stop with."""
         from harness.models import check_model
 
         model_note = check_model(self.cfg.model)
-        translation = {}
+        translation, general, missing = {}, {}, {}
         for d in self.directions:
-            train = self.data.translation(d, "train")
-            test = self.data.translation(d, "test")
+            try:
+                train = self.data.translation(d, "train")
+                test = self.data.translation(d, "test")
+            except MissingData as err:
+                if not missing_ok:
+                    raise
+                missing[d.name] = str(err)
+                continue
+            used = sample(train, self.cfg.train_size, self.cfg.data_seed)
             translation[d.name] = {
                 "train_available": len(train),
-                "train_used": len(sample(train, self.cfg.train_size, self.cfg.data_seed)),
+                "train_used": len(used),
+                "train_chars_used": sum(len(p.source) + len(p.reference) for p in used),
                 "test_available": len(test),
                 "test_used": len(sample(test, self.cfg.eval_size, self.cfg.data_seed)),
             }
-        general = {}
         needed = {SUITE_DATA[s] for s in self.suites if s in SUITE_DATA}
         needed |= {getattr(m.options, "replay_set", None) for m in self.methods.values()} - {None}
         for name in sorted(needed):
-            rows = self.data.general(name)
+            try:
+                rows = self.data.general(name)
+            except MissingData as err:
+                if not missing_ok:
+                    raise
+                missing[name] = str(err)
+                continue
             general[name] = {"available": len(rows), "used": len(sample(rows, self.cfg.eval_size, self.cfg.data_seed))}
-        return {"model": model_note, "data": self.data.label, "translation": translation, "general": general}
+        plan = {"model": model_note, "data": self.data.label, "translation": translation, "general": general}
+        if missing:
+            plan["missing"] = missing
+        return plan
 
     def print_plan(self) -> None:
         from rich.table import Table
 
-        plan = self.plan()
+        from harness.estimate import estimate
+
+        plan = self.plan(missing_ok=True)
         out = console.__class__()
         b = self.cfg.budget
         out.print(f"[bold]Model:[/bold] {self.cfg.model} ({plan['model']})")
@@ -156,6 +224,9 @@ class Runner:
             table.add_column(col, justify="right" if col != "direction" else "left")
         for name, row in plan["translation"].items():
             table.add_row(name, f"{row['train_available']:,}", f"{row['train_used']:,}", f"{row['test_available']:,}", f"{row['test_used']:,}")
+        for name in plan.get("missing", {}):
+            if name in [d.name for d in self.directions]:
+                table.add_row(name, *["[red]missing[/red]"] * 4)
         out.print(table)
         if plan["general"]:
             table = Table(title="General-ability data (items)")
@@ -173,6 +244,14 @@ class Runner:
             f"max length {b.max_length}, equalise {b.equalise}; {adapter}"
         )
         out.print(f"[bold]Run directory:[/bold] {self.run_dir}")
+        if plan.get("missing"):
+            out.print(f"[bold red]Missing data:[/bold red] {', '.join(plan['missing'])}; a real run stops with:")
+            for message in plan["missing"].values():
+                out.print(f"  - {message}", soft_wrap=True)
+        out.print("[bold]" + estimate(self, plan).line().replace(":", ":[/bold]", 1) + (
+            " (directions and sets with missing data not counted)" if plan.get("missing") else ""), soft_wrap=True)
+        if self.only is not None:
+            out.print(f"[bold]Cells (--only):[/bold] {', '.join(self.only)}")
 
     # --- models ---------------------------------------------------------------------------
     @property
@@ -242,6 +321,11 @@ class Runner:
         return {k: v for k, v in sorted(self.data.hashes.items()) if k.startswith("alma/") and "/train." in k}
 
     def train_key(self, method: str, seed: int) -> str:
+        if (method, seed) not in self._train_keys:
+            self._train_keys[method, seed] = self._train_key(method, seed)
+        return self._train_keys[method, seed]
+
+    def _train_key(self, method: str, seed: int) -> str:
         m = self.methods[method]
         return _hash({
             "base": self.spec.fingerprint, "method": method, "options": m.options_dict(),
@@ -272,7 +356,10 @@ class Runner:
     def run(self) -> Path:
         self._plan = self.plan()  # fail on bad input before any work; the manifest records it
         self.backend  # an unusable generation_backend fails here too
-        with RunLock(self.run_dir):
+        with contextlib.ExitStack() as locks:
+            locks.enter_context(RunLock(self.run_dir, shared=self.only is not None))
+            for label in self.only or []:
+                locks.enter_context(CellLock(self.run_dir, label))
             handler = logging.FileHandler(self.run_dir / "run.log")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             log.addHandler(handler)
@@ -291,15 +378,19 @@ class Runner:
 
     def _run(self) -> Path:
         started = time.time()
-        self._say(f"[bold]radis-bench[/bold] run in {self.run_dir} (model {self.cfg.model}, data {self.data.label})")
+        cells = f", cells {', '.join(self.only)}" if self.only is not None else ""
+        self._say(f"[bold]radis-bench[/bold] run in {self.run_dir} (model {self.cfg.model}, data {self.data.label}{cells})")
         self.manifest = self._load_manifest()
         self.counts = {"reused": 0, "computed": 0}
-        for suite in self.suites:
-            self._evaluate("original", "original", None, suite, self.spec.fingerprint, None)
+        if self._selected("original"):
+            for suite in self.suites:
+                self._evaluate("original", "original", None, suite, self.spec.fingerprint, None)
         for seed in self.cfg.seeds:
             for method in self.methods:
-                key = self.train_key(method, seed)
                 label = f"{method}-seed{seed}"
+                if not self._selected(label):
+                    continue
+                key = self.train_key(method, seed)
                 holder = {}
 
                 def load(method=method, seed=seed, holder=holder):
@@ -313,10 +404,9 @@ class Runner:
                 for suite in self.suites:
                     self._evaluate(label, method, seed, suite, key, load)
                 holder.clear()
-        self.manifest["timings"]["total_s_last_invocation"] = round(time.time() - started, 1)
-        self._write_manifest()
-        self._write_scores()
-        self._render_report()
+        which = "" if self.only is None else f" --only {'+'.join(self.only)}"
+        self._timings[f"total_s_last_invocation{which}"] = round(time.time() - started, 1)
+        self._publish(report=True)
         self._summary()
         self._say(
             f"Done in {time.time() - started:.0f}s: {self.counts['computed']} units computed, {self.counts['reused']} reused. "
@@ -324,15 +414,17 @@ class Runner:
         )
         return self.run_dir
 
+    def _selected(self, label: str) -> bool:
+        return self.only is None or label in self.only
+
     # manifest ----------------------------------------------------------------------------
     def _load_manifest(self) -> dict:
-        old = read_json(self.run_dir / "manifest.json") or {}
         cfg_text = None
         if self.config_file is not None:
             cfg_text = Path(self.config_file).read_text(encoding="utf-8")
         manifest = {
             "name": self.run_dir.name,
-            "created": old.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": [Path(sys.argv[0]).name] + sys.argv[1:],
             "config": self.cfg.to_dict(),
@@ -349,22 +441,47 @@ class Runner:
             "suites": {n: {"description": s.description, "options": s.options_dict()} for n, s in self.suites.items()},
             "evaluation": {"extraction": self.cfg.extraction, "max_new_tokens": self.cfg.max_new_tokens, "greedy": True,
                            "judge": self.cfg.judge, "comet_model": self.cfg.comet_model, "safety_classifier": self.cfg.safety_classifier},
-            "training": old.get("training", {}),
-            "method_stats": old.get("method_stats", {}),
-            "timings": old.get("timings", {}),
+            "training": {},
+            "method_stats": {},
+            "timings": {},  # merged from this process's and the other processes' on writing
+            "cells": {},
             "generation": {
                 "backend_setting": self.cfg.generation_backend, "backend": self.backend,
                 "note": "vllm: the original and trained LoRA models (base + adapter) generate with vLLM; fully fine-tuned "
                         "models and the safety classifier generate with transformers" if self.backend == "vllm" else "",
             },
         }
-        write_json(self.run_dir / "manifest.json", manifest)
+        self.manifest, self._timings = manifest, {}
+        self._publish()
         return manifest
 
+    def _publish(self, report: bool = False) -> None:
+        """Rewrite manifest.json and scores.csv (and the report) from what is on disk now,
+        under the short state lock, so concurrent cells never drop each other's units."""
+        with StateLock(self.run_dir):
+            self._write_manifest()
+            self._write_scores()
+            if report:
+                self._render_report()
+
     def _write_manifest(self) -> None:
-        self.manifest["data"]["file_sha256"] = dict(sorted(self.data.hashes.items()))
-        self.manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_json(self.run_dir / "manifest.json", self.manifest)
+        old = read_json(self.run_dir / "manifest.json") or {}
+        m = self.manifest
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        m["created"] = old.get("created") or m["created"]
+        m["updated"] = now
+        m["data"]["file_sha256"] = dict(sorted({**old.get("data", {}).get("file_sha256", {}), **self.data.hashes}.items()))
+        m["training"], m["method_stats"] = {}, {}
+        for seed in self.cfg.seeds:
+            for method in self.methods:
+                if self._training_done(method, seed, self.train_key(method, seed)):
+                    workdir = self._workdir(method, seed)
+                    m["training"].setdefault(method, {})[str(seed)] = read_json(workdir / "train_stats.json") or {}
+                    m["method_stats"].setdefault(method, {})[str(seed)] = read_json(workdir / "method_stats.json") or {}
+        m["timings"] = {**old.get("timings", {}), **self._timings}
+        labels = self.only if self.only is not None else ["original"] + [f"{x}-seed{s}" for s in self.cfg.seeds for x in self.methods]
+        m["cells"] = {**old.get("cells", {}), **{label: {"updated": now, "host": platform.node(), "pid": os.getpid()} for label in labels}}
+        write_json(self.run_dir / "manifest.json", m)
 
     # training ------------------------------------------------------------------------------
     def _workdir(self, method: str, seed: int) -> Path:
@@ -412,10 +529,7 @@ class Runner:
                            extra_loss=m.extra_loss, label=f"train {method} s{seed}")
             trained = result.model
             self.counts["computed"] += 1
-        stats = read_json(workdir / "train_stats.json") or {}
-        self.manifest["training"].setdefault(method, {})[str(seed)] = stats
-        self.manifest["method_stats"].setdefault(method, {})[str(seed)] = read_json(workdir / "method_stats.json") or {}
-        self._write_manifest()
+        self._publish()
         original_model = self.original[0]
         trained = m.after_training(trained, {k: v for k, v in original_model.state_dict().items()})
         adapter = None
@@ -481,21 +595,22 @@ class Runner:
             "not_scored": [dataclasses.asdict(n) for n in result.not_scored],
             "seconds": round(time.time() - t0, 1),
         })
-        self.manifest["timings"][f"eval {label} {suite}"] = round(time.time() - t0, 1)
+        self._timings[f"eval {label} {suite}"] = round(time.time() - t0, 1)
         self.counts["computed"] += 1
-        self._write_scores()
-        self._write_manifest()
+        self._publish()
 
     # outputs -------------------------------------------------------------------------------
     def _score_rows(self) -> list[dict]:
+        """Rows of every finished unit of this run on disk, whichever process computed it
+        (units left by other settings are skipped)."""
         rows = []
-        labels = [("original", "original", None)] + [
-            (f"{m}-seed{s}", m, s) for s in self.cfg.seeds for m in self.methods
+        labels = [("original", "original", None, self.spec.fingerprint)] + [
+            (f"{m}-seed{s}", m, s, self.train_key(m, s)) for s in self.cfg.seeds for m in self.methods
         ]
-        for label, method, seed in labels:
+        for label, method, seed, model_key in labels:
             for suite in self.suites:
                 done = read_json(self._unit_path(label, suite))
-                if not done:
+                if not done or done.get("key") != self.eval_key(model_key, suite):
                     continue
                 base = {"model": self.cfg.model, "method": method, "seed": "" if seed is None else seed, "suite": suite}
                 for m in done["metrics"]:

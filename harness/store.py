@@ -9,6 +9,7 @@ Layout of a run directory::
     results/<label>/<suite>.json   one finished evaluation unit (its key inside)
     outputs/<label>/<suite>.jsonl  per-item model outputs
     report/                    leaderboard.md/.csv/.html and plots
+    locks/<label>.lock         held by the process computing that cell (see ``run --only``)
 """
 
 from __future__ import annotations
@@ -53,31 +54,71 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-class RunLock:
-    """An exclusive lock on a run directory; a second process gets a clear error."""
+class _Flock:
+    """An ``flock`` on a file: exclusive or shared, failing at once or waiting."""
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+    def __init__(self, path: Path, exclusive: bool = True, wait: bool = False):
+        self.path, self.exclusive, self.wait = path, exclusive, wait
         self.fh = None
+
+    def busy(self, holder: str) -> str:  # the one-line message when the lock is taken
+        return f"{self.path} is in use by {holder}."
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = open(self.path, "a+")
+        mode = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | (0 if self.wait else fcntl.LOCK_NB)
         try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fh, mode)
         except BlockingIOError:
             self.fh.seek(0)
-            holder = self.fh.read().strip() or "another process"
+            holder = self.fh.read().strip() or "another radis-bench process"
             self.fh.close()
-            raise UserError(
-                f"Run directory {self.path.parent} is in use by {holder}; wait for it to finish or choose another --out."
-            ) from None
+            raise UserError(self.busy(holder)) from None
         self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"radis-bench process {os.getpid()}")
-        self.fh.flush()
+        self.fh.truncate()  # shared holders leave it empty: no stale name from a killed holder
+        if self.exclusive:
+            self.fh.write(f"radis-bench process {os.getpid()}")
+            self.fh.flush()
         return self
 
     def __exit__(self, *exc):
+        if self.exclusive:
+            self.fh.truncate(0)  # no stale holder name for the next message
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
+
+
+class RunLock(_Flock):
+    """The lock on a run directory. A full run holds it exclusively, so a second run gets a
+    clear error; cells (``run --only``) hold it shared, so they run side by side but never
+    next to a full run of the same directory."""
+
+    def __init__(self, run_dir: Path, shared: bool = False):
+        super().__init__(run_dir / ".lock", exclusive=not shared)
+
+    def busy(self, holder: str) -> str:
+        if not self.exclusive or holder != "another radis-bench process":
+            return f"Run directory {self.path.parent} is in use by {holder}; wait for it to finish or choose another --out."
+        return (f"Run directory {self.path.parent} is in use by cells of a grid (run --only); "
+                "wait for them to finish or choose another --out.")
+
+
+class CellLock(_Flock):
+    """One cell of a run (the original model, or one method and seed), held while a process
+    computes it; a second process asking for the same cell gets a clear error."""
+
+    def __init__(self, run_dir: Path, label: str):
+        super().__init__(run_dir / "locks" / f"{label}.lock")
+        self.label = label
+
+    def busy(self, holder: str) -> str:
+        return (f"Cell {self.label} of run directory {self.path.parent.parent} is being computed by {holder}; "
+                "leave it to that process or choose other --only cells.")
+
+
+class StateLock(_Flock):
+    """Short lock, waited for, around rewriting the run's shared files (manifest, scores, report)."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(run_dir / ".state.lock", wait=True)
