@@ -19,7 +19,10 @@ app = typer.Typer(
 
 
 def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
+    from harness.config import launched_processes
+
+    if launched_processes()[0] == 0:  # every process of a multi-process launch fails alike; one says so
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -72,7 +75,7 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate every input and print the plan; train and generate nothing."),
 ) -> None:
     """Train every method under one budget and score every model on every suite."""
-    from harness.config import RunConfig, apply_settings, read_config_file, validate
+    from harness.config import RunConfig, apply_settings, launched_processes, read_config_file, validate
 
     try:
         cfg = RunConfig()
@@ -103,7 +106,8 @@ def run(
 
         runner = Runner(cfg, config_file=config)
         if dry_run:
-            runner.print_plan()
+            if launched_processes()[0] == 0:
+                runner.print_plan()
             return
         runner.run()
     except UserError as err:
