@@ -96,3 +96,19 @@ def test_a_batch_that_does_not_split_between_the_processes_is_a_user_error(monke
         validate(cfg)
     monkeypatch.setenv("WORLD_SIZE", "3")
     validate(cfg)
+
+
+def test_accelerate_launch_runs_the_benchmark_with_rank_0_reporting(tiny_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    args = ["-m", "harness", "run", "--model", str(tiny_checkpoint), "--methods", "vanilla", "--suites", "translation",
+            "--train-size", "8", "--eval-size", "2", "--steps", "2", "--batch-size", "4", "--out", str(out),
+            "--set", "max_new_tokens=4", "--set", "translation.max_new_tokens=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("training: vanilla seed 0") == 1 and proc.stderr.count("Done in") == 1
+    stats = json.loads((out / "models" / "vanilla" / "seed0" / "train_stats.json").read_text())
+    assert stats["processes"] == 2 and stats["steps"] == 2
+    assert (out / "results" / "vanilla-seed0" / "translation.json").exists()
