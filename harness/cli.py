@@ -19,7 +19,10 @@ app = typer.Typer(
 
 
 def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
+    from harness.config import launched_processes
+
+    if launched_processes()[0] == 0:  # every process of a multi-process launch fails alike; one says so
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -78,7 +81,7 @@ def run(
     ),
 ) -> None:
     """Train every method under one budget and score every model on every suite."""
-    from harness.config import RunConfig, apply_settings, read_config_file, validate
+    from harness.config import RunConfig, apply_settings, launched_processes, read_config_file, validate
 
     try:
         cfg = RunConfig()
@@ -113,7 +116,8 @@ def run(
 
         runner = Runner(cfg, config_file=config, only=only)
         if dry_run:
-            runner.print_plan()
+            if launched_processes()[0] == 0:
+                runner.print_plan()
             return
         runner.run()
     except UserError as err:

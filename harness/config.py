@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ class Budget:
     equalise: str = field(default="steps", metadata={"help": "'steps' (same optimiser steps) or 'tokens' (same target tokens)."})
     target_tokens: int | None = field(default=None, metadata={"help": "With equalise=tokens: target tokens per method (default: what vanilla trains on in `steps`)."})
     save_every: int = field(default=8, metadata={"help": "Save resumable training state every N steps."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision in training (accelerate mixed_precision='bf16')."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass: less memory, more time."})
 
 
 @dataclass
@@ -186,6 +189,11 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def launched_processes() -> tuple[int, int]:
+    """(rank, number of processes) under ``accelerate launch`` or torchrun; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def validate(config: RunConfig) -> None:
     b = config.budget
     if config.train_size is not None and config.train_size <= 0:
@@ -196,6 +204,12 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"--steps must be positive, got {b.steps}.")
     if b.batch_size <= 0 or b.grad_accum <= 0 or b.batch_size % b.grad_accum:
         raise UserError(f"--batch-size ({b.batch_size}) must be positive and divisible by grad_accum ({b.grad_accum}).")
+    processes = launched_processes()[1]
+    if b.batch_size % (b.grad_accum * processes):
+        raise UserError(
+            f"--batch-size ({b.batch_size}) must be divisible by grad_accum ({b.grad_accum}) x processes ({processes}); "
+            "the global batch is split evenly between the processes."
+        )
     if b.learning_rate <= 0:
         raise UserError(f"--lr must be positive, got {b.learning_rate}.")
     if b.schedule not in ("cosine", "linear", "constant"):

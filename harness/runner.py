@@ -354,6 +354,11 @@ class Runner:
 
     # --- the run ----------------------------------------------------------------------------
     def run(self) -> Path:
+        if self._distributed():
+            import torch.distributed as dist
+
+            if dist.get_rank() != 0:
+                return self._follow()
         self._plan = self.plan()  # fail on bad input before any work; the manifest records it
         self.backend  # an unusable generation_backend fails here too
         with contextlib.ExitStack() as locks:
@@ -365,10 +370,52 @@ class Runner:
             log.addHandler(handler)
             log.setLevel(logging.INFO)
             try:
-                return self._run()
+                run_dir = self._run()
+                self._tell(None)
+                return run_dir
             finally:
                 log.removeHandler(handler)
                 handler.close()
+
+    # multi-process launches ---------------------------------------------------------------
+    # Under `accelerate launch -m harness run ...` the main process (rank 0) does the whole run;
+    # the other processes only join each training, which it announces with the examples and
+    # budget, and wait in between (while it builds data and evaluates).
+    def _distributed(self) -> bool:
+        from harness.config import launched_processes
+
+        if launched_processes()[1] <= 1:
+            return False
+        from datetime import timedelta
+
+        import torch
+        from accelerate import PartialState
+
+        # GPUs talk over NCCL, CPU processes over gloo; the waits span whole evaluations
+        PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=24))
+        return True
+
+    def _tell(self, message) -> None:
+        """Announce a training (method, seed, examples, budget) to the other processes; None ends the run."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast_object_list([message], src=0)
+
+    def _follow(self) -> Path:
+        import torch.distributed as dist
+
+        from harness.training import train
+
+        while True:
+            message = [None]
+            dist.broadcast_object_list(message, src=0)
+            if message[0] is None:
+                return self.run_dir
+            method, seed, examples, budget = message[0]
+            base, tokenizer = self._load_base()
+            train(base, tokenizer, examples, budget, self.cfg.lora, self._workdir(method, seed), seed,
+                  extra_loss=self.methods[method].extra_loss, label=f"train {method} s{seed}")
 
     def _say(self, message: str) -> None:
         from rich.text import Text
@@ -525,6 +572,7 @@ class Runner:
             write_json(workdir / "method_stats.json", ctx.stats)
             budget = self._budget_for(tokenizer, seed)
             self._say(f"training: {method} seed {seed} ({budget.steps} steps x {budget.batch_size})")
+            self._tell((method, seed, examples, budget))
             result = train(base, tokenizer, examples, budget, self.cfg.lora, workdir, seed,
                            extra_loss=m.extra_loss, label=f"train {method} s{seed}")
             trained = result.model

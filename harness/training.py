@@ -8,6 +8,12 @@ token-weighted mean NLL of the step (plus a method's optional extra loss). Every
 statistics) is saved atomically under ``workdir/state``; a rerun resumes from it and
 ends with the same weights. ``workdir/final`` holds the result and
 ``workdir/train_stats.json``, written last, marks the training finished.
+
+Under ``accelerate launch`` (or torchrun) the same loop runs on every process through an
+``accelerate.Accelerator``: the global batch stays ``budget.batch_size``, each process takes
+every N-th of the step's micro-batches, the loss keeps the global step's token count as its
+denominator and is scaled by N because the processes average their gradients, so the update
+equals the one-process update. Only the main process writes files.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness.config import Budget, LoRASettings
+from harness.config import Budget, LoRASettings, launched_processes
 from harness.errors import UserError
 from harness.methods import TrainingExample
 from harness.progress import progress_bar
@@ -218,6 +224,24 @@ def _training_threads(model):
         torch.set_num_threads(before)
 
 
+def _accelerator(budget: Budget, device: torch.device):
+    """An Accelerator for this training. One process keeps the model where it is (the harness
+    loads models on the CPU); a multi-process launch puts each process on its own GPU, or on
+    the CPU (gloo) where there is none."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    processes = launched_processes()[1]
+    # The mixed-precision setting is a process-wide singleton; each training sets its own
+    # (the process group, kept in accelerate's PartialState, stays).
+    AcceleratorState._reset_state()
+    return Accelerator(
+        mixed_precision="bf16" if budget.bf16 else "no",
+        cpu=device.type == "cpu" if processes == 1 else not torch.cuda.is_available(),
+        device_placement=processes > 1,
+    )
+
+
 def _peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -343,8 +367,14 @@ def train(
         return TrainResult(finished, json.loads((workdir / STATS_FILE).read_text()))
     if not examples:
         raise ValueError("train() needs at least one example")
-    if budget.batch_size % budget.grad_accum:
-        raise UserError(f"--batch-size ({budget.batch_size}) must be divisible by grad_accum ({budget.grad_accum}).")
+    device = next(model.parameters()).device
+    accelerator = _accelerator(budget, device)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if budget.batch_size % (budget.grad_accum * world):
+        raise UserError(
+            f"--batch-size ({budget.batch_size}) must be divisible by grad_accum ({budget.grad_accum}) "
+            f"x processes ({world}); the global batch is split evenly between the processes."
+        )
     workdir.mkdir(parents=True, exist_ok=True)
 
     items = [tokenise_example(tokenizer, ex, budget.max_length) for ex in examples]
@@ -354,6 +384,8 @@ def train(
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # adapter initialisation and dropout
+    if budget.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = _attach_adapter(model, lora)
     params = list(_trainable(model).values())
     optimizer = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
@@ -372,13 +404,16 @@ def train(
         stats["resumed_from_step"] = step
         log.info("%s: resuming from step %d of %d", label, step, total_steps)
 
-    device = next(model.parameters()).device
+    stats["processes"] = world
+    model, optimizer = accelerator.prepare(model, optimizer)
+    train_device = accelerator.device if world > 1 else device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    micro_size = budget.batch_size // budget.grad_accum
+    micro_size = budget.batch_size // (budget.grad_accum * world)
     by_kind = Counter(stats["target_tokens_by_kind"])
     session_start, wall_before = time.time(), stats["wall_s"]
     model.train()
-    with _training_threads(model), progress_bar(label, total=total_steps) as bar:
+    # only the main process shows progress (a bar of total 0 draws nothing)
+    with _training_threads(model), progress_bar(label, total=total_steps if accelerator.is_main_process else 0) as bar:
         bar.advance(step)
         while step < total_steps:
             # sorting the step's examples by length keeps padding low inside each micro-batch
@@ -390,27 +425,36 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            step_loss, step_extra, step_tokens = 0.0, 0.0, 0
-            for start in range(0, len(batch_items), micro_size):
-                chunk = batch_items[start : start + micro_size]
-                batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-                outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"], batch["weights"])
-                # each micro-batch counts by its share of the step's weighted tokens, so the step
-                # minimises one token-level mean whatever grad_accum is
-                loss = nll_sum / step_weight
-                if extra_loss is not None:
-                    extra = extra_loss(model, batch, outputs) * (weight_sum / step_weight)
-                    loss = loss + extra
-                    step_extra += extra.item()
-                loss.backward()
+            step_loss, step_extra, step_tokens, step_padded = 0.0, 0.0, 0, 0
+            chunks = [batch_items[start : start + micro_size] for start in range(0, len(batch_items), micro_size)]
+            mine = chunks[rank::world]  # process r takes micro-batches r, r+N, ...: disjoint, similar lengths
+            for n, chunk in enumerate(mine):
+                batch = {k: v.to(train_device) for k, v in collate(chunk, pad_id).items()}
+                # gradients are exchanged once per step, after the last micro-batch
+                with accelerator.no_sync(model) if n < len(mine) - 1 else contextlib.nullcontext():
+                    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                    nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"], batch["weights"])
+                    # each micro-batch counts by its share of the global step's weighted tokens, so the
+                    # step minimises one token-level mean whatever grad_accum and the process count are
+                    loss = nll_sum / step_weight
+                    if extra_loss is not None:
+                        extra = extra_loss(accelerator.unwrap_model(model), batch, outputs) * (weight_sum / step_weight)
+                        loss = loss + extra
+                        step_extra += extra.item()
+                    # processes average their gradients; times N that is the sum over the global batch
+                    accelerator.backward(loss * world)
                 step_loss += loss.item()
                 real = int(batch["attention_mask"].sum())
                 step_tokens += real
-                stats["total_tokens"] += real
-                stats["padded_tokens"] += batch["attention_mask"].numel() - real
+                step_padded += batch["attention_mask"].numel() - real
+            local = [[step_loss, step_extra, step_tokens, step_padded, _peak_mem_mb(train_device)]]
+            every = accelerator.gather(torch.tensor(local, dtype=torch.float64, device=train_device)).cpu()
+            step_loss, step_extra = every[:, 0].sum().item(), every[:, 1].sum().item()
+            step_tokens, step_padded = int(every[:, 2].sum()), int(every[:, 3].sum())
+            stats["total_tokens"] += step_tokens
+            stats["padded_tokens"] += step_padded
             if budget.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, budget.max_grad_norm)
+                accelerator.clip_grad_norm_(model.parameters(), budget.max_grad_norm)
             optimizer.step()
             step += 1
 
@@ -426,16 +470,23 @@ def train(
             stats["lr"] = lr
             stats["padding_share"] = stats["padded_tokens"] / max(stats["padded_tokens"] + stats["total_tokens"], 1)
             stats["wall_s"] = wall_before + time.time() - session_start
-            stats["peak_mem_mb"] = max(stats["peak_mem_mb"], _peak_mem_mb(device))
+            stats["peak_mem_mb"] = max(stats["peak_mem_mb"], every[:, 4].max().item())
             bar.advance(1, tokens=step_tokens, extra=f"loss {step_loss:.3f}")
             if budget.save_every > 0 and step % budget.save_every == 0 and step < total_steps:
-                _save_state(workdir, model, optimizer, step, budget.batch_size, signature, stats)
+                if accelerator.is_main_process:
+                    _save_state(workdir, accelerator.unwrap_model(model), optimizer, step, budget.batch_size, signature, stats)
+                accelerator.wait_for_everyone()
 
+    model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    if budget.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
     model.eval()
-    tmp = workdir / (FINAL_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)  # the adapter for LoRA, the whole model for full fine-tuning
-    _replace_dir(tmp, workdir / FINAL_DIR)
-    _write_json(workdir / STATS_FILE, stats)
-    shutil.rmtree(workdir / STATE_DIR, ignore_errors=True)
-    return TrainResult(model, stats)
+    if accelerator.is_main_process:
+        tmp = workdir / (FINAL_DIR + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)  # the adapter for LoRA, the whole model for full fine-tuning
+        _replace_dir(tmp, workdir / FINAL_DIR)
+        _write_json(workdir / STATS_FILE, stats)
+        shutil.rmtree(workdir / STATE_DIR, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return TrainResult(model.to(device), stats)

@@ -226,3 +226,18 @@ def test_a_killed_training_resumes_to_the_same_weights(tiny_checkpoint, tmp_path
         assert torch.allclose(a[name], b[name], atol=1e-6), name
     assert resumed["losses"] == pytest.approx(uninterrupted.stats["losses"], abs=1e-6)
     assert resumed["target_tokens"] == uninterrupted.stats["target_tokens"]
+
+
+def test_bf16_and_gradient_checkpointing_train_close_to_the_plain_run(tiny_tokenizer, tmp_path):
+    """budget.bf16 (accelerate mixed precision) and budget.gradient_checkpointing change how,
+    not what, is trained; the returned model is plain again (no autocast, no checkpointing)."""
+    plain = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(steps=2), LoRASettings(r=4), tmp_path / "plain", seed=0)
+    checkpointed = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(steps=2, gradient_checkpointing=True),
+                         LoRASettings(r=4), tmp_path / "checkpointed", seed=0)
+    assert checkpointed.stats["losses"] == pytest.approx(plain.stats["losses"], rel=1e-5)
+    assert not checkpointed.model.base_model.model.is_gradient_checkpointing
+    mixed = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(steps=2, bf16=True),
+                  LoRASettings(r=4), tmp_path / "bf16", seed=0)
+    assert mixed.stats["losses"] == pytest.approx(plain.stats["losses"], rel=2e-2)
+    assert mixed.stats["losses"] != plain.stats["losses"]  # autocast really ran in bf16
+    assert mixed.model(torch.tensor([[1, 2, 3]])).logits.dtype == torch.float32
