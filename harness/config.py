@@ -71,7 +71,9 @@ class RunConfig:
     lm_eval_tasks: list[str] = field(default_factory=list, metadata={"help": "Extra lm-eval tasks run on each model."})
     extraction: str = field(default="first_paragraph", metadata={"help": "How a translation is cut from chatty output: first_paragraph, first_line or full."})
     generation_backend: str = field(default="auto", metadata={"help": "Generation backend: auto (vllm when CUDA and vllm are present, else transformers), transformers or vllm."})
-    gen_batch_size: int = field(default=32, metadata={"help": "Sequences per generation batch."})
+    device: str = field(default="auto", metadata={"help": "Where models run: auto (a CUDA GPU when present, else the CPU), cpu or cuda."})
+    dtype: str = field(default="auto", metadata={"help": "Weights' dtype: auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16 or float16."})
+    gen_batch_size: int = field(default=0, metadata={"help": "Sequences per generation batch; 0 chooses it from the device and memory."})
     max_new_tokens: int = field(default=128, metadata={"help": "Generation limit for suite answers (translations keep room for an appended rationale)."})
     budget: Budget = field(default_factory=Budget)
     lora: LoRASettings = field(default_factory=LoRASettings)
@@ -202,6 +204,12 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"--eval-size must be a positive number of items, got {config.eval_size}.")
     if b.steps <= 0:
         raise UserError(f"--steps must be positive, got {b.steps}.")
+    if config.device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, got {config.device!r}.")
+    if config.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {config.dtype!r}.")
+    if config.gen_batch_size < 0:
+        raise UserError(f"gen_batch_size must be 0 (automatic) or a positive number of sequences, got {config.gen_batch_size}.")
     if b.batch_size <= 0 or b.grad_accum <= 0 or b.batch_size % b.grad_accum:
         raise UserError(f"--batch-size ({b.batch_size}) must be positive and divisible by grad_accum ({b.grad_accum}).")
     processes = launched_processes()[1]

@@ -151,5 +151,7 @@ def estimate(runner, plan: dict) -> Estimate:
     if params is None:
         return Estimate(None, source, int(train_tokens), int(gen_tokens), None, None)
     train_hours = 6 * params * train_tokens / TRAIN_FLOPS_S / 3600
-    gen_hours = 2 * params * gen_tokens / gen_flops_s(cfg.gen_batch_size) / 3600
+    from harness.generation import MAX_BATCH
+
+    gen_hours = 2 * params * gen_tokens / gen_flops_s(cfg.gen_batch_size or MAX_BATCH["cuda"]) / 3600
     return Estimate(params, source, int(train_tokens), int(gen_tokens), train_hours, gen_hours)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
@@ -94,12 +95,12 @@ class Generator:
 
     backend = "transformers"
 
-    def __init__(self, model, tokenizer, fingerprint: str, cache: GenerationCache | None = None, batch_size: int = 32):
+    def __init__(self, model, tokenizer, fingerprint: str, cache: GenerationCache | None = None, batch_size: int = 0):
         self.model = model
         self.tokenizer = tokenizer
         self.fingerprint = fingerprint
         self.cache = cache or GenerationCache()
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # 0: chosen per call by ``auto_batch_size``
         self.stats = GenerationStats()
         self.stop_ids = end_of_turn_ids(tokenizer)
 
@@ -133,6 +134,7 @@ class Generator:
         tok = self.tokenizer
         lengths = {i: len(tok(texts[i], add_special_tokens=False)["input_ids"]) for i in todo}
         order = sorted(todo, key=lambda i: -lengths[i])
+        self.current_batch = self.batch_size or auto_batch_size(self.model, len(order), lengths[order[0]] + decoding.max_new_tokens)
         started = time.time()
         seed = int(keys[order[0]][:8], 16) ^ decoding.seed
         with progress_bar(label, total=len(order), unit="tok") as bar, torch.inference_mode():
@@ -145,15 +147,12 @@ class Generator:
 
     def _prefill(self, prompts: list[str]):
         """Left-padded forward pass over new prompts: (cache, mask, next positions, last logits)."""
-        import torch
-        from transformers import DynamicCache
-
         tok, model = self.tokenizer, self.model
         tok.padding_side = "left"
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False)
         ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = GrowingCache()
         logits = model(
             input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
         ).logits[:, -1, :]
@@ -172,8 +171,9 @@ class Generator:
 
         cur, new = mask.shape[1], extra_mask.shape[1]
         for layer, extra in zip(cache.layers, extra_cache.layers):
-            layer.keys = torch.cat([widen(layer.keys, cur), widen(extra.keys, new)])
-            layer.values = torch.cat([widen(layer.values, cur), widen(extra.values, new)])
+            (keys, values), (extra_keys, extra_values) = layer._view(), extra._view()
+            layer.replace(torch.cat([widen(keys, cur), widen(extra_keys, new)]),
+                          torch.cat([widen(values, cur), widen(extra_values, new)]))
         return torch.cat([F.pad(mask, (width - cur, 0)), F.pad(extra_mask, (width - new, 0))])
 
     def _decode(self, prompts: list[str], ids_of: list[int], decoding: Decoding, seed: int, bar):
@@ -190,8 +190,9 @@ class Generator:
         out: dict[int, list[int]] = {}
         cache = mask = next_pos = logits = None
         while queue or alive:
-            if queue and len(alive) <= self.batch_size // 2:
-                take, queue = queue[: self.batch_size - len(alive)], queue[self.batch_size - len(alive) :]
+            width = self.current_batch
+            if queue and len(alive) <= width // 2:
+                take, queue = queue[: width - len(alive)], queue[width - len(alive) :]
                 new_cache, new_mask, new_pos, new_logits = self._prefill([prompts[j] for j in take])
                 if alive:
                     mask = self._merge(cache, mask, new_cache, new_mask)
@@ -240,3 +241,98 @@ class Generator:
             sorted_probs[outside] = 0.0
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+# --- batch size and KV cache ------------------------------------------------------------------
+
+# Largest generation batch per device type: on a CPU, tokens/s stops improving around 64
+# (benchmarks/generation.py); a GPU keeps gaining well beyond.
+MAX_BATCH = {"cpu": 64, "cuda": 256}
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of keys and values one token adds to the cache, over all layers."""
+    c = model.config
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2 * c.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size()
+
+
+def auto_batch_size(model, requests: int, tokens_per_sequence: int) -> int:
+    """Sequences decoded together: as many as the device's cap, the requests and a KV-cache
+    memory budget allow (CUDA: a third of free memory; CPU: 1.5 GiB or a tenth of the
+    available RAM, whichever is smaller)."""
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        budget = torch.cuda.mem_get_info(device)[0] / 3
+    else:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            available = 16 * 2**30
+        budget = min(1.5 * 2**30, available / 10)
+    fits = int(budget // max(kv_bytes_per_token(model) * tokens_per_sequence, 1))
+    return max(1, min(MAX_BATCH.get(device.type, 64), requests, fits))
+
+
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A cache layer that writes new keys and values into spare capacity instead of
+        concatenating the whole cache at every step (which copies it once per token)."""
+
+        CHUNK = 64  # tokens of capacity added at a time
+
+        def lazy_initialization(self, key_states):
+            super().lazy_initialization(key_states)
+            self.length = 0
+
+        def replace(self, keys, values):
+            self.keys, self.values, self.length = keys, values, keys.shape[-2]
+
+        def _view(self):
+            return self.keys[..., : self.length, :], self.values[..., : self.length, :]
+
+        def update(self, key_states, value_states, cache_kwargs=None):
+            import torch
+
+            if not self.is_initialized:
+                self.lazy_initialization(key_states)
+                self.replace(key_states, value_states)
+                return self._view()
+            new = key_states.shape[-2]
+            if self.length + new > self.keys.shape[-2]:
+                grow = max(self.CHUNK, new)
+                pad = lambda t: torch.cat([t[..., : self.length, :], t.new_zeros(*t.shape[:-2], grow + new, t.shape[-1])], dim=-2)
+                self.keys, self.values = pad(self.keys), pad(self.values)
+            self.keys[..., self.length : self.length + new, :] = key_states
+            self.values[..., self.length : self.length + new, :] = value_states
+            self.length += new
+            return self._view()
+
+        def get_seq_length(self) -> int:
+            return self.length if self.is_initialized else 0
+
+        def batch_select_indices(self, indices):
+            if self.is_initialized:
+                self.keys, self.values = self.keys[indices, ...], self.values[indices, ...]
+
+    return GrowingLayer
+
+
+_GROWING_LAYER = None
+
+
+def GrowingCache():
+    """A DynamicCache whose layers grow in place (see ``GrowingLayer``)."""
+    global _GROWING_LAYER
+    from transformers import DynamicCache
+
+    if _GROWING_LAYER is None:
+        _GROWING_LAYER = _growing_layer_class()
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _GROWING_LAYER
+    return cache

@@ -139,7 +139,23 @@ def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSpec:
     return ModelSpec(name, str(folder), _checkpoint_fingerprint(folder), f"hub model {name}", trust_remote_code)
 
 
-def load_model(spec: ModelSpec, dtype: str = "float32"):
+def resolve_placement(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
+    """(device, dtype) for the settings: auto = CUDA in bfloat16 where a GPU is present
+    (under ``accelerate launch``, this process's GPU), else the CPU in float32."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("device=cuda was asked for, but torch sees no CUDA GPU; use device=auto or cpu.")
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    return device, dtype
+
+
+def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu"):
     """Load (model, tokenizer) for a resolved spec, in eval mode, with a pad token set."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -151,7 +167,7 @@ def load_model(spec: ModelSpec, dtype: str = "float32"):
         raise UserError(f"Model '{spec.name}' has no chat template; radis-bench fine-tunes chat models, give an instruction-tuned one.")
     model = AutoModelForCausalLM.from_pretrained(
         spec.path, dtype=getattr(torch, dtype), trust_remote_code=spec.trust_remote_code
-    )
+    ).to(device)
     model.eval()
     return model, tokenizer
 

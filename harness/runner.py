@@ -162,7 +162,8 @@ class Runner:
     def default_name(self) -> str:
         settings = self.cfg.to_dict()
         settings.pop("out", None)
-        settings.pop("generation_backend", None)  # both backends share one run (and one cache)
+        for how in ("generation_backend", "device", "gen_batch_size"):  # how, not what: one run (and cache) for all
+            settings.pop(how, None)
         short = Path(self.cfg.model).name.replace(".", "_")
         return f"{short}-{'_'.join(d.name for d in self.directions)}-{_hash(settings)[:8]}"
 
@@ -259,13 +260,25 @@ class Runner:
         if self._spec is None:
             from harness.models import resolve_model
 
-            self._spec = resolve_model(self.cfg.model, self.cfg.trust_remote_code)
+            spec = resolve_model(self.cfg.model, self.cfg.trust_remote_code)
+            device, dtype = self.placement
+            if dtype != "float32":  # other weights give other outputs: every key downstream changes
+                spec = dataclasses.replace(spec, fingerprint=f"{spec.fingerprint}@{dtype}")
+            self._spec = spec
         return self._spec
+
+    @property
+    def placement(self) -> tuple[str, str]:
+        """(device, dtype) the models run in, from the device and dtype settings."""
+        from harness.models import resolve_placement
+
+        return resolve_placement(self.cfg.device, self.cfg.dtype)
 
     def _load_base(self):
         from harness.models import load_model
 
-        return load_model(self.spec)
+        device, dtype = self.placement
+        return load_model(self.spec, dtype=dtype, device=device)
 
     @property
     def backend(self) -> str:

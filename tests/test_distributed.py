@@ -38,9 +38,11 @@ budget = Budget(steps=5, batch_size=4, grad_accum=1, learning_rate=1e-2, warmup_
 result = train(model, tokenizer, examples, budget, LoRASettings(r=4), workdir, seed=1)
 try:  # 3 examples cannot be split between 2 processes
     train(AutoModelForCausalLM.from_pretrained(checkpoint), tokenizer, examples, Budget(steps=1, batch_size=3), LoRASettings(r=4), workdir + "-odd", seed=1)
-    print("ODD-BATCH: accepted")
+    print("ODD-BATCH: accepted", flush=True)
 except UserError as err:
-    print("ODD-BATCH:", err)
+    # one write per line: the two processes share the pipe, and lines must not interleave
+    sys.stdout.write(f"ODD-BATCH: {err}\\n")
+    sys.stdout.flush()
 '''
 
 

@@ -60,3 +60,33 @@ def test_continuous_batching_refills_and_matches_one_by_one(tiny_model, tiny_tok
     for size in (2, 4):
         assert [o.text for o in results[size]] == [o.text for o in results[1]]
         assert [o.new_tokens for o in results[size]] == lengths
+
+
+def test_growing_cache_matches_concatenation():
+    """The in-place KV cache returns exactly what concatenating every step would."""
+    import torch
+
+    from harness.generation import GrowingCache
+
+    cache = GrowingCache()
+    keys, values = [], []
+    for step in range(150):  # beyond two capacity chunks
+        new = 7 if step == 0 else 1
+        k, v = torch.randn(2, 3, new, 4), torch.randn(2, 3, new, 4)
+        keys.append(k), values.append(v)
+        got_k, got_v = cache.update(k, v, 0)
+        assert torch.equal(got_k, torch.cat(keys, dim=-2)) and torch.equal(got_v, torch.cat(values, dim=-2))
+    assert cache.get_seq_length() == 156
+    cache.batch_select_indices(torch.tensor([1]))
+    got_k, _ = cache.layers[0]._view()
+    assert torch.equal(got_k, torch.cat(keys, dim=-2)[1:])
+
+
+def test_auto_batch_size_bounds(tiny_model):
+    from harness.generation import MAX_BATCH, auto_batch_size, kv_bytes_per_token
+
+    c = tiny_model.config
+    assert kv_bytes_per_token(tiny_model) == 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    assert auto_batch_size(tiny_model, 10_000, 100) == MAX_BATCH["cpu"]  # the device cap
+    assert auto_batch_size(tiny_model, 5, 100) == 5  # never more than the requests
+    assert auto_batch_size(tiny_model, 10_000, 10**9) == 1  # the memory budget

@@ -241,3 +241,18 @@ def test_bf16_and_gradient_checkpointing_train_close_to_the_plain_run(tiny_token
     assert mixed.stats["losses"] == pytest.approx(plain.stats["losses"], rel=2e-2)
     assert mixed.stats["losses"] != plain.stats["losses"]  # autocast really ran in bf16
     assert mixed.model(torch.tensor([[1, 2, 3]])).logits.dtype == torch.float32
+
+
+def test_length_groups_bound_padding_and_size():
+    from harness.training import TokenisedExample, length_groups
+
+    lengths = [10, 11, 12, 30, 31, 33, 90, 95, 100, 101, 102, 200]
+    items = [TokenisedExample([1] * n, [1.0] * n, [None] * n) for n in lengths]
+    groups = length_groups(items, max_size=4)
+    assert [len(it.input_ids) for g in groups for it in g] == lengths  # order kept, nothing dropped
+    assert all(len(g) <= 4 for g in groups)
+    for g in groups:
+        width = max(len(it.input_ids) for it in g)
+        assert 1 - sum(len(it.input_ids) for it in g) / (width * len(g)) <= 0.1
+    assert [len(g) for g in groups] == [3, 3, 4, 1, 1]
+    assert length_groups(items[:3], max_size=1) == [[items[0]], [items[1]], [items[2]]]

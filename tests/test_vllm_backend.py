@@ -197,7 +197,8 @@ def test_run_with_vllm_serves_trained_lora_models_as_adapters(fake_vllm, monkeyp
 
     set_cuda(monkeypatch, True)
     cfg = RunConfig()
-    apply_settings(cfg, {"model": str(tiny_checkpoint), "methods": ["vanilla"], "suites": ["translation"],
+    # the GPU is pretended for backend selection only: the transformers side stays on the CPU
+    apply_settings(cfg, {"model": str(tiny_checkpoint), "methods": ["vanilla"], "suites": ["translation"], "device": "cpu",
                          "train_size": 4, "eval_size": 2, "out": str(tmp_path / "run"), "max_new_tokens": 6,
                          "budget": {"steps": 1, "batch_size": 2, "save_every": 1}, "lora": {"r": 4},
                          "suite_options": {"translation": {"max_new_tokens": 6}}}, "test")
