@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from harness.config import RunConfig, apply_settings
 from harness.data import DataSource, Direction
-from harness.generation import Generator
+from harness.generation import Decoding, Generator, Request
 from harness.stats import bootstrap_ci
 
 
@@ -113,6 +113,12 @@ class Suite:
 
     def options_dict(self) -> dict:
         return dataclasses.asdict(self.options)
+
+    def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
+        """The generations ``evaluate`` will ask of ``ctx.generator`` (optional). The runner
+        generates every pending suite's requests to one model in one batch first, so
+        ``evaluate`` then finds them in the cache; a suite that returns none loses nothing."""
+        return []
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         raise NotImplementedError

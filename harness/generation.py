@@ -113,32 +113,48 @@ class Generator:
 
     def generate(self, requests: list[Request], decoding: Decoding = Decoding(), label: str = "generating") -> list[Output]:
         """Outputs in the order of ``requests``; only cache misses are generated."""
-        texts = [self.prompt_text(r) for r in requests]
-        keys = [self.key(t, decoding) for t in texts]
+        return self.generate_many([(r, decoding) for r in requests], label)
+
+    def generate_many(self, items: list[tuple[Request, Decoding]], label: str = "generating") -> list[Output]:
+        """Like ``generate`` with a decoding per request: requests that differ only in
+        ``max_new_tokens`` decode in one batch (e.g. every suite's questions to one model)."""
+        texts = [self.prompt_text(r) for r, _ in items]
+        keys = [self.key(t, d) for t, (_, d) in zip(texts, items)]
         results: list[Output | None] = [self.cache.get(k) for k in keys]
         todo = [i for i, r in enumerate(results) if r is None]
         # the same prompt twice in one call is generated once
         first_of: dict[str, int] = {}
         unique = [i for i in todo if first_of.setdefault(keys[i], i) == i]
-        self.stats.cache_hits += len(requests) - len(unique)
-        if unique:
-            self._generate_missing(texts, keys, unique, decoding, results, label)
+        self.stats.cache_hits += len(items) - len(unique)
+        groups: dict[str, list[int]] = {}
+        for i in unique:
+            groups.setdefault(self._batch_key(items[i][1]), []).append(i)
+        for group in groups.values():
+            self._generate_missing(texts, keys, group, {i: items[i][1] for i in group}, results, label)
         for i in todo:
             if results[i] is None:
                 results[i] = results[first_of[keys[i]]]
         return results  # type: ignore[return-value]
 
-    def _generate_missing(self, texts, keys, todo, decoding, results, label):
+    @staticmethod
+    def _batch_key(decoding: Decoding) -> str:
+        """Requests with equal keys can share a batch: everything but the length limit."""
+        return json.dumps({**decoding.key(), "max_new_tokens": None}, sort_keys=True)
+
+    def _generate_missing(self, texts, keys, todo, decodings: dict[int, Decoding], results, label):
         import torch
 
         tok = self.tokenizer
         lengths = {i: len(tok(texts[i], add_special_tokens=False)["input_ids"]) for i in todo}
         order = sorted(todo, key=lambda i: -lengths[i])
-        self.current_batch = self.batch_size or auto_batch_size(self.model, len(order), lengths[order[0]] + decoding.max_new_tokens)
+        decoding = decodings[order[0]]  # the sampling settings the whole group shares
+        longest = max(decodings[i].max_new_tokens for i in order)
+        self.current_batch = self.batch_size or auto_batch_size(self.model, len(order), lengths[order[0]] + longest)
         started = time.time()
         seed = int(keys[order[0]][:8], 16) ^ decoding.seed
+        limits = [decodings[i].max_new_tokens for i in order]
         with progress_bar(label, total=len(order), unit="tok") as bar, torch.inference_mode():
-            for i, (ids, finished) in self._decode([texts[i] for i in order], order, decoding, seed, bar):
+            for i, (ids, finished) in self._decode([texts[i] for i in order], order, decoding, seed, bar, limits):
                 results[i] = Output(tok.decode(ids, skip_special_tokens=True), len(ids), finished)
                 self.cache.put_many([(keys[i], results[i])])
                 self.stats.new_tokens += len(ids)
@@ -176,7 +192,7 @@ class Generator:
                           torch.cat([widen(values, cur), widen(extra_values, new)]))
         return torch.cat([F.pad(mask, (width - cur, 0)), F.pad(extra_mask, (width - new, 0))])
 
-    def _decode(self, prompts: list[str], ids_of: list[int], decoding: Decoding, seed: int, bar):
+    def _decode(self, prompts: list[str], ids_of: list[int], decoding: Decoding, seed: int, bar, limits: list[int]):
         """Continuous batching with a KV cache: a sequence that reaches end of turn leaves the
         batch at once, and waiting prompts join whenever half the batch has finished.
         Yields (request index, (token ids, finished)) as sequences complete."""
@@ -209,7 +225,7 @@ class Generator:
                     yield ids_of[j], (out.pop(j), True)
                     continue
                 out[j].append(token)
-                if len(out[j]) >= decoding.max_new_tokens:
+                if len(out[j]) >= limits[j]:
                     bar.advance(1)
                     yield ids_of[j], (out.pop(j), False)
                     continue

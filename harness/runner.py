@@ -443,6 +443,7 @@ class Runner:
         self.manifest = self._load_manifest()
         self.counts = {"reused": 0, "computed": 0}
         if self._selected("original"):
+            self._generate_ahead("original", self.spec.fingerprint, None)
             for suite in self.suites:
                 self._evaluate("original", "original", None, suite, self.spec.fingerprint, None)
         for seed in self.cfg.seeds:
@@ -461,6 +462,7 @@ class Runner:
                 pending = [s for s in self.suites if not self._unit_done(label, s, key)]
                 if pending or not self._training_done(method, seed, key):
                     load()
+                self._generate_ahead(label, key, load)
                 for suite in self.suites:
                     self._evaluate(label, method, seed, suite, key, load)
                 holder.clear()
@@ -625,9 +627,32 @@ class Runner:
         done = read_json(self._unit_path(label, suite))
         return bool(done) and done.get("key") == self.eval_key(model_key, suite)
 
-    def _evaluate(self, label, method, seed, suite, model_key, load) -> None:
+    def _context(self, label, suite, load):
         from harness.evaluation import SuiteContext
 
+        model, tokenizer, generator = self.original if load is None else load()
+        original_model, _, original_gen = self.original
+        return SuiteContext(
+            label=label, model=model, tokenizer=tokenizer, generator=generator, original_generator=original_gen,
+            data=self.data, directions=self.directions, config=self.cfg, workdir=self.run_dir / "work" / label / suite,
+            original_model_fn=lambda: contextlib.nullcontext(original_model),
+        )
+
+    def _generate_ahead(self, label, model_key, load) -> None:
+        """Generate what every pending suite will ask of this model in one batched call, so
+        small suites fill batches together (decoding is bandwidth-bound: a wider batch costs
+        little more per step); each suite then finds its outputs in the cache."""
+        pending = [s for s in self.suites if not self._unit_done(label, s, model_key)]
+        if len(pending) < 2:
+            return
+        items = []
+        for suite in pending:
+            items += self.suites[suite].requests(self._context(label, suite, load))
+        if items:
+            generator = self._context(label, pending[0], load).generator
+            generator.generate_many(items, label=f"{label}: {len(items)} answers for {', '.join(pending)}")
+
+    def _evaluate(self, label, method, seed, suite, model_key, load) -> None:
         key = self.eval_key(model_key, suite)
         path = self._unit_path(label, suite)
         done = read_json(path)
@@ -635,18 +660,9 @@ class Runner:
             log.info("reused: %s on %s", label, suite)
             self.counts["reused"] += 1
             return
-        if load is None:
-            model, tokenizer, generator = self.original
-        else:
-            model, tokenizer, generator = load()
-        original_model, _, original_gen = self.original
+        ctx = self._context(label, suite, load)
         self._say(f"evaluating: {label} on {suite}")
         t0 = time.time()
-        ctx = SuiteContext(
-            label=label, model=model, tokenizer=tokenizer, generator=generator, original_generator=original_gen,
-            data=self.data, directions=self.directions, config=self.cfg, workdir=self.run_dir / "work" / label / suite,
-            original_model_fn=lambda: contextlib.nullcontext(original_model),
-        )
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         result = self.suites[suite].evaluate(ctx)
         write_jsonl(self.run_dir / "outputs" / label / f"{suite}.jsonl", result.outputs)

@@ -123,6 +123,21 @@ def weighted_nll(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.T
     return (w * nll).sum(), w.sum()
 
 
+def _first_scored(weights: torch.Tensor) -> int:
+    """The last position before any token of the micro-batch carries loss (logits before
+    it predict nothing that counts)."""
+    scored = (weights[:, 1:] > 0).any(dim=0).nonzero()
+    return max(int(scored[0]) if len(scored) else 0, 0)
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    inner = getattr(model, "module", model)  # DDP wraps the model
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 def length_groups(items: list[TokenisedExample], max_size: int, max_padding: float = 0.1) -> list[list[TokenisedExample]]:
     """Split length-sorted examples into micro-batches of at most ``max_size`` whose padding
     stays within ``max_padding`` of the tokens each processes (a longer example that would
@@ -431,6 +446,9 @@ def train(
     train_device = accelerator.device if world > 1 else device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     micro_size = budget.batch_size // (budget.grad_accum * world)
+    # no logits for the shared prompt prefix of a micro-batch: they carry no loss, and the
+    # vocabulary projection and softmax are a fifth of the compute (an extra loss sees all)
+    skip_prompt_logits = extra_loss is None and _accepts_logits_to_keep(model)
     by_kind = Counter(stats["target_tokens_by_kind"])
     session_start, wall_before = time.time(), stats["wall_s"]
     model.train()
@@ -457,8 +475,10 @@ def train(
                 batch = {k: v.to(train_device) for k, v in collate(chunk, pad_id).items()}
                 # gradients are exchanged once per step, after the last micro-batch
                 with accelerator.no_sync(model) if n < len(mine) - 1 else contextlib.nullcontext():
-                    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-                    nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"], batch["weights"])
+                    start = _first_scored(batch["weights"]) if skip_prompt_logits else 0
+                    kwargs = {"logits_to_keep": batch["input_ids"].shape[1] - start} if start else {}
+                    outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+                    nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"][:, start:], batch["weights"][:, start:])
                     # each micro-batch counts by its share of the global step's weighted tokens, so the
                     # step minimises one token-level mean whatever grad_accum and the process count are
                     loss = nll_sum / step_weight

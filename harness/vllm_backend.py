@@ -102,7 +102,7 @@ class VLLMGenerator(Generator):
         return SamplingParams(temperature=decoding.temperature, top_p=decoding.top_p,
                               seed=int(key[:8], 16) ^ decoding.seed, **common)
 
-    def _generate_missing(self, texts, keys, todo, decoding, results, label):
+    def _generate_missing(self, texts, keys, todo, decodings, results, label):
         tok = self.tokenizer
         stop = set(self.stop_ids)
         started = time.time()
@@ -110,7 +110,7 @@ class VLLMGenerator(Generator):
             for at in range(0, len(todo), CHUNK):
                 chunk = todo[at : at + CHUNK]
                 prompts = [{"prompt_token_ids": tok(texts[i], add_special_tokens=False)["input_ids"]} for i in chunk]
-                params = [self.sampling_params(keys[i], decoding) for i in chunk]
+                params = [self.sampling_params(keys[i], decodings[i]) for i in chunk]
                 outs = self.llm.generate(prompts, params, lora_request=self.lora_request(), use_tqdm=False)
                 done = []
                 for i, out in zip(chunk, outs, strict=True):

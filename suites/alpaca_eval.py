@@ -123,14 +123,14 @@ class AlpacaEvalSuite(Suite):
     description = "AlpacaEval instructions: win rate against the reference outputs by an alpaca-eval judge (--judge)."
     Options = AlpacaEvalOptions
 
+    def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
+        return [(Request(user_turn(item.prompt)), decoding) for item in sample(ctx.data.general("alpaca_eval"), ctx.eval_size, ctx.data_seed)]
+
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         every: list[Instruction] = ctx.data.general("alpaca_eval")
         items: list[Instruction] = sample(every, ctx.eval_size, ctx.data_seed)
-        outputs = ctx.generator.generate(
-            [Request(user_turn(item.prompt)) for item in items],
-            Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens),
-            label=f"alpaca_eval [{ctx.label}]",
-        )
+        outputs = ctx.generator.generate_many(self.requests(ctx), label=f"alpaca_eval [{ctx.label}]")
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         (ctx.workdir / "model_outputs.json").write_text(json.dumps(
             [{"instruction": it.prompt, "output": out.text, "generator": ctx.label} for it, out in zip(items, outputs)],

@@ -80,6 +80,11 @@ class GSM8KSuite(Suite):
     description = "GSM8K test questions: exact match of the final number (main)."
     Options = GSM8KOptions
 
+    def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
+        items = sample(ctx.data.general("gsm8k"), ctx.eval_size, ctx.data_seed)
+        return [(Request(user_turn(gsm8k_prompt(it.prompt))), decoding) for it in items]
+
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         items: list[Instruction] = sample(ctx.data.general("gsm8k"), ctx.eval_size, ctx.data_seed)
         if not items:

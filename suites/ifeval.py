@@ -127,15 +127,15 @@ class IFEvalSuite(Suite):
     description = "IFEval verifiable instructions: prompt/instruction-level strict and loose accuracy (lm-eval's checkers)."
     Options = IFEvalOptions
 
+    def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
+        return [(Request(user_turn(item.prompt)), decoding) for item in sample(ctx.data.general("ifeval"), ctx.eval_size, ctx.data_seed)]
+
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         punkt_source = ensure_punkt_offline()
         items: list[Instruction] = sample(ctx.data.general("ifeval"), ctx.eval_size, ctx.data_seed)
         max_new_tokens = self.options.max_new_tokens or ctx.config.max_new_tokens
-        outputs = ctx.generator.generate(
-            [Request(user_turn(item.prompt)) for item in items],
-            Decoding(max_new_tokens=max_new_tokens),
-            label=f"ifeval [{ctx.label}]",
-        )
+        outputs = ctx.generator.generate_many(self.requests(ctx), label=f"ifeval [{ctx.label}]")
         result = SuiteResult()
         scores = [score_response(item, out.text) for item, out in zip(items, outputs)]
         note = f"lm-eval {version('lm_eval')} IFEval checkers; {punkt_source}"

@@ -137,7 +137,13 @@ class RetentionSuite(Suite):
     description = "Judge-free distance from the original on its own answers: KL (main, lower is better) and NLL change."
     Options = RetentionOptions
 
-    def evaluate(self, ctx: SuiteContext) -> SuiteResult:
+    def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
+        # the answers come from the original model: batched with others only when it is the one evaluated
+        if ctx.generator is not ctx.original_generator:
+            return []
+        return [(Request(user_turn(it.prompt)), Decoding(max_new_tokens=self.options.max_new_tokens)) for it in self._items(ctx)]
+
+    def _items(self, ctx: SuiteContext) -> list[Instruction]:
         opts = self.options
         spec = GENERAL_SETS.get(opts.instruction_set)
         if spec is None or spec.kind != "instruction":
@@ -146,6 +152,11 @@ class RetentionSuite(Suite):
         items: list[Instruction] = sample(ctx.data.general(opts.instruction_set), ctx.eval_size, ctx.data_seed)
         if not items:
             raise UserError(f"The {opts.instruction_set} set in {ctx.data.label} is empty; give it at least one instruction.")
+        return items
+
+    def evaluate(self, ctx: SuiteContext) -> SuiteResult:
+        opts = self.options
+        items = self._items(ctx)
         prompts = [it.prompt for it in items]
         answers = ctx.original_generator.generate(
             [Request(user_turn(p)) for p in prompts], Decoding(max_new_tokens=opts.max_new_tokens),

@@ -88,16 +88,23 @@ class SafetySuite(Suite):
     description = "AdvBench: keyword refusal rate (main), with the GCG suffix, and an optional classifier's unsafe rate."
     Options = SafetyOptions
 
-    def evaluate(self, ctx: SuiteContext) -> SuiteResult:
+    def _prompts(self, ctx: SuiteContext) -> tuple[list[HarmfulPrompt], list[str]]:
         items: list[HarmfulPrompt] = sample(ctx.data.general("advbench"), ctx.eval_size, ctx.data_seed)
         if not items:
             raise UserError(f"The advbench set in {ctx.data.label} is empty; give it at least one goal.")
         prompts = [it.goal for it in items]
         if self.options.jailbreak:
             prompts += [jailbreak_prompt(it.goal) for it in items]
+        return items, prompts
+
+    def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
         decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
+        return [(Request(user_turn(p)), decoding) for p in self._prompts(ctx)[1]]
+
+    def evaluate(self, ctx: SuiteContext) -> SuiteResult:
+        items, prompts = self._prompts(ctx)
         # one call so plain and jailbreak prompts share batches
-        outputs = ctx.generator.generate([Request(user_turn(p)) for p in prompts], decoding, label=f"safety [{ctx.label}]")
+        outputs = ctx.generator.generate_many(self.requests(ctx), label=f"safety [{ctx.label}]")
         plain, attacked = outputs[: len(items)], outputs[len(items) :]
 
         result = SuiteResult()

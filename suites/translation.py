@@ -193,21 +193,25 @@ class TranslationSuite(Suite):
     description = "WMT22 test sets: BLEU, chrF++ (main), COMET with a checkpoint, and output length."
     Options = TranslationOptions
 
-    def evaluate(self, ctx: SuiteContext) -> SuiteResult:
-        opts = self.options
-        rule = ctx.config.extraction
+    def _chosen(self, ctx: SuiteContext) -> list[tuple[Direction, int, TranslationPair]]:
         chosen: list[tuple[Direction, int, TranslationPair]] = []
         for direction in ctx.directions:
             pairs = ctx.data.translation(direction, "test")
             if not pairs:
                 raise UserError(f"The {direction.name} test set in {ctx.data.label} is empty; give it at least one pair.")
             chosen += [(direction, i, p) for i, p in sample(list(enumerate(pairs)), ctx.eval_size, ctx.data_seed)]
+        return chosen
+
+    def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
+        return [(Request(user_turn(translation_prompt(p))), decoding) for _, _, p in self._chosen(ctx)]
+
+    def evaluate(self, ctx: SuiteContext) -> SuiteResult:
+        opts = self.options
+        rule = ctx.config.extraction
+        chosen = self._chosen(ctx)
         # one call for every direction: batches fill up across directions
-        outputs = ctx.generator.generate(
-            [Request(user_turn(translation_prompt(p))) for _, _, p in chosen],
-            Decoding(max_new_tokens=opts.max_new_tokens or ctx.config.max_new_tokens),
-            label=f"translation [{ctx.label}]",
-        )
+        outputs = ctx.generator.generate_many(self.requests(ctx), label=f"translation [{ctx.label}]")
         items = [_Item(d, i, p, o, extract_translation(o.text, rule)) for (d, i, p), o in zip(chosen, outputs)]
 
         result = SuiteResult()

@@ -201,3 +201,32 @@ def test_external_plugin_method_is_listed_and_runs(tiny_checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     methods = {r["method"] for r in read_scores(tmp_path / "run")}
     assert methods == {"original", "echo"}
+
+
+def test_each_model_answers_every_suite_in_one_batched_call(tiny_checkpoint, tmp_path, monkeypatch):
+    """Before scoring a model, the runner generates all its suites' answers in one call; the
+    suites then find every answer in the cache and generate nothing themselves."""
+    from harness.config import RunConfig, apply_settings
+    from harness.generation import Generator
+    from harness.runner import Runner
+
+    calls = []
+    real = Generator.generate_many
+
+    def counting(self, items, label="generating"):
+        before = self.stats.generated
+        out = real(self, items, label)
+        calls.append((label, len(items), self.stats.generated - before))
+        return out
+
+    monkeypatch.setattr(Generator, "generate_many", counting)
+    cfg = RunConfig()
+    apply_settings(cfg, {"model": str(tiny_checkpoint), "methods": ["vanilla"], "suites": ["translation", "safety", "gsm8k"],
+                         "train_size": 4, "eval_size": 3, "out": str(tmp_path / "run"), "max_new_tokens": 6,
+                         "budget": {"steps": 1, "batch_size": 2}, "lora": {"r": 4}}, "test")
+    Runner(cfg).run()
+    ahead = [c for c in calls if "answers for translation, safety, gsm8k" in c[0]]
+    # original and vanilla: 3 translations + 3 plain and 3 attacked safety prompts + 3 questions each
+    assert [(n, made) for _, n, made in ahead] == [(12, 12), (12, 12)]
+    suite_calls = [c for c in calls if c[0].split(" [")[0] in ("translation", "safety", "gsm8k")]
+    assert len(suite_calls) == 6 and all(made == 0 for _, _, made in suite_calls)

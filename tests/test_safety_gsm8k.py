@@ -110,8 +110,8 @@ def test_safety_scores_known_replies(tiny_model, tiny_tokenizer, data_root, tmp_
 def test_safety_generates_in_one_batched_call(tiny_model, tiny_tokenizer, data_root, tmp_path, monkeypatch):
     ctx = make_context(tiny_model, tiny_tokenizer, data_root, tmp_path, eval_size=2)
     calls = []
-    real = ctx.generator.generate
-    monkeypatch.setattr(ctx.generator, "generate", lambda reqs, *a, **k: calls.append(len(reqs)) or real(reqs, *a, **k))
+    real = ctx.generator.generate_many
+    monkeypatch.setattr(ctx.generator, "generate_many", lambda items, *a, **k: calls.append(len(items)) or real(items, *a, **k))
     result = SafetySuite.from_settings({"max_new_tokens": MAX_NEW}).evaluate(ctx)
     assert calls == [4]  # 2 plain + 2 with the suffix
     for metric in result.metrics:

@@ -256,3 +256,27 @@ def test_length_groups_bound_padding_and_size():
         assert 1 - sum(len(it.input_ids) for it in g) / (width * len(g)) <= 0.1
     assert [len(g) for g in groups] == [3, 3, 4, 1, 1]
     assert length_groups(items[:3], max_size=1) == [[items[0]], [items[1]], [items[2]]]
+
+
+def test_loss_without_prompt_logits_is_the_same(tiny_model, tiny_tokenizer):
+    """Logits only from the first scored position give the loss of the full logits."""
+    import torch
+
+    from harness.methods import Segment, TrainingExample
+    from harness.training import _accepts_logits_to_keep, _first_scored, collate, tokenise_example, weighted_nll
+
+    examples = [TrainingExample([{"role": "user", "content": "a b c d e f g h"}], [Segment("x y z")]),
+                TrainingExample([{"role": "user", "content": "a b c d e"}], [Segment("x y z w v")])]
+    items = [tokenise_example(tiny_tokenizer, ex, 96) for ex in examples]
+    batch = collate(items, tiny_tokenizer.pad_token_id)
+    start = _first_scored(batch["weights"])
+    prompt_lengths = [it.weights.index(next(w for w in it.weights if w > 0)) for it in items]
+    assert start == min(prompt_lengths) - 1 > 0
+    assert _accepts_logits_to_keep(tiny_model)
+    with torch.no_grad():
+        full = weighted_nll(tiny_model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits, batch["input_ids"], batch["weights"])
+        kept = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          logits_to_keep=batch["input_ids"].shape[1] - start).logits
+        part = weighted_nll(kept, batch["input_ids"][:, start:], batch["weights"][:, start:])
+    assert kept.shape[1] == batch["input_ids"].shape[1] - start
+    assert torch.allclose(full[0], part[0], rtol=1e-5) and torch.equal(full[1], part[1])

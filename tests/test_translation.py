@@ -134,8 +134,8 @@ def test_rationale_after_a_blank_line_is_cut_before_scoring(tmp_path, tiny_model
 def test_all_directions_generate_in_one_call_and_average(tmp_path, tiny_model, tiny_tokenizer, tiny_data, monkeypatch):
     ctx = make_ctx(tmp_path, tiny_model, tiny_tokenizer, tiny_data, "de-en,en-zh", eval_size=3)
     calls = []
-    real = ctx.generator.generate
-    monkeypatch.setattr(ctx.generator, "generate", lambda reqs, *a, **k: calls.append(len(reqs)) or real(reqs, *a, **k))
+    real = ctx.generator.generate_many
+    monkeypatch.setattr(ctx.generator, "generate_many", lambda items, *a, **k: calls.append(len(items)) or real(items, *a, **k))
     result = TranslationSuite(translation.TranslationOptions(max_new_tokens=6)).evaluate(ctx)
     assert calls == [6]
     m = metrics_of(result)
