@@ -48,17 +48,17 @@ def harness(model, tokenizer, fingerprint, messages, max_new_tokens, batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         gen = Generator(model, tokenizer, fingerprint, cache=GenerationCache(Path(tmp) / "g.sqlite"), batch_size=batch_size)
         start = time.perf_counter()
-        outs = gen.generate([Request(m) for m in messages], Decoding(max_new_tokens=max_new_tokens), label=f"harness bs={batch_size}")
+        outs = gen.generate([Request(m) for m in messages], Decoding(max_new_tokens=max_new_tokens), label="radis-bench Generator")
         seconds = time.perf_counter() - start
         gen.cache.db.close()
-    return [o.text for o in outs], sum(o.new_tokens for o in outs), seconds
+    return [o.text for o in outs], sum(o.new_tokens for o in outs), seconds, gen.current_batch
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--batch-sizes", default="auto", help="comma-separated Generator batch sizes to try, or 'auto'")
+    ap.add_argument("--batch-sizes", default="auto", help="comma-separated Generator batch sizes to try ('auto': the Generator's own choice)")
     ap.add_argument("--dtype", default="float32", help="model dtype for both sides (float32 or bfloat16)")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
@@ -83,13 +83,13 @@ def main() -> None:
     print(f"per-example generate: {base_tok} tokens in {base_s:.1f}s = {base_rate:.1f} tok/s "
           f"({100 * base_rate / limit:.1f}% of limit), peak +{mem['increase_mb']:.0f} MiB")
 
-    sizes = ["auto"] if args.batch_sizes == "auto" else [int(b) for b in args.batch_sizes.split(",")]
+    sizes = [0 if b == "auto" else int(b) for b in args.batch_sizes.split(",")]  # 0: the Generator chooses
     for bs in sizes:
         with peak_rss() as mem:
-            out, tok, secs = harness(model, tokenizer, spec.fingerprint, messages, args.max_new_tokens, bs)
+            out, tok, secs, used = harness(model, tokenizer, spec.fingerprint, messages, args.max_new_tokens, bs)
         rate = tok / secs
         same = sum(a == b for a, b in zip(out, base_out)) / len(out)
-        print(f"radis-bench Generator (batch {bs}): {tok} tokens in {secs:.1f}s = {rate:.1f} tok/s "
+        print(f"radis-bench Generator (batch {'auto: ' if not bs else ''}{used}): {tok} tokens in {secs:.1f}s = {rate:.1f} tok/s "
               f"({100 * rate / limit:.1f}% of limit), peak +{mem['increase_mb']:.0f} MiB")
         print(f"  RATIO {rate / base_rate:.2f}x per-example generate; identical greedy outputs {100 * same:.1f}%")
 

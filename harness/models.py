@@ -7,6 +7,7 @@ checkpoint under the cache dir. Any hub id or local checkpoint path works too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -89,13 +90,8 @@ def convert_embedded(name: str) -> Path:
 
     console.print(f"Converting the embedded model {name} once into {target} ...")
     hf_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=info["gguf"])
-    # transformers 4.57 reads eos=<|im_start|> and no pad from this GGUF; its metadata says
-    # bos=<|im_start|> (1), eos=<|im_end|> (2), pad=<|im_end|> (2), as in the original release.
-    tokenizer.bos_token = "<|im_start|>"
-    tokenizer.eos_token = "<|im_end|>"
-    tokenizer.pad_token = "<|im_end|>"
-    loaded = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=info["gguf"], dtype=torch.float32)
+    with _gguf_parsed_once():
+        tokenizer, loaded = _load_gguf(package_dir, info["gguf"])
     # A fresh model from the config plus the dequantised state dict saves as a clean checkpoint.
     model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
@@ -112,6 +108,40 @@ def convert_embedded(name: str) -> Path:
         shutil.rmtree(target)
     os.replace(staging, target)
     return target
+
+
+def _load_gguf(package_dir: Path, gguf_file: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
+    # transformers 4.57 reads eos=<|im_start|> and no pad from this GGUF; its metadata says
+    # bos=<|im_start|> (1), eos=<|im_end|> (2), pad=<|im_end|> (2), as in the original release.
+    tokenizer.bos_token = "<|im_start|>"
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|im_end|>"
+    return tokenizer, AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses the GGUF file anew for the tokenizer, each config and the weights
+    (~6 s each here); the parsed reader is read-only, so one parse serves them all."""
+    import gguf
+
+    real, parsed = gguf.GGUFReader, {}
+
+    def reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in parsed:
+            parsed[key] = real(path, *args, **kwargs)
+        return parsed[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = real
 
 
 def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSpec:

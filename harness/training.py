@@ -130,7 +130,7 @@ def _first_scored(weights: torch.Tensor) -> int:
     return max(int(scored[0]) if len(scored) else 0, 0)
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def accepts_logits_to_keep(model) -> bool:
     import inspect
 
     inner = getattr(model, "module", model)  # DDP wraps the model
@@ -448,7 +448,7 @@ def train(
     micro_size = budget.batch_size // (budget.grad_accum * world)
     # no logits for the shared prompt prefix of a micro-batch: they carry no loss, and the
     # vocabulary projection and softmax are a fifth of the compute (an extra loss sees all)
-    skip_prompt_logits = extra_loss is None and _accepts_logits_to_keep(model)
+    skip_prompt_logits = extra_loss is None and accepts_logits_to_keep(model)
     by_kind = Counter(stats["target_tokens_by_kind"])
     session_start, wall_before = time.time(), stats["wall_s"]
     model.train()

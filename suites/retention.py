@@ -85,6 +85,8 @@ def _response_log_probs(model, batch: list[tuple[list[int], int]], pad_id: int):
     and the scored token ids, per sequence."""
     import torch
 
+    from harness.training import accepts_logits_to_keep
+
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -92,11 +94,16 @@ def _response_log_probs(model, batch: list[tuple[list[int], int]], pad_id: int):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         mask[row, : len(ids)] = 1
     device = next(model.parameters()).device
-    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+    # logits from the first scored position on: the prompts' would be computed and dropped
+    first = max(min(len(ids) - scored for ids, scored in batch) - 1, 0)
+    kwargs = {"logits_to_keep": width - first} if first and accepts_logits_to_keep(model) else {}
+    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs).logits.float()
+    offset = width - logits.shape[1]  # logits[:, i] belongs to position offset + i
     out = []
     for row, (ids, scored) in enumerate(batch):
         start = len(ids) - scored  # position t predicts token t + 1
-        out.append((torch.log_softmax(logits[row, start - 1 : len(ids) - 1], dim=-1), torch.tensor(ids[start:], device=device)))
+        out.append((torch.log_softmax(logits[row, start - 1 - offset : len(ids) - 1 - offset], dim=-1),
+                    torch.tensor(ids[start:], device=device)))
     return out
 
 

@@ -263,7 +263,7 @@ def test_loss_without_prompt_logits_is_the_same(tiny_model, tiny_tokenizer):
     import torch
 
     from harness.methods import Segment, TrainingExample
-    from harness.training import _accepts_logits_to_keep, _first_scored, collate, tokenise_example, weighted_nll
+    from harness.training import accepts_logits_to_keep, _first_scored, collate, tokenise_example, weighted_nll
 
     examples = [TrainingExample([{"role": "user", "content": "a b c d e f g h"}], [Segment("x y z")]),
                 TrainingExample([{"role": "user", "content": "a b c d e"}], [Segment("x y z w v")])]
@@ -272,7 +272,7 @@ def test_loss_without_prompt_logits_is_the_same(tiny_model, tiny_tokenizer):
     start = _first_scored(batch["weights"])
     prompt_lengths = [it.weights.index(next(w for w in it.weights if w > 0)) for it in items]
     assert start == min(prompt_lengths) - 1 > 0
-    assert _accepts_logits_to_keep(tiny_model)
+    assert accepts_logits_to_keep(tiny_model)
     with torch.no_grad():
         full = weighted_nll(tiny_model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits, batch["input_ids"], batch["weights"])
         kept = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
