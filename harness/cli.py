@@ -171,23 +171,11 @@ def report(
         _fail(str(err))
 
 
-def omp_wait_policy(args: list[str]) -> str:
-    """OpenMP threads that spin between operations decode a small model up to ~1.5x faster
-    on an idle machine, and many-fold slower when other busy processes share its cores. So:
-    spin only for a lone run on an idle machine; sleep for grid cells and multi-process
-    launches (they run side by side) and when the load average says the cores are busy."""
-    if "--only" in args or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return "PASSIVE"
-    try:
-        busy = os.getloadavg()[0] >= 0.5
-    except OSError:
-        busy = True
-    return "PASSIVE" if busy else "ACTIVE"
-
-
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("OMP_WAIT_POLICY", omp_wait_policy(sys.argv[1:]))
+    # Spinning OpenMP threads slow decoding many-fold when cores are shared. (On an idle
+    # machine spinning decoded a batch of 12 ~1.5x faster per step; not measured end to end.)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Library chatter (tokenizer notices, conversion bars) would drown radis-bench's own progress.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

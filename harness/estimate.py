@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # --- measured throughput --------------------------------------------------------------
-# Source: scripts/measure_throughput.py, run 2026-11-26 on one NVIDIA H200 (torch 2.11.0+cu130,
+# Source: benchmarks/gpu_throughput.py, run 2026-11-26 on one NVIDIA H200 (torch 2.11.0+cu130,
 # transformers 5.x, peft, bfloat16), with a randomly initialised model of
 # Mistral-7B-Instruct-v0.2's shape (7,241,732,096 parameters; speed does not depend on the weights):
 #   LoRA r=16 on every linear layer, AdamW, micro-batch 8 x 512 tokens: 10,276 trained tokens/s;
@@ -30,7 +30,7 @@ from pathlib import Path
 MEASURED_PARAMS = 7_241_732_096
 MEASURED_TRAIN_TOKENS_S = 10_276
 MEASURED_GEN_TOKENS_S = {32: 428, 128: 2_057}  # by generation batch size
-MEASURED_ON = "one NVIDIA H200, bf16, LoRA r=16 (scripts/measure_throughput.py, 7.2B-parameter model)"
+MEASURED_ON = "one NVIDIA H200, bf16, LoRA r=16 (benchmarks/gpu_throughput.py, 7.2B-parameter model)"
 
 TRAIN_FLOPS_S = 6 * MEASURED_PARAMS * MEASURED_TRAIN_TOKENS_S  # ~4.5e14 effective (~56% of 790 TFLOP/s)
 

@@ -156,16 +156,3 @@ def test_real_process_prints_one_line_and_exits_2(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
 
-
-def test_openmp_threads_spin_only_for_a_lone_run_on_an_idle_machine(monkeypatch):
-    from harness import cli
-
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.1, 0.1, 0.1))
-    assert cli.omp_wait_policy(["run", "--methods", "vanilla"]) == "ACTIVE"
-    assert cli.omp_wait_policy(["run", "--only", "method=vanilla"]) == "PASSIVE"
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert cli.omp_wait_policy(["run"]) == "PASSIVE"
-    monkeypatch.delenv("WORLD_SIZE")
-    monkeypatch.setattr(cli.os, "getloadavg", lambda: (1.7, 1.0, 0.5))
-    assert cli.omp_wait_policy(["run"]) == "PASSIVE"

@@ -4,7 +4,7 @@ A randomly initialised model with Mistral-7B-Instruct-v0.2's shape (no download:
 of a dense transformer does not depend on its weights) in bfloat16 on one GPU:
 - training: LoRA r=16 on every linear layer, AdamW, micro-batch 8 x 512 tokens;
 - generation: plain ``model.generate`` (greedy, KV cache), 64-token prompts, 256 new tokens.
-Run with a CUDA build of torch, transformers and peft: ``python scripts/measure_throughput.py``.
+Run with a CUDA build of torch, transformers and peft: ``python benchmarks/gpu_throughput.py``.
 """
 import json, os, sys, time
 import torch
