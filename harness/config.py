@@ -62,6 +62,7 @@ class RunConfig:
     data_dir: str | None = field(default=None, metadata={"help": "Folder with the layout of shared/data; 'starter' (default) or 'hub'."})
     train_size: int | None = field(default=32, metadata={"help": "Training pairs per direction (seeded sample)."})
     eval_size: int | None = field(default=12, metadata={"help": "Items per suite and direction (seeded sample)."})
+    suite_sizes: dict[str, int] = field(default_factory=dict, metadata={"help": "Items per suite where it differs from eval_size, e.g. {safety: 100}."})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds; every method runs once per seed."})
     data_seed: int = field(default=0, metadata={"help": "Seed of the train/eval subsamples (fixed across training seeds)."})
     out: str | None = field(default=None, metadata={"help": "Run directory (default runs/<name>)."})
@@ -202,6 +203,9 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"--train-size must be a positive number of pairs, got {config.train_size}.")
     if config.eval_size is not None and config.eval_size <= 0:
         raise UserError(f"--eval-size must be a positive number of items, got {config.eval_size}.")
+    if not isinstance(config.suite_sizes, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in config.suite_sizes.values()):
+        raise UserError(f"suite_sizes must map suite names to positive numbers of items, got {config.suite_sizes!r}.")
     if b.steps <= 0:
         raise UserError(f"--steps must be positive, got {b.steps}.")
     if config.device not in ("auto", "cpu", "cuda"):

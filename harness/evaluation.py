@@ -68,10 +68,11 @@ class SuiteContext:
     config: RunConfig
     workdir: Path  # this suite's folder for this model (artefacts beyond outputs)
     original_model_fn: Any = None  # () -> context manager yielding the original model
+    size: int | None = None  # this suite's items (config.suite_sizes); None: config.eval_size
 
     @property
     def eval_size(self) -> int | None:
-        return self.config.eval_size
+        return self.size if self.size is not None else self.config.eval_size
 
     @property
     def data_seed(self) -> int:

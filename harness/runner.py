@@ -147,6 +147,9 @@ class Runner:
         for name in list(cfg.method_options) + list(cfg.suite_options):
             if name not in registry.methods() and name not in registry.suites():
                 raise UserError(f"Options given for '{name}', which is neither a known method nor a suite; see `radis-bench list`.")
+        for name in cfg.suite_sizes:
+            if name not in self.suites:
+                raise UserError(f"suite_sizes names '{name}', which is not among this run's suites ({', '.join(self.suites)}).")
         self.data = DataSource.open(cfg.data_dir)
         self.run_dir = Path(cfg.out) if cfg.out else Path("runs") / self.default_name()
         # the cells this process runs; None: the whole run (holds the run directory alone)
@@ -192,7 +195,7 @@ class Runner:
                 "train_used": len(used),
                 "train_chars_used": sum(len(p.source) + len(p.reference) for p in used),
                 "test_available": len(test),
-                "test_used": len(sample(test, self.cfg.eval_size, self.cfg.data_seed)),
+                "test_used": len(sample(test, self._size("translation"), self.cfg.data_seed)),
             }
         needed = {SUITE_DATA[s] for s in self.suites if s in SUITE_DATA}
         needed |= {getattr(m.options, "replay_set", None) for m in self.methods.values()} - {None}
@@ -204,11 +207,16 @@ class Runner:
                     raise
                 missing[name] = str(err)
                 continue
-            general[name] = {"available": len(rows), "used": len(sample(rows, self.cfg.eval_size, self.cfg.data_seed))}
+            sizes = [self._size(s) for s in self.suites if SUITE_DATA.get(s) == name] or [self.cfg.eval_size]
+            size = None if None in sizes else max(sizes)
+            general[name] = {"available": len(rows), "used": len(sample(rows, size, self.cfg.data_seed))}
         plan = {"model": model_note, "data": self.data.label, "translation": translation, "general": general}
         if missing:
             plan["missing"] = missing
         return plan
+
+    def _size(self, suite: str) -> int | None:
+        return self.cfg.suite_sizes.get(suite, self.cfg.eval_size)
 
     def print_plan(self) -> None:
         from rich.table import Table
@@ -359,7 +367,7 @@ class Runner:
         c = self.cfg
         return _hash({
             "model": model_key, "suite": suite, "options": self.suites[suite].options_dict(),
-            "directions": [d.name for d in self.directions], "eval_size": c.eval_size, "data_seed": c.data_seed,
+            "directions": [d.name for d in self.directions], "eval_size": self._size(suite), "data_seed": c.data_seed,
             "data": self.data.label, "extraction": c.extraction, "max_new_tokens": c.max_new_tokens,
             "judge": c.judge, "comet": c.comet_model, "classifier": c.safety_classifier, "lm_eval": c.lm_eval_tasks,
             "original": self.spec.fingerprint,
@@ -635,7 +643,7 @@ class Runner:
         return SuiteContext(
             label=label, model=model, tokenizer=tokenizer, generator=generator, original_generator=original_gen,
             data=self.data, directions=self.directions, config=self.cfg, workdir=self.run_dir / "work" / label / suite,
-            original_model_fn=lambda: contextlib.nullcontext(original_model),
+            original_model_fn=lambda: contextlib.nullcontext(original_model), size=self.cfg.suite_sizes.get(suite),
         )
 
     def _generate_ahead(self, label, model_key, load) -> None:
