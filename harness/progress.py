@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 
 from rich.console import Console
@@ -13,17 +14,39 @@ console = Console(stderr=True)
 log = logging.getLogger("radis_bench")
 
 
+def _line_every() -> float:
+    """Seconds between plain progress lines when stderr is no terminal (a log file, a
+    batch job), where a live bar would only show at the end."""
+    try:
+        return float(os.environ.get("RADIS_BENCH_PROGRESS_EVERY", "60"))
+    except ValueError:
+        return 60.0
+
+
 class _Bar:
-    def __init__(self, progress: Progress | None, task, unit: str):
+    def __init__(self, progress: Progress | None, task, unit: str, label: str = "", total: int = 0):
         self.progress, self.task, self.unit = progress, task, unit
+        self.label, self.total, self.done = label, total, 0
         self.tokens = 0
-        self.started = time.time()
+        self.started = self.last_line = time.time()
+        self.lines = progress is not None and not console.is_terminal
 
     def advance(self, n: int = 1, tokens: int = 0, **fields) -> None:
         self.tokens += tokens
-        rate = self.tokens / max(time.time() - self.started, 1e-6)
+        self.done += n
+        now = time.time()
+        rate = self.tokens / max(now - self.started, 1e-6)
         if self.progress is not None:
             self.progress.update(self.task, advance=n, rate=f"{rate:,.0f} {self.unit}/s" if self.tokens else "", **fields)
+        if self.lines and now - self.last_line >= _line_every() and self.done < self.total:
+            self.last_line = now
+            elapsed = now - self.started
+            eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+            speed = f", {rate:,.0f} {self.unit}/s" if self.tokens else ""
+            extra = f" {fields['extra']}" if fields.get("extra") else ""
+            message = f"{self.label}: {self.done}/{self.total}{speed}{extra}, {elapsed:.0f}s elapsed, ETA {eta:.0f}s"
+            console.print(message, markup=False, highlight=False)
+            log.info("%s", message)
 
 
 @contextlib.contextmanager
@@ -46,6 +69,6 @@ def progress_bar(label: str, total: int, unit: str = "tok"):
     )
     with progress:
         task = progress.add_task(label, total=total, rate="", extra="")
-        bar = _Bar(progress, task, unit)
+        bar = _Bar(progress, task, unit, label, total)
         yield bar
     log.info("%s: %d items in %.1fs (%d %s)", label, total, time.time() - bar.started, bar.tokens, unit)
