@@ -38,7 +38,7 @@ from harness.config import RunConfig
 from harness.data import DataSource, Direction, MissingData, parse_directions, sample
 from harness.errors import UserError
 from harness.progress import console
-from harness.store import CellLock, RunLock, StateLock, read_json, write_atomic, write_json, write_jsonl
+from harness.store import CellLock, RunLock, StateLock, read_json, read_jsonl, write_atomic, write_json, write_jsonl
 
 log = logging.getLogger("radis_bench")
 
@@ -562,7 +562,7 @@ class Runner:
         return (workdir / "train_stats.json").exists() and (workdir / "unit_key.txt").exists() and (workdir / "unit_key.txt").read_text() == key
 
     def _trained_model(self, method: str, seed: int):
-        from harness.training import load_trained, train
+        from harness.training import FINAL_DIR, STATS_FILE, load_trained, train
 
         m = self.methods[method]
         key = self.train_key(method, seed)
@@ -594,12 +594,25 @@ class Runner:
             ])
             write_json(workdir / "method_stats.json", ctx.stats)
             budget = self._budget_for(tokenizer, seed)
-            self._say(f"training: {method} seed {seed} ({budget.steps} steps x {budget.batch_size})")
-            self._tell((method, seed, examples, budget))
-            result = train(base, tokenizer, examples, budget, self.cfg.lora, workdir, seed,
-                           extra_loss=m.extra_loss, label=f"train {method} s{seed}")
-            trained = result.model
-            self.counts["computed"] += 1
+            donor = self._same_training(method, seed, read_jsonl(workdir / "examples.jsonl"), budget)
+            if donor is not None:
+                # e.g. wise trains exactly as vanilla does: the same training is done once
+                self._say(f"reused: training {method} seed {seed} is identical to {donor.parent.name}'s (same examples, "
+                          f"loss, budget and seed); copying it")
+                shutil.copytree(donor / FINAL_DIR, workdir / FINAL_DIR, dirs_exist_ok=True)
+                stats = read_json(donor / STATS_FILE) | {"shared_with": f"{donor.parent.name} seed {seed}"}
+                ctx.stats["training_shared_with"] = donor.parent.name
+                write_json(workdir / "method_stats.json", ctx.stats)
+                write_json(workdir / STATS_FILE, stats)
+                trained = load_trained(base, workdir)
+                self.counts["reused"] += 1
+            else:
+                self._say(f"training: {method} seed {seed} ({budget.steps} steps x {budget.batch_size})")
+                self._tell((method, seed, examples, budget))
+                result = train(base, tokenizer, examples, budget, self.cfg.lora, workdir, seed,
+                               extra_loss=m.extra_loss, label=f"train {method} s{seed}")
+                trained = result.model
+                self.counts["computed"] += 1
         self._publish()
         original_model = self.original[0]
         trained = m.after_training(trained, {k: v for k, v in original_model.state_dict().items()})
@@ -614,6 +627,34 @@ class Runner:
         trained.eval()
         fingerprint = f"{self.spec.fingerprint}+{method}:{key}"
         return trained, tokenizer, self._generator(trained, tokenizer, fingerprint, adapter)
+
+    def _training_content_key(self, method: str, examples: list[dict], budget, seed: int) -> str:
+        """What a training computes, whatever the method is called: base model, examples (as
+        written to examples.jsonl), extra loss, budget, LoRA and seed. Methods that differ
+        only after training (wise) share it."""
+        m = self.methods[method]
+        return _hash({
+            "base": self.spec.fingerprint, "seed": seed, "budget": asdict(budget), "lora": asdict(self.cfg.lora),
+            "examples": [[e["messages"], e["response"]] for e in examples],
+            "extra_loss": [method, m.options_dict()] if m.extra_loss is not None else None,
+        })
+
+    def _same_training(self, method: str, seed: int, examples: list[dict], budget) -> Path | None:
+        """Another method's finished training in this run that computed exactly this one."""
+        if self._distributed():
+            return None
+        from harness.training import FINAL_DIR
+
+        key = self._training_content_key(method, examples, budget, seed)
+        for other in self.methods:
+            workdir = self._workdir(other, seed)
+            if other == method or not self._training_done(other, seed, self.train_key(other, seed)):
+                continue
+            if not (workdir / FINAL_DIR).is_dir() or not (workdir / "examples.jsonl").exists():
+                continue
+            if self._training_content_key(other, read_jsonl(workdir / "examples.jsonl"), budget, seed) == key:
+                return workdir
+        return None
 
     def _budget_for(self, tokenizer, seed: int):
         """The shared budget; with equalise=tokens, the target is what vanilla trains on in `steps`."""
