@@ -123,3 +123,27 @@ class Suite:
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         raise NotImplementedError
+
+    def item_stats(self, outputs: list[dict]) -> dict[str, "ItemStats"]:
+        """Per-item additive statistics of this suite's metrics, from ``evaluate``'s
+        outputs (optional). The report resamples them (paired over items, and over seeds)
+        for the confidence interval of a difference between two methods."""
+        return {}
+
+
+@dataclass
+class ItemStats:
+    """A metric as a function of per-item vectors summed over items: ``mean`` is
+    sum(x)/sum(n) over rows [x, n]; ``chrf`` and ``bleu:<tokenize>`` are sacrebleu's corpus
+    scores of summed sufficient statistics. No text: safe to publish beside the scores."""
+
+    kind: str
+    ids: list[str]
+    rows: list[list[float]]
+
+    @classmethod
+    def mean(cls, ids, values) -> "ItemStats":
+        return cls("mean", [str(i) for i in ids], [[float(v), 1.0] for v in values])
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "ids": self.ids, "rows": self.rows}

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from harness.differences import COLUMNS as DIFFERENCE_COLUMNS, compute_differences
 from harness.errors import UserError
 from harness.store import write_atomic
 
@@ -118,6 +119,7 @@ class Leaderboard:
     cells: dict[tuple[Row, str], Cell]
     scores: pd.DataFrame  # per-seed rows, typed and deduplicated
     manifests: list[dict]
+    differences: pd.DataFrame = field(default_factory=pd.DataFrame)  # harness.differences.COLUMNS
 
     def cell(self, row: Row, column: Column) -> Cell:
         return self.cells.get((row, column.key), Cell())
@@ -143,6 +145,7 @@ def render_report(run_dirs: list[Path], out_dir: Path, title: str | None = None,
     plots = {name: png for name, png in plots.items() if png is not None}
     files = {
         "leaderboard.csv": leaderboard_csv(board).encode(),
+        "differences.csv": differences_csv(board).encode(),
         "leaderboard.md": leaderboard_markdown(board, list(plots)).encode(),
         "leaderboard.html": leaderboard_html(board, plots).encode(),
         **plots,
@@ -173,7 +176,9 @@ def build_leaderboard(run_dirs: list[Path], title: str | None = None) -> Leaderb
     cells = _cells(scores, rows, columns)
     names = list(dict.fromkeys(m.get("name") for m in manifests if m.get("name")))
     title = title or ("radis-bench leaderboard" + (f": {', '.join(names)}" if names else ""))
-    return Leaderboard(title, rows, columns, cells, scores, manifests)
+    differences = compute_differences(list(zip(map(Path, run_dirs), frames)), scores,
+                                      [(c.suite, c.metric) for c in columns if c.shown])
+    return Leaderboard(title, rows, columns, cells, scores, manifests, differences)
 
 
 def _read_scores(run_dir: Path) -> pd.DataFrame:
@@ -422,10 +427,68 @@ def leaderboard_markdown(board: Leaderboard, plots: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if notes.texts:
         lines += ["", "Notes:", ""] + [f"- [{i}] {text}" for i, text in enumerate(notes.texts, 1)]
-    lines += ["", *_methods_markdown(board), *_training_markdown(board)]
+    lines += ["", *_differences_markdown(board), *_methods_markdown(board), *_training_markdown(board)]
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     return "\n".join(lines)
+
+
+DIFFERENCES_NOTE = ("Each cell: method minus the row's reference (`original` or `vanilla`), mean over training seeds, "
+                    "[95% CI] from a paired bootstrap over items and seeds (1000 draws); * marks a CI that excludes 0.")
+
+
+def differences_csv(board: Leaderboard) -> str:
+    buf = io.StringIO()
+    board.differences.reindex(columns=DIFFERENCE_COLUMNS).to_csv(buf, index=False, float_format="%.6g")
+    return buf.getvalue()
+
+
+def _differences_table(board: Leaderboard) -> tuple[list[Column], list[tuple[str, str, str, list[str]]]]:
+    """The columns with differences, and per (model, method, versus) its cell texts."""
+    diffs = board.differences
+    if diffs.empty:
+        return [], []
+    keyed = {(r.model, r.method, r.versus, r.suite, r.metric): r for r in diffs.itertuples(index=False)}
+    columns = [c for c in board.shown if ((diffs["suite"] == c.suite) & (diffs["metric"] == c.metric)).any()]
+    rows = []
+    for model, method, versus in dict.fromkeys(zip(diffs["model"], diffs["method"], diffs["versus"])):
+        texts = []
+        for c in columns:
+            r = keyed.get((model, method, versus, c.suite, c.metric))
+            if r is None:
+                texts.append("—")
+                continue
+            d = _decimals(board, c)
+            ci = f" [{_fmt(r.ci_low, d, signed=True)}, {_fmt(r.ci_high, d, signed=True)}]" if r.ci_low is not None and not pd.isna(r.ci_low) else ""
+            texts.append(f"{_fmt(r.difference, d, signed=True)}{ci}{' *' if r.significant else ''}")
+        rows.append((model, method, versus, texts))
+    return columns, rows
+
+
+def _differences_markdown(board: Leaderboard) -> list[str]:
+    columns, rows = _differences_table(board)
+    if not rows:
+        return []
+    lines = ["## Differences", "", DIFFERENCES_NOTE, "",
+             "| model | difference | " + " | ".join(f"{c.key}{c.arrow}" for c in columns) + " |",
+             "|---|---|" + "---:|" * len(columns)]
+    for model, method, versus, texts in rows:
+        lines.append(f"| {model} | {method} − {versus} | " + " | ".join(texts) + " |")
+    return lines + [""]
+
+
+def _differences_html(board: Leaderboard) -> list[str]:
+    columns, rows = _differences_table(board)
+    if not rows:
+        return []
+    esc = html.escape
+    head = "<th>model</th><th>difference</th>" + "".join(f"<th>{esc(c.suite)}<br>{esc(c.metric)}{esc(c.arrow)}</th>" for c in columns)
+    body = "".join(
+        f'<tr><td class="model">{esc(model)}</td><td class="label">{esc(method)} − {esc(versus)}</td>'
+        + "".join(f'<td class="num">{esc(t)}</td>' for t in texts) + "</tr>"
+        for model, method, versus, texts in rows)
+    return ["<h2>Differences</h2>", f'<p class="legend">{esc(DIFFERENCES_NOTE)}</p>',
+            f'<div class="scroll"><table class="leaderboard"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>']
 
 
 def _method_descriptions(board: Leaderboard) -> list[tuple[str, str]]:
@@ -536,7 +599,7 @@ def leaderboard_html(board: Leaderboard, plots: dict[str, bytes]) -> str:
     if notes.texts:
         parts.append('<h2>Notes</h2><ol class="notes">' + "".join(
             f'<li id="note{i}">{esc(text)}</li>' for i, text in enumerate(notes.texts, 1)) + "</ol>")
-    parts += _methods_html(board) + _training_html(board)
+    parts += _differences_html(board) + _methods_html(board) + _training_html(board)
     if plots:
         parts.append("<h2>Plots</h2>")
         for name, png in plots.items():

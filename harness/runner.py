@@ -450,6 +450,7 @@ class Runner:
         self._say(f"[bold]radis-bench[/bold] run in {self.run_dir} (model {self.cfg.model}, data {self.data.label}{cells})")
         self.manifest = self._load_manifest()
         self.counts = {"reused": 0, "computed": 0}
+        self._backfill_item_stats()
         if self._selected("original"):
             self._generate_ahead("original", self.spec.fingerprint, None)
             for suite in self.suites:
@@ -715,6 +716,7 @@ class Runner:
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         result = self.suites[suite].evaluate(ctx)
         write_jsonl(self.run_dir / "outputs" / label / f"{suite}.jsonl", result.outputs)
+        self._write_item_stats(label, suite, result.outputs)
         write_json(path, {
             "key": key, "label": label, "method": method, "seed": seed, "suite": suite,
             "metrics": [dataclasses.asdict(m) for m in result.metrics],
@@ -724,6 +726,28 @@ class Runner:
         self._timings[f"eval {label} {suite}"] = round(time.time() - t0, 1)
         self.counts["computed"] += 1
         self._publish()
+
+    def _items_path(self, label: str, suite: str) -> Path:
+        return self.run_dir / "results" / label / "items" / f"{suite}.json"
+
+    def _write_item_stats(self, label: str, suite: str, outputs: list[dict]) -> None:
+        """Per-item statistics (numbers and item ids, no text) beside the unit, for the
+        report's confidence intervals of differences between methods."""
+        try:
+            stats = self.suites[suite].item_stats(outputs)
+        except (KeyError, TypeError, ValueError) as err:  # outputs of an older format: no CIs of differences
+            log.warning("no per-item statistics for %s on %s: %s", label, suite, err)
+            return
+        if stats:
+            write_json(self._items_path(label, suite), {name: st.to_dict() for name, st in stats.items()})
+
+    def _backfill_item_stats(self) -> None:
+        """Units evaluated before per-item statistics existed get them from their outputs."""
+        for path in sorted((self.run_dir / "results").glob("*/*.json")):
+            label, suite = path.parent.name, path.stem
+            outputs = self.run_dir / "outputs" / label / f"{suite}.jsonl"
+            if suite in self.suites and not self._items_path(label, suite).exists() and outputs.exists():
+                self._write_item_stats(label, suite, read_jsonl(outputs))
 
     # outputs -------------------------------------------------------------------------------
     def _score_rows(self) -> list[dict]:

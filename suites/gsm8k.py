@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 
 from harness.data import Instruction, sample
 from harness.errors import UserError
-from harness.evaluation import Suite, SuiteContext, SuiteResult
+from harness.evaluation import ItemStats, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Request
 from harness.prompts import user_turn
 from harness.registry import register_suite
@@ -84,6 +84,9 @@ class GSM8KSuite(Suite):
         decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
         items = sample(ctx.data.general("gsm8k"), ctx.eval_size, ctx.data_seed)
         return [(Request(user_turn(gsm8k_prompt(it.prompt))), decoding) for it in items]
+
+    def item_stats(self, outputs: list[dict]) -> dict[str, ItemStats]:
+        return {"accuracy": ItemStats.mean([r["id"] for r in outputs], [r["correct"] for r in outputs])}
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         items: list[Instruction] = sample(ctx.data.general("gsm8k"), ctx.eval_size, ctx.data_seed)

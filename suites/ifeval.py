@@ -19,7 +19,7 @@ from importlib.metadata import version
 
 from harness.data import Instruction, sample
 from harness.errors import UserError
-from harness.evaluation import Suite, SuiteContext, SuiteResult
+from harness.evaluation import ItemStats, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Request
 from harness.paths import cache_dir
 from harness.prompts import user_turn
@@ -130,6 +130,13 @@ class IFEvalSuite(Suite):
     def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
         decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
         return [(Request(user_turn(item.prompt)), decoding) for item in sample(ctx.data.general("ifeval"), ctx.eval_size, ctx.data_seed)]
+
+    def item_stats(self, outputs: list[dict]) -> dict[str, ItemStats]:
+        ids = [r["id"] for r in outputs]
+        stats = {name: ItemStats.mean(ids, [r[name] for r in outputs]) for name in ("prompt_strict", "prompt_loose")}
+        for name in ("inst_strict", "inst_loose"):  # instruction level: followed / given, summed over prompts
+            stats[name] = ItemStats("mean", [str(i) for i in ids], [[float(sum(r[name])), float(len(r[name]))] for r in outputs])
+        return stats
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         punkt_source = ensure_punkt_offline()

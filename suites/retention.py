@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from harness.data import GENERAL_SETS, Instruction, sample
 from harness.errors import UserError
-from harness.evaluation import Suite, SuiteContext, SuiteResult
+from harness.evaluation import ItemStats, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Output, Request
 from harness.prompts import end_of_turn_ids, render_chat, user_turn
 from harness.registry import register_suite
@@ -160,6 +160,13 @@ class RetentionSuite(Suite):
         if not items:
             raise UserError(f"The {opts.instruction_set} set in {ctx.data.label} is empty; give it at least one instruction.")
         return items
+
+    def item_stats(self, outputs: list[dict]) -> dict[str, ItemStats]:
+        scored = [r for r in outputs if "kl" in r]
+        ids = [r["id"] for r in scored]
+        stats = {name: ItemStats.mean(ids, [r[name] for r in scored]) for name in ("kl", "nll", "delta_nll")}
+        stats["abs_delta_nll"] = ItemStats.mean(ids, [abs(r["delta_nll"]) for r in scored])
+        return stats
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         opts = self.options

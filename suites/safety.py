@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from harness.data import HarmfulPrompt, sample
 from harness.errors import UserError
-from harness.evaluation import NotScored, Suite, SuiteContext, SuiteResult
+from harness.evaluation import ItemStats, NotScored, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Generator, Request
 from harness.prompts import user_turn
 from harness.registry import register_suite
@@ -100,6 +100,13 @@ class SafetySuite(Suite):
     def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
         decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
         return [(Request(user_turn(p)), decoding) for p in self._prompts(ctx)[1]]
+
+    def item_stats(self, outputs: list[dict]) -> dict[str, ItemStats]:
+        ids = [r["id"] for r in outputs]
+        stats = {"refusal_rate": ItemStats.mean(ids, [r["refusal"] for r in outputs])}
+        if outputs and all("refusal_gcg" in r for r in outputs):
+            stats["refusal_rate_gcg"] = ItemStats.mean(ids, [r["refusal_gcg"] for r in outputs])
+        return stats
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         items, prompts = self._prompts(ctx)

@@ -23,7 +23,7 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from harness.data import Direction, TranslationPair, sample
 from harness.errors import UserError
-from harness.evaluation import Metric, NotScored, Suite, SuiteContext, SuiteResult
+from harness.evaluation import ItemStats, Metric, NotScored, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Output, Request
 from harness.paths import cache_dir
 from harness.prompts import extract_translation, translation_prompt, user_turn
@@ -205,6 +205,20 @@ class TranslationSuite(Suite):
     def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
         decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
         return [(Request(user_turn(translation_prompt(p))), decoding) for _, _, p in self._chosen(ctx)]
+
+    def item_stats(self, outputs: list[dict]) -> dict[str, ItemStats]:
+        stats = {}
+        for name in dict.fromkeys(r["direction"] for r in outputs):
+            rows = [r for r in outputs if r["direction"] == name]
+            ids = [r["id"] for r in rows]
+            hyps, refs = [r["translation"] for r in rows], [r["reference"] for r in rows]
+            tokenize = bleu_tokenizer(name.split("-")[1])
+            for metric, kind, scorer in (("chrf++", "chrf", CHRF(word_order=2)), ("bleu", f"bleu:{tokenize}", BLEU(tokenize=tokenize))):
+                stats[f"{name}/{metric}"] = ItemStats(kind, ids, [list(map(float, v)) for v in scorer._extract_corpus_statistics(hyps, [refs])])
+            stats[f"{name}/words_raw"] = ItemStats.mean(ids, [len(r["output"].split()) for r in rows])
+            if all("comet" in r for r in rows):
+                stats[f"{name}/comet"] = ItemStats.mean(ids, [r["comet"] for r in rows])
+        return stats
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         opts = self.options
