@@ -100,7 +100,11 @@ def value(board: pd.DataFrame, method: str, metric: str, column: str):
 
 def test_original_first_then_methods_with_extension_label(report):
     out, written, board = report
-    assert set(written) == {"leaderboard.csv", "leaderboard.md", "leaderboard.html", *PLOTS}
+    assert set(written) == {"leaderboard.csv", "leaderboard.md", "leaderboard.html", "differences.csv", *PLOTS}
+    # these hand-written runs have no per-item statistics: no differences, no section
+    assert (out / "differences.csv").read_text().splitlines() == [
+        "model,method,versus,suite,metric,difference,ci_low,ci_high,significant,n_items,seeds,seeds_versus"]
+    assert "## Differences" not in (out / "leaderboard.md").read_text()
     rows = list(table_rows((out / "leaderboard.md").read_text()))
     assert rows == [("tiny-a", "original"), ("tiny-a", "vanilla"), ("tiny-a", "radis"), ("tiny-a", "kl (extension)")]
     assert list(dict.fromkeys(board["method"])) == ["original", "vanilla", "radis", "kl"]

@@ -117,11 +117,12 @@ def test_killed_during_training_and_evaluation_resumes_to_the_same_scores(refere
     env = {"RADIS_BENCH_CACHE": str(tmp_path / "cache")}
     run_dir = tmp_path / "run"
     args = run_args(tiny_checkpoint, run_dir)
-    # 1) kill while vanilla trains (after its first state save)
+    # 1) kill while radis trains (after its first state save). The tiny model's rationales are
+    # all rejected, so vanilla's and sdft's trainings are identical to it and get copied.
     proc = cli(args, env, wait=False)
-    kill_when(proc, lambda: (run_dir / "models" / "vanilla" / "seed0" / "state").exists())
+    kill_when(proc, lambda: (run_dir / "models" / "radis" / "seed0" / "state").exists())
     done_before = unit_mtimes(run_dir)
-    assert not (run_dir / "models" / "vanilla" / "seed0" / "train_stats.json").exists()
+    assert not (run_dir / "models" / "radis" / "seed0" / "train_stats.json").exists()
     # 2) restart, kill during the evaluation of sdft
     proc = cli(args, env, wait=False)
     kill_when(proc, lambda: (run_dir / "results" / "sdft-seed0" / "translation.json").exists())
@@ -133,7 +134,7 @@ def test_killed_during_training_and_evaluation_resumes_to_the_same_scores(refere
     assert final.returncode == 0, final.stderr[-3000:]
     for name, mtime in done_before.items():
         assert unit_mtimes(run_dir)[name] == mtime, f"{name} was recomputed"
-    stats = json.loads((run_dir / "models" / "vanilla" / "seed0" / "train_stats.json").read_text())
+    stats = json.loads((run_dir / "models" / "radis" / "seed0" / "train_stats.json").read_text())
     assert stats["resumed_from_step"] is not None and stats["resumed_from_step"] > 0
     ours = [{k: v for k, v in r.items()} for r in read_scores(run_dir)]
     ref = read_scores(ref_dir)
