@@ -738,8 +738,9 @@ class Runner:
         except (KeyError, TypeError, ValueError) as err:  # outputs of an older format: no CIs of differences
             log.warning("no per-item statistics for %s on %s: %s", label, suite, err)
             return
-        if stats:
-            write_json(self._items_path(label, suite), {name: st.to_dict() for name, st in stats.items()})
+        if stats:  # one line per metric: thousands of numbers, committed with published reports
+            lines = [f"{json.dumps(name)}: {json.dumps(st.to_dict(), separators=(',', ':'))}" for name, st in stats.items()]
+            write_atomic(self._items_path(label, suite), "{\n" + ",\n".join(lines) + "\n}\n")
 
     def _backfill_item_stats(self) -> None:
         """Units evaluated before per-item statistics existed get them from their outputs."""
