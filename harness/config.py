@@ -66,6 +66,7 @@ class RunConfig:
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds; every method runs once per seed."})
     data_seed: int = field(default=0, metadata={"help": "Seed of the train/eval subsamples (fixed across training seeds)."})
     out: str | None = field(default=None, metadata={"help": "Run directory (default runs/<name>)."})
+    title: str | None = field(default=None, metadata={"help": "Title of the run's leaderboard (default: from the run directory's name)."})
     judge: str | None = field(default=None, metadata={"help": "alpaca-eval annotator config name or path, for AlpacaEval and MT-Bench."})
     comet_model: str | None = field(default=None, metadata={"help": "COMET checkpoint: hub name or local path."})
     safety_classifier: str | None = field(default=None, metadata={"help": "Llama-Guard-style classifier hub id or path."})

@@ -165,6 +165,7 @@ class Runner:
     def default_name(self) -> str:
         settings = self.cfg.to_dict()
         settings.pop("out", None)
+        settings.pop("title", None)
         for how in ("generation_backend", "device", "gen_batch_size"):  # how, not what: one run (and cache) for all
             settings.pop(how, None)
         short = Path(self.cfg.model).name.replace(".", "_")
@@ -784,7 +785,7 @@ class Runner:
     def _render_report(self) -> None:
         from harness.report import render_report
 
-        render_report([self.run_dir], self.run_dir / "report")
+        render_report([self.run_dir], self.run_dir / "report", title=self.cfg.title)
 
     def _summary(self) -> None:
         from rich.table import Table

@@ -12,7 +12,7 @@ def _config(tmp_path: Path, model: Path, sizes: str) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(
         f"model: {model}\nmethods: [vanilla]\nsuites: [safety, gsm8k]\nseeds: [0]\ntrain_size: 8\neval_size: 6\n"
-        f"out: {tmp_path / 'run'}\nmax_new_tokens: 8\nbudget: {{steps: 2, batch_size: 4}}\nsuite_sizes: {sizes}\n"
+        f"out: {tmp_path / 'run'}\ntitle: Tiny sizes\nmax_new_tokens: 8\nbudget: {{steps: 2, batch_size: 4}}\nsuite_sizes: {sizes}\n"
     )
     return path
 
@@ -30,6 +30,7 @@ def test_suite_size_limits_one_suite_and_enters_its_key(tiny_checkpoint, tmp_pat
     for label in ("original", "vanilla-seed0"):
         assert _metric(run_dir, label, "safety", "refusal_rate")["n"] == 3
         assert _metric(run_dir, label, "gsm8k", "accuracy")["n"] == 6
+    assert (run_dir / "report" / "leaderboard.md").read_text().startswith("# Tiny sizes\n")
     safety_key = _metric(run_dir, "original", "safety", "refusal_rate")["key"]
     gsm8k_key = _metric(run_dir, "original", "gsm8k", "accuracy")["key"]
 
