@@ -103,6 +103,9 @@ class Generator:
         self.batch_size = batch_size  # 0: chosen per call by ``auto_batch_size``
         self.stats = GenerationStats()
         self.stop_ids = end_of_turn_ids(tokenizer)
+        from harness.attention import use_decode_attention
+
+        use_decode_attention(model)  # on a CPU: single-query attention without copying keys per head
 
     def key(self, prompt_text: str, decoding: Decoding) -> str:
         blob = json.dumps([self.fingerprint, prompt_text, decoding.key()], sort_keys=True)
