@@ -591,12 +591,12 @@ class Runner:
             examples = m.build_training_examples(ctx)
             ctx.stats["build_s"] = round(time.time() - t0, 1)
             ctx.stats["examples"] = len(examples)
-            write_jsonl(workdir / "examples.jsonl", [
-                {"messages": e.messages, "response": [dataclasses.asdict(s) for s in e.response], "source": e.source} for e in examples
-            ])
+            rows = [{"messages": e.messages, "response": [dataclasses.asdict(s) for s in e.response], "source": e.source}
+                    for e in examples]
+            write_jsonl(workdir / "examples.jsonl", rows)
             write_json(workdir / "method_stats.json", ctx.stats)
             budget = self._budget_for(tokenizer, seed)
-            donor = self._same_training(method, seed, read_jsonl(workdir / "examples.jsonl"), budget)
+            donor = self._same_training(method, seed, rows, budget)
             if donor is not None:
                 # e.g. wise trains exactly as vanilla does: the same training is done once
                 self._say(f"reused: training {method} seed {seed} is identical to {donor.parent.name}'s (same examples, "
