@@ -148,54 +148,116 @@ class Generator:
         import torch
 
         tok = self.tokenizer
-        lengths = {i: len(tok(texts[i], add_special_tokens=False)["input_ids"]) for i in todo}
-        order = sorted(todo, key=lambda i: -lengths[i])
+        ids = {i: tok(texts[i], add_special_tokens=False)["input_ids"] for i in todo}
+        order = sorted(todo, key=lambda i: -len(ids[i]))
         decoding = decodings[order[0]]  # the sampling settings the whole group shares
         longest = max(decodings[i].max_new_tokens for i in order)
-        self.current_batch = self.batch_size or auto_batch_size(self.model, len(order), lengths[order[0]] + longest)
+        self.current_batch = self.batch_size or auto_batch_size(self.model, len(order), len(ids[order[0]]) + longest)
         started = time.time()
         seed = int(keys[order[0]][:8], 16) ^ decoding.seed
         limits = [decodings[i].max_new_tokens for i in order]
         with progress_bar(label, total=len(order), unit="tok") as bar, torch.inference_mode():
-            for i, (ids, finished) in self._decode([texts[i] for i in order], order, decoding, seed, bar, limits):
-                results[i] = Output(tok.decode(ids, skip_special_tokens=True), len(ids), finished)
+            for i, (out, finished) in self._decode([ids[i] for i in order], order, decoding, seed, bar, limits):
+                results[i] = Output(tok.decode(out, skip_special_tokens=True), len(out), finished)
                 self.cache.put_many([(keys[i], results[i])])
-                self.stats.new_tokens += len(ids)
+                self.stats.new_tokens += len(out)
                 self.stats.generated += 1
         self.stats.seconds += time.time() - started
 
-    def _prefill(self, prompts: list[str]):
-        """Left-padded forward pass over new prompts: (cache, mask, next positions, last logits)."""
-        tok, model = self.tokenizer, self.model
-        tok.padding_side = "left"
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False)
-        ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # Prompts of one call usually start alike (the chat template's system turn): a shared
+    # start at least this long is computed once and its keys and values copied to every row.
+    PREFIX_MIN_TOKENS = 8
+    # A prefill forward pass holds at most this many (padded) prompt tokens, and a prompt
+    # joins a pass only while padding stays under a tenth of it: one pass over prompts of
+    # mixed lengths spent most of its time on padding.
+    PREFILL_TOKENS = 4096
+
+    def _prefix(self, prompts: list[list[int]]):
+        """(length, per-layer (keys, values)) of the start every prompt shares, or (0, None)."""
+        import os.path
+
+        if len(prompts) < 2:
+            return 0, None
+        shared = os.path.commonprefix(prompts)[: min(map(len, prompts)) - 1]  # every prompt keeps a token to prefill
+        if len(shared) < self.PREFIX_MIN_TOKENS:
+            return 0, None
+        import torch
+
         cache = GrowingCache()
-        logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
-        ).logits[:, -1, :]
-        return cache, mask, positions[:, -1] + 1, logits
+        self.model(input_ids=torch.tensor([shared], device=self.model.device), past_key_values=cache, use_cache=True,
+                   logits_to_keep=1)
+        return len(shared), [layer._view() for layer in cache.layers]
 
     @staticmethod
-    def _merge(cache, mask, extra_cache, extra_mask):
-        """Join two left-padded caches along the batch, left-padding the shorter one."""
+    def _chunks(prompts: list[list[int]], start: int, budget: int) -> list[list[int]]:
+        """Consecutive runs of prompts (indices) to prefill together: each under ``budget``
+        padded tokens (``start`` shared tokens excluded) and under 10% padding."""
+        chunks, current, real = [], [], 0
+        for k, p in enumerate(prompts):
+            width = max([len(prompts[j]) for j in current] + [len(p)]) - start
+            padded = width * (len(current) + 1)
+            if current and (padded > budget or 1 - (real + len(p) - start) / padded > 0.1):
+                chunks.append(current)
+                current, real = [], 0
+            current.append(k)
+            real += len(p) - start
+        return chunks + [current] if current else chunks
+
+    def _prefill(self, prompts: list[list[int]], prefix=(0, None)):
+        """Forward passes over new prompts, length-bucketed and joined into one left-padded
+        batch: (cache, mask, next positions, last logits). With a ``prefix`` (from ``_prefix``)
+        only what follows it is computed; the mask then has a hole between prefix and prompt."""
+        import torch
+
+        start, shared = prefix
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        device = self.model.device
+        parts, logits = [], []
+        for chunk in self._chunks(prompts, start, self.PREFILL_TOKENS):
+            rest = [prompts[k][start:] for k in chunk]
+            width = max(map(len, rest))
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rest], device=device)
+            cache = GrowingCache()
+            if start:
+                mask = torch.cat([mask.new_ones(len(rest), start), mask], dim=1)
+                for index, (keys, values) in enumerate(shared):
+                    cache.update(keys.expand(len(rest), -1, -1, -1).contiguous(),
+                                 values.expand(len(rest), -1, -1, -1).contiguous(), index)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits.append(self.model(input_ids=ids, attention_mask=mask, position_ids=positions[:, start:],
+                                     past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :])
+            parts.append((cache, mask))
+        cache, mask = self._merge(parts)
+        return cache, mask, (mask.cumsum(-1)[:, -1]).long(), torch.cat(logits)
+
+    @staticmethod
+    def _merge(parts):
+        """Join (cache, mask) pairs along the batch into the first cache, left-padding the
+        narrower ones: one copy into tensors with room for the next tokens."""
         import torch
         import torch.nn.functional as F
 
-        width = max(mask.shape[1], extra_mask.shape[1])
+        if len(parts) == 1:
+            return parts[0]
+        width = max(mask.shape[1] for _, mask in parts)
+        caches = [cache for cache, _ in parts]
+        for index, layer in enumerate(caches[0].layers):
+            views = [cache.layers[index]._view() for cache in caches]
+            joined = []
+            for which in (0, 1):  # keys, then values
+                first = views[0][which]
+                room = first.new_zeros(sum(v[which].shape[0] for v in views), first.shape[1], width + layer.CHUNK, first.shape[3])
+                row = 0
+                for view in views:
+                    part = view[which]
+                    room[row : row + part.shape[0], :, width - part.shape[-2] : width] = part
+                    row += part.shape[0]
+                joined.append(room)
+            layer.replace(*joined, length=width)
+        return caches[0], torch.cat([F.pad(mask, (width - mask.shape[1], 0)) for _, mask in parts])
 
-        def widen(layer_tensor, current):
-            return F.pad(layer_tensor, (0, 0, width - current, 0))
-
-        cur, new = mask.shape[1], extra_mask.shape[1]
-        for layer, extra in zip(cache.layers, extra_cache.layers):
-            (keys, values), (extra_keys, extra_values) = layer._view(), extra._view()
-            layer.replace(torch.cat([widen(keys, cur), widen(extra_keys, new)]),
-                          torch.cat([widen(values, cur), widen(extra_values, new)]))
-        return torch.cat([F.pad(mask, (width - cur, 0)), F.pad(extra_mask, (width - new, 0))])
-
-    def _decode(self, prompts: list[str], ids_of: list[int], decoding: Decoding, seed: int, bar, limits: list[int]):
+    def _decode(self, prompts: list[list[int]], ids_of: list[int], decoding: Decoding, seed: int, bar, limits: list[int]):
         """Continuous batching with a KV cache: a sequence that reaches end of turn leaves the
         batch at once, and waiting prompts join whenever half the batch has finished.
         Yields (request index, (token ids, finished)) as sequences complete."""
@@ -205,6 +267,7 @@ class Generator:
         stop = set(self.stop_ids)
         generator = torch.Generator(device=model.device).manual_seed(seed) if decoding.do_sample else None
         queue = list(range(len(prompts)))
+        prefix = self._prefix(prompts)
         alive: list[int] = []
         out: dict[int, list[int]] = {}
         cache = mask = next_pos = logits = None
@@ -212,9 +275,9 @@ class Generator:
             width = self.current_batch
             if queue and len(alive) <= width // 2:
                 take, queue = queue[: width - len(alive)], queue[width - len(alive) :]
-                new_cache, new_mask, new_pos, new_logits = self._prefill([prompts[j] for j in take])
+                new_cache, new_mask, new_pos, new_logits = self._prefill([prompts[j] for j in take], prefix)
                 if alive:
-                    mask = self._merge(cache, mask, new_cache, new_mask)
+                    cache, mask = self._merge([(cache, mask), (new_cache, new_mask)])
                     next_pos, logits = torch.cat([next_pos, new_pos]), torch.cat([logits, new_logits])
                 else:
                     cache, mask, next_pos, logits = new_cache, new_mask, new_pos, new_logits
@@ -235,10 +298,12 @@ class Generator:
                 keep.append(k)
             bar.advance(0, tokens=len(alive))
             if len(keep) < len(alive):
-                index = torch.tensor(keep, dtype=torch.long, device=mask.device)
-                cache.batch_select_indices(index)
+                order = fill_holes(keep)
+                for layer in cache.layers:
+                    layer.keep_rows(order)
+                index = torch.tensor(order, dtype=torch.long, device=mask.device)
                 mask, next_pos, chosen, logits = mask[index], next_pos[index], chosen[index], logits[index]
-                alive = [alive[k] for k in keep]
+                alive = [alive[k] for k in order]
             if not alive:
                 continue
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
@@ -262,11 +327,21 @@ class Generator:
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+def fill_holes(keep: list[int]) -> list[int]:
+    """New row order after the rows not in ``keep`` (ascending) leave: rows from the end
+    move into the holes, so only as many cache rows are copied as sequences left."""
+    count, kept = len(keep), set(keep)
+    movers = iter(k for k in keep if k >= count)
+    return [k if k in kept else next(movers) for k in range(count)]
+
+
 # --- batch size and KV cache ------------------------------------------------------------------
 
-# Largest generation batch per device type: on a CPU, tokens/s stops improving around 64
-# (benchmarks/generation.py); a GPU keeps gaining well beyond.
-MAX_BATCH = {"cpu": 64, "cuda": 256}
+# Largest generation batch per device type: on a 2-core CPU a decode step of the embedded
+# model costs ~340 ms at 64 sequences and ~660 ms at 128, so wider batches still gain a
+# little and halve the steps of a short call (benchmarks/generation.py: 128 prompts in one
+# wave, 1.3x faster than two waves of 64); a GPU keeps gaining well beyond.
+MAX_BATCH = {"cpu": 128, "cuda": 256}
 
 
 def kv_bytes_per_token(model) -> int:
@@ -309,8 +384,9 @@ def _growing_layer_class():
             super().lazy_initialization(key_states)
             self.length = 0
 
-        def replace(self, keys, values):
-            self.keys, self.values, self.length = keys, values, keys.shape[-2]
+        def replace(self, keys, values, length=None):
+            """Hold ``keys`` and ``values``, of which the first ``length`` positions are filled."""
+            self.keys, self.values, self.length = keys, values, keys.shape[-2] if length is None else length
 
         def _view(self):
             return self.keys[..., : self.length, :], self.values[..., : self.length, :]
@@ -334,6 +410,20 @@ def _growing_layer_class():
 
         def get_seq_length(self) -> int:
             return self.length if self.is_initialized else 0
+
+        def keep_rows(self, order: list[int]):
+            """Row ``p`` becomes old row ``order[p]``: moves only the rows that change place and
+            narrows the batch in place (``batch_select_indices`` copies the whole cache)."""
+            import torch
+
+            if not self.is_initialized:
+                return
+            moved = [p for p, source in enumerate(order) if p != source]
+            if moved:
+                to = torch.tensor(moved, device=self.keys.device)
+                source = torch.tensor([order[p] for p in moved], device=self.keys.device)
+                self.keys[to], self.values[to] = self.keys[source], self.values[source]
+            self.keys, self.values = self.keys[: len(order)], self.values[: len(order)]
 
         def batch_select_indices(self, indices):
             if self.is_initialized:

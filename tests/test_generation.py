@@ -90,3 +90,70 @@ def test_auto_batch_size_bounds(tiny_model):
     assert auto_batch_size(tiny_model, 10_000, 100) == MAX_BATCH["cpu"]  # the device cap
     assert auto_batch_size(tiny_model, 5, 100) == 5  # never more than the requests
     assert auto_batch_size(tiny_model, 10_000, 10**9) == 1  # the memory budget
+
+
+def _varied_weights(model, seed):
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():  # larger random weights than the default init, so answers vary
+        for param in model.parameters():
+            param.normal_(0.0, 0.3)
+
+
+def test_shared_prompt_start_and_length_buckets_leave_outputs_unchanged(tiny_model, tiny_tokenizer, tmp_path):
+    """The system turn every prompt shares is computed once and copied to each row, and
+    prompts of different lengths are prefilled in separate passes: greedy outputs stay
+    those of plain one-pass prefill, at every batch size (refills included)."""
+    _varied_weights(tiny_model, 2)
+    system = {"role": "system", "content": "You are a helpful assistant. Answer briefly and in German, please."}
+    questions = ["Hello", "How are you today? I am fine, thank you.", "Das Haus", "Guten Morgen", "The weather is nice",
+                 "Ich habe einen Hund und eine Katze, und du?"]
+    reqs = [Request([system] + user_turn(q)) for q in questions]
+    plain = Generator(tiny_model, tiny_tokenizer, "x", GenerationCache(tmp_path / "plain.sqlite"), batch_size=6)
+    plain.PREFIX_MIN_TOKENS, plain.PREFILL_TOKENS = 10**9, 10**9
+    expected = [o.text for o in plain.generate(reqs, Decoding(max_new_tokens=10))]
+    for size in (1, 2, 4, 6):
+        gen = Generator(tiny_model, tiny_tokenizer, "x", GenerationCache(tmp_path / f"{size}.sqlite"), batch_size=size)
+        gen.PREFILL_TOKENS = 40  # several passes per refill
+        shared = []
+        prefix = gen._prefix
+        gen._prefix = lambda prompts: shared.append(prefix(prompts)[0]) or prefix(prompts)
+        assert [o.text for o in gen.generate(reqs, Decoding(max_new_tokens=10))] == expected, size
+        assert shared[0] >= 15  # the system turn and the user turn's opening tokens
+    assert len(set(expected)) > 1
+
+
+def test_prefill_passes_bound_padding_and_size():
+    lengths = [100, 99, 97, 60, 58, 57, 56, 10]
+    prompts = [[1] * n for n in lengths]
+    chunks = Generator._chunks(prompts, 0, 4096)
+    assert chunks == [[0, 1, 2], [3, 4, 5, 6], [7]]  # the next prompt would make a pass >10% padding
+    assert sum(chunks, []) == list(range(len(lengths)))
+    assert Generator._chunks(prompts, 0, 200) == [[0, 1], [2], [3, 4, 5], [6], [7]]  # and at most 200 padded tokens
+    # padding counts against what is computed: after 40 shared tokens, 60 and 45 differ by a quarter
+    assert Generator._chunks([[1] * 100, [1] * 85], 0, 4096) == [[0, 1]]
+    assert Generator._chunks([[1] * 100, [1] * 85], 40, 4096) == [[0], [1]]
+
+
+def test_leaving_rows_are_replaced_from_the_end():
+    import torch
+
+    from harness.generation import GrowingCache, fill_holes
+
+    assert fill_holes([0, 2, 4]) == [0, 4, 2]  # row 1 left: the last row takes its place
+    assert fill_holes([1, 2, 3]) == [3, 1, 2]
+    assert fill_holes([0, 1]) == [0, 1]
+    cache = GrowingCache()
+    k, v = torch.randn(5, 2, 3, 4), torch.randn(5, 2, 3, 4)
+    cache.update(k, v, 0)
+    cache.update(torch.randn(5, 2, 1, 4), torch.randn(5, 2, 1, 4), 0)  # spare capacity behind the rows
+    full_k, full_v = cache.layers[0]._view()
+    full_k, full_v = full_k.clone(), full_v.clone()
+    order = fill_holes([1, 3, 4])
+    cache.layers[0].keep_rows(order)
+    got_k, got_v = cache.layers[0]._view()
+    assert torch.equal(got_k, full_k[order]) and torch.equal(got_v, full_v[order])
+    nxt = torch.randn(3, 2, 1, 4)
+    got_k, _ = cache.update(nxt, nxt, 0)  # writes into the narrowed rows' spare room
+    assert torch.equal(got_k, torch.cat([full_k[order], nxt], dim=-2))
