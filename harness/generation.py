@@ -2,8 +2,9 @@
 
 Every output is stored under a key made of the model fingerprint (base weights plus
 adapter), the exact prompt text and the decoding settings, so asking twice for the
-same thing generates nothing the second time. Batches are sorted by prompt length and
-left-padded; finished sequences stop at the end-of-turn token.
+same thing generates nothing the second time. Prompts are sorted by length, the start they
+all share is computed once, the rest is prefilled in passes of similar length and decoded
+with continuous batching; finished sequences stop at the end-of-turn token.
 """
 
 from __future__ import annotations
