@@ -175,15 +175,13 @@ class Generator:
 
     def _prefix(self, prompts: list[list[int]]):
         """(length, per-layer (keys, values)) of the start every prompt shares, or (0, None)."""
-        import os.path
+        import torch
 
         if len(prompts) < 2:
             return 0, None
         shared = os.path.commonprefix(prompts)[: min(map(len, prompts)) - 1]  # every prompt keeps a token to prefill
         if len(shared) < self.PREFIX_MIN_TOKENS:
             return 0, None
-        import torch
-
         cache = GrowingCache()
         self.model(input_ids=torch.tensor([shared], device=self.model.device), past_key_values=cache, use_cache=True,
                    logits_to_keep=1)
@@ -193,15 +191,15 @@ class Generator:
     def _chunks(prompts: list[list[int]], start: int, budget: int) -> list[list[int]]:
         """Consecutive runs of prompts (indices) to prefill together: each under ``budget``
         padded tokens (``start`` shared tokens excluded) and under 10% padding."""
-        chunks, current, real = [], [], 0
+        chunks, current, real, longest = [], [], 0, 0
         for k, p in enumerate(prompts):
-            width = max([len(prompts[j]) for j in current] + [len(p)]) - start
-            padded = width * (len(current) + 1)
+            padded = (max(longest, len(p)) - start) * (len(current) + 1)
             if current and (padded > budget or 1 - (real + len(p) - start) / padded > 0.1):
                 chunks.append(current)
-                current, real = [], 0
+                current, real, longest = [], 0, 0
             current.append(k)
             real += len(p) - start
+            longest = max(longest, len(p))
         return chunks + [current] if current else chunks
 
     def _prefill(self, prompts: list[list[int]], prefix=(0, None)):
@@ -230,7 +228,7 @@ class Generator:
                                      past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :])
             parts.append((cache, mask))
         cache, mask = self._merge(parts)
-        return cache, mask, (mask.cumsum(-1)[:, -1]).long(), torch.cat(logits)
+        return cache, mask, mask.sum(-1), torch.cat(logits)  # next position = real tokens so far
 
     @staticmethod
     def _merge(parts):

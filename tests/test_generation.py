@@ -118,9 +118,14 @@ def test_shared_prompt_start_and_length_buckets_leave_outputs_unchanged(tiny_mod
         gen.PREFILL_TOKENS = 40  # several passes per refill
         shared = []
         prefix = gen._prefix
-        gen._prefix = lambda prompts: shared.append(prefix(prompts)[0]) or prefix(prompts)
+
+        def recording(prompts, prefix=prefix):
+            shared.append(prefix(prompts))
+            return shared[-1]
+
+        gen._prefix = recording
         assert [o.text for o in gen.generate(reqs, Decoding(max_new_tokens=10))] == expected, size
-        assert shared[0] >= 15  # the system turn and the user turn's opening tokens
+        assert shared[0][0] >= 15  # the system turn and the user turn's opening tokens
     assert len(set(expected)) > 1
 
 
