@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -16,6 +17,15 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Benchmark forgetting-mitigation methods (RaDis, vanilla FT, SDFT, self-KD, replay) for teaching chat LLMs translation.",
 )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's cancel or time limit, `kill`) turned into the same orderly
+    stop as Ctrl-C: the message below instead of a silent death."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -119,11 +129,15 @@ def run(
             if launched_processes()[0] == 0:
                 runner.print_plan()
             return
+        signal.signal(signal.SIGTERM, _on_sigterm)
         runner.run()
     except UserError as err:
         _fail(str(err))
-    except KeyboardInterrupt:
-        _fail("interrupted; finished stages are saved, run the same command again to resume.", code=130)
+    except KeyboardInterrupt as stop:
+        # SIGINT reaches here as Ctrl-C only when it is not ignored: a job started in the
+        # background by a non-interactive shell (`nohup ... &`) ignores it; stop that with SIGTERM.
+        how, code = ("stopped (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        _fail(f"{how}; finished stages are saved, run the same command again to resume.", code=code)
 
 
 def _apply_set(cfg, item: str) -> None:

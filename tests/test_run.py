@@ -147,6 +147,29 @@ def test_killed_during_training_and_evaluation_resumes_to_the_same_scores(refere
             assert a["value"] == b["value"]
 
 
+def test_sigterm_stops_with_one_line_and_resumes(tiny_checkpoint, tmp_path):
+    """A batch system's cancel (SIGTERM) stops like Ctrl-C: one line, no traceback, the lock
+    released and the saved training state picked up by the next run."""
+    env = {"RADIS_BENCH_CACHE": str(tmp_path / "cache")}
+    run_dir = tmp_path / "run"
+    args = run_args(tiny_checkpoint, run_dir, methods="vanilla")
+    proc = cli(args, env, wait=False)
+    state = run_dir / "models" / "vanilla" / "seed0" / "state"
+    start = time.time()
+    while not state.exists() and proc.poll() is None and time.time() - start < 600:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "error: stopped (SIGTERM); finished stages are saved" in err and "Traceback" not in err
+    assert not (run_dir / "models" / "vanilla" / "seed0" / "train_stats.json").exists()
+    again = cli(args, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    stats = json.loads((run_dir / "models" / "vanilla" / "seed0" / "train_stats.json").read_text())
+    assert stats["resumed_from_step"] is not None and stats["resumed_from_step"] > 0
+
+
 def test_second_concurrent_run_exits_2(reference_run, tiny_checkpoint, tmp_path):
     from harness.store import RunLock
 
