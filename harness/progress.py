@@ -41,10 +41,11 @@ class _Bar:
         if self.lines and now - self.last_line >= _line_every() and self.done < self.total:
             self.last_line = now
             elapsed = now - self.started
-            eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+            # a generation wave finishes its items late: until one is done there is no estimate
+            eta = f"{elapsed / self.done * (self.total - self.done):.0f}s" if self.done else "unknown"
             speed = f", {rate:,.0f} {self.unit}/s" if self.tokens else ""
             extra = f" {fields['extra']}" if fields.get("extra") else ""
-            message = f"{self.label}: {self.done}/{self.total}{speed}{extra}, {elapsed:.0f}s elapsed, ETA {eta:.0f}s"
+            message = f"{self.label}: {self.done}/{self.total}{speed}{extra}, {elapsed:.0f}s elapsed, ETA {eta}"
             console.print(message, markup=False, highlight=False)
             log.info("%s", message)
 
