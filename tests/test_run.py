@@ -46,13 +46,13 @@ def unit_mtimes(run_dir: Path) -> dict[str, int]:
     return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files}
 
 
-def kill_when(proc, condition, timeout=600):
+def kill_when(proc, condition, timeout=600, sig=signal.SIGKILL) -> str:
+    """Send ``sig`` once ``condition()`` holds; the process's stderr."""
     start = time.time()
     while time.time() - start < timeout:
         if condition():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return
+            proc.send_signal(sig)
+            return proc.communicate(timeout=120)[1]
         if proc.poll() is not None:
             out, err = proc.communicate()
             pytest.fail(f"run ended before the kill point (rc={proc.returncode}): {err[-2000:]}")
@@ -154,13 +154,7 @@ def test_sigterm_stops_with_one_line_and_resumes(tiny_checkpoint, tmp_path):
     run_dir = tmp_path / "run"
     args = run_args(tiny_checkpoint, run_dir, methods="vanilla")
     proc = cli(args, env, wait=False)
-    state = run_dir / "models" / "vanilla" / "seed0" / "state"
-    start = time.time()
-    while not state.exists() and proc.poll() is None and time.time() - start < 600:
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    err = kill_when(proc, lambda: (run_dir / "models" / "vanilla" / "seed0" / "state").exists(), sig=signal.SIGTERM)
     assert proc.returncode == 143, err[-2000:]
     assert "error: stopped (SIGTERM); finished stages are saved" in err and "Traceback" not in err
     assert not (run_dir / "models" / "vanilla" / "seed0" / "train_stats.json").exists()
