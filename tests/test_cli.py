@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -34,6 +35,20 @@ def test_dry_run_reports_alma_counts(data_dir):
     assert "2,037" in out
     code, out, _ = run_cli("run", "--dry-run", "--data-dir", str(data_dir), "--pairs", "zh-en")
     assert code == 0 and "15,406" in out and "1,875" in out
+
+
+PUBLISHED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "reports").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("config", PUBLISHED_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_published_configs_still_load(config, data_dir):
+    """Every config under reports/ must stay valid as the harness changes: its README's
+    one re-run command depends on it."""
+    code, out, err = run_cli("run", "--dry-run", "--config", str(config), "--data-dir", str(data_dir))
+    assert code == 0, err
+    text = config.read_text(encoding="utf-8")
+    run_dir = next(line.split(":", 1)[1].split("#")[0].strip() for line in text.splitlines() if line.startswith("out:"))
+    assert run_dir in " ".join(out.split()), out
 
 
 def test_dry_run_prints_the_plan():
