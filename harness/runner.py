@@ -449,6 +449,7 @@ class Runner:
         started = time.time()
         cells = f", cells {', '.join(self.only)}" if self.only is not None else ""
         self._say(f"[bold]radis-bench[/bold] run in {self.run_dir} (model {self.cfg.model}, data {self.data.label}{cells})")
+        self._computed_cells: set[str] = set()
         self.manifest = self._load_manifest()
         self.counts = {"reused": 0, "computed": 0}
         self._backfill_item_stats()
@@ -551,9 +552,13 @@ class Runner:
                     m["training"].setdefault(method, {})[str(seed)] = read_json(workdir / "train_stats.json") or {}
                     m["method_stats"].setdefault(method, {})[str(seed)] = read_json(workdir / "method_stats.json") or {}
         m["timings"] = {**old.get("timings", {}), **self._timings}
-        labels = self.only if self.only is not None else ["original"] + [f"{x}-seed{s}" for s in self.cfg.seeds for x in self.methods]
-        m["cells"] = {**old.get("cells", {}), **{label: {"updated": now, "host": platform.node(), "pid": os.getpid()} for label in labels}}
+        # which process and code last computed a unit of each cell; a run that only reuses keeps the old entries
+        m["cells"] = {**old.get("cells", {}), **{label: {"updated": now, **self._provenance()} for label in sorted(self._computed_cells)}}
         write_json(self.run_dir / "manifest.json", m)
+
+    def _provenance(self) -> dict:
+        """Where a unit was computed: host, process and the harness's git commit."""
+        return {"host": platform.node(), "pid": os.getpid(), "git": self.manifest["git"]}
 
     # training ------------------------------------------------------------------------------
     def _workdir(self, method: str, seed: int) -> Path:
@@ -614,7 +619,10 @@ class Runner:
                 result = train(base, tokenizer, examples, budget, self.cfg.lora, workdir, seed,
                                extra_loss=m.extra_loss, label=f"train {method} s{seed}")
                 trained = result.model
+                write_json(workdir / STATS_FILE, (read_json(workdir / STATS_FILE) or {}) | {
+                    "computed": {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self._provenance()}})
                 self.counts["computed"] += 1
+                self._computed_cells.add(f"{method}-seed{seed}")
         self._publish()
         original_model = self.original[0]
         trained = m.after_training(trained, {k: v for k, v in original_model.state_dict().items()})
@@ -723,9 +731,11 @@ class Runner:
             "metrics": [dataclasses.asdict(m) for m in result.metrics],
             "not_scored": [dataclasses.asdict(n) for n in result.not_scored],
             "seconds": round(time.time() - t0, 1),
+            "computed": {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self._provenance()},
         })
         self._timings[f"eval {label} {suite}"] = round(time.time() - t0, 1)
         self.counts["computed"] += 1
+        self._computed_cells.add(label)
         self._publish()
 
     def _items_path(self, label: str, suite: str) -> Path:

@@ -96,17 +96,27 @@ def test_run_writes_every_artefact(reference_run):
     assert methods == {"original", "radis", "vanilla", "sdft"}
     retention_kl = {r["method"]: float(r["value"]) for r in scores if r["suite"] == "retention" and r["metric"] == "kl"}
     assert retention_kl["original"] == 0.0 and retention_kl["vanilla"] > 0.0
+    # provenance: every unit and every cell names the process and the code that computed it
+    assert set(manifest["cells"]) == {"original", "radis-seed0", "vanilla-seed0", "sdft-seed0"}
+    assert {c["git"]["commit"] for c in manifest["cells"].values()} == {manifest["git"]["commit"]}
+    units = [json.loads(p.read_text()) for p in (run_dir / "results").glob("*/*.json")]
+    units += [json.loads(p.read_text()) for p in (run_dir / "models").rglob("train_stats.json")]
+    assert len(units) == 4 * len(SUITES.split(",")) + 3
+    assert {(u["computed"]["git"]["commit"], u["computed"]["pid"]) for u in units} == {
+        (manifest["git"]["commit"], manifest["cells"]["original"]["pid"])}
 
 
 def test_rerun_reuses_everything(reference_run):
     run_dir, env, _ = reference_run
     before = unit_mtimes(run_dir)
     scores = (run_dir / "scores.csv").read_text()
+    cells = json.loads((run_dir / "manifest.json").read_text())["cells"]
     again = cli(run_args(Path(json.loads((run_dir / "manifest.json").read_text())["config"]["model"]), run_dir), env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert unit_mtimes(run_dir) == before
     assert (run_dir / "scores.csv").read_text() == scores
     assert "0 units computed" in again.stderr
+    assert json.loads((run_dir / "manifest.json").read_text())["cells"] == cells  # a re-render computed nothing
     assert "reused: training radis seed 0" not in again.stderr  # nothing even loaded
     log = (run_dir / "run.log").read_text()
     assert "reused: original on translation" in log
