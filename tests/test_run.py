@@ -42,7 +42,10 @@ def read_scores(run_dir: Path) -> list[dict]:
 
 
 def unit_mtimes(run_dir: Path) -> dict[str, int]:
-    files = list((run_dir / "results").rglob("*.json")) + list((run_dir / "models").rglob("train_stats.json"))
+    """Modification times of the finished units: results/<label>/<suite>.json and train_stats.json.
+    (A unit's items/<suite>.json is written just before its result file, so a kill between the
+    two leaves it behind for an unfinished unit, which a resumed run rightly recomputes.)"""
+    files = list((run_dir / "results").glob("*/*.json")) + list((run_dir / "models").rglob("train_stats.json"))
     return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in files}
 
 
@@ -109,11 +112,13 @@ def test_run_writes_every_artefact(reference_run):
 def test_rerun_reuses_everything(reference_run):
     run_dir, env, _ = reference_run
     before = unit_mtimes(run_dir)
+    items_before = {p: p.stat().st_mtime_ns for p in (run_dir / "results").glob("*/items/*.json")}
     scores = (run_dir / "scores.csv").read_text()
     cells = json.loads((run_dir / "manifest.json").read_text())["cells"]
     again = cli(run_args(Path(json.loads((run_dir / "manifest.json").read_text())["config"]["model"]), run_dir), env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert unit_mtimes(run_dir) == before
+    assert items_before and {p: p.stat().st_mtime_ns for p in (run_dir / "results").glob("*/items/*.json")} == items_before
     assert (run_dir / "scores.csv").read_text() == scores
     assert "0 units computed" in again.stderr
     assert json.loads((run_dir / "manifest.json").read_text())["cells"] == cells  # a re-render computed nothing
