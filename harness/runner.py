@@ -449,7 +449,7 @@ class Runner:
         started = time.time()
         cells = f", cells {', '.join(self.only)}" if self.only is not None else ""
         self._say(f"[bold]radis-bench[/bold] run in {self.run_dir} (model {self.cfg.model}, data {self.data.label}{cells})")
-        self._computed_cells: set[str] = set()
+        self._computed_cells: dict[str, dict] = {}  # label -> stamp of the last unit this process computed
         self.manifest = self._load_manifest()
         self.counts = {"reused": 0, "computed": 0}
         self._backfill_item_stats()
@@ -553,12 +553,13 @@ class Runner:
                     m["method_stats"].setdefault(method, {})[str(seed)] = read_json(workdir / "method_stats.json") or {}
         m["timings"] = {**old.get("timings", {}), **self._timings}
         # which process and code last computed a unit of each cell; a run that only reuses keeps the old entries
-        m["cells"] = {**old.get("cells", {}), **{label: {"updated": now, **self._provenance()} for label in sorted(self._computed_cells)}}
+        m["cells"] = {**old.get("cells", {}), **self._computed_cells}
         write_json(self.run_dir / "manifest.json", m)
 
-    def _provenance(self) -> dict:
-        """Where a unit was computed: host, process and the harness's git commit."""
-        return {"host": platform.node(), "pid": os.getpid(), "git": self.manifest["git"]}
+    def _stamp(self) -> dict:
+        """When a unit's computation started, on which host and process, with which git commit."""
+        return {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(), "pid": os.getpid(),
+                "git": self.manifest["git"]}
 
     # training ------------------------------------------------------------------------------
     def _workdir(self, method: str, seed: int) -> Path:
@@ -616,13 +617,12 @@ class Runner:
             else:
                 self._say(f"training: {method} seed {seed} ({budget.steps} steps x {budget.batch_size})")
                 self._tell((method, seed, examples, budget))
+                stamp = self._stamp()
                 result = train(base, tokenizer, examples, budget, self.cfg.lora, workdir, seed,
-                               extra_loss=m.extra_loss, label=f"train {method} s{seed}")
+                               extra_loss=m.extra_loss, label=f"train {method} s{seed}", record={"computed": stamp})
                 trained = result.model
-                write_json(workdir / STATS_FILE, (read_json(workdir / STATS_FILE) or {}) | {
-                    "computed": {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self._provenance()}})
                 self.counts["computed"] += 1
-                self._computed_cells.add(f"{method}-seed{seed}")
+                self._computed_cells[f"{method}-seed{seed}"] = stamp
         self._publish()
         original_model = self.original[0]
         trained = m.after_training(trained, {k: v for k, v in original_model.state_dict().items()})
@@ -721,7 +721,7 @@ class Runner:
             return
         ctx = self._context(label, suite, load)
         self._say(f"evaluating: {label} on {suite}")
-        t0 = time.time()
+        t0, stamp = time.time(), self._stamp()
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         result = self.suites[suite].evaluate(ctx)
         write_jsonl(self.run_dir / "outputs" / label / f"{suite}.jsonl", result.outputs)
@@ -731,11 +731,11 @@ class Runner:
             "metrics": [dataclasses.asdict(m) for m in result.metrics],
             "not_scored": [dataclasses.asdict(n) for n in result.not_scored],
             "seconds": round(time.time() - t0, 1),
-            "computed": {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self._provenance()},
+            "computed": stamp,
         })
         self._timings[f"eval {label} {suite}"] = round(time.time() - t0, 1)
         self.counts["computed"] += 1
-        self._computed_cells.add(label)
+        self._computed_cells[label] = stamp
         self._publish()
 
     def _items_path(self, label: str, suite: str) -> Path:

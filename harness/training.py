@@ -387,6 +387,7 @@ def train(
     seed: int,
     extra_loss: ExtraLoss | None = None,
     label: str = "training",
+    record: dict | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` under ``budget``; resumes from ``workdir/state``.
 
@@ -531,6 +532,7 @@ def train(
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)  # the adapter for LoRA, the whole model for full fine-tuning
         _replace_dir(tmp, workdir / FINAL_DIR)
+        stats |= record or {}  # the caller's extra fields, e.g. who computed it
         _write_json(workdir / STATS_FILE, stats)
         shutil.rmtree(workdir / STATE_DIR, ignore_errors=True)
     accelerator.wait_for_everyone()

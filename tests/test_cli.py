@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.config import read_config_file
 
 
 def run_cli(*args):
@@ -46,9 +47,7 @@ def test_published_configs_still_load(config, data_dir):
     one re-run command depends on it."""
     code, out, err = run_cli("run", "--dry-run", "--config", str(config), "--data-dir", str(data_dir))
     assert code == 0, err
-    text = config.read_text(encoding="utf-8")
-    run_dir = next(line.split(":", 1)[1].split("#")[0].strip() for line in text.splitlines() if line.startswith("out:"))
-    assert run_dir in " ".join(out.split()), out
+    assert read_config_file(config)["out"] in " ".join(out.split()), out
 
 
 def test_dry_run_prints_the_plan():
