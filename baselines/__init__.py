@@ -1,3 +1,1 @@
-"""Baseline methods: vanilla, seqkd, sdft, replay, and the kl / wise extensions."""
-
-from baselines import kl, replay, sdft, seqkd, vanilla, wise  # noqa: F401  (each registers its method)
+"""Baseline methods, one module each: vanilla, seqkd, sdft, replay, and the extensions (registered in pyproject.toml)."""

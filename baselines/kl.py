@@ -6,12 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from baselines.vanilla import Vanilla
+from baselines.vanilla import reference_examples
 from harness.errors import UserError
 from harness.methods import Method, MethodContext, TrainingExample
-from harness.registry import register_method
 
 
 @dataclass
@@ -19,8 +16,10 @@ class KLOptions:
     kl_weight: float = field(default=0.5, metadata={"help": "Weight of the KL(original ‖ fine-tuned) term added to the NLL."})
 
 
-def response_kl(reference_logits: torch.Tensor, logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def response_kl(reference_logits, logits, weights):
     """Mean KL(reference ‖ current) over the positions that predict a weighted token."""
+    import torch
+
     mask = weights[:, 1:] > 0
     ref = torch.log_softmax(reference_logits[:, :-1][mask].float(), dim=-1)
     cur = torch.log_softmax(logits[:, :-1][mask].float(), dim=-1)
@@ -29,18 +28,24 @@ def response_kl(reference_logits: torch.Tensor, logits: torch.Tensor, weights: t
     return (ref.exp() * (ref - cur)).sum(-1).mean()
 
 
-@register_method
 class KL(Method):
     name = "kl"
     description = "Extension (not in the paper): vanilla SFT plus a KL penalty towards the frozen original model."
+    citation = "Learning without Forgetting (Li & Hoiem, ECCV 2016), as a token-level KL to the frozen original"
     extension = True
     Options = KLOptions
 
+    def check(self) -> None:
+        if self.options.kl_weight < 0:
+            raise UserError(f"kl.kl_weight must be 0 or more, got {self.options.kl_weight}.")
+
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         ctx.stats["kl_weight"] = self.options.kl_weight
-        return Vanilla().build_training_examples(ctx)
+        return reference_examples(ctx)
 
-    def extra_loss(self, model, batch: dict, outputs) -> torch.Tensor:
+    def extra_loss(self, model, batch: dict, outputs):
+        import torch
+
         if not hasattr(model, "disable_adapter"):
             raise UserError("The kl method needs a LoRA adapter (the original model is the base with the adapter off); unset lora.full_finetune or drop kl.")
         with torch.no_grad(), model.disable_adapter():

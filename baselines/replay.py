@@ -8,34 +8,43 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from harness.data import GENERAL_SETS
+from baselines.vanilla import reference_examples
+from harness import registry
+from harness.data import DataSet
 from harness.errors import UserError
 from harness.methods import Method, MethodContext, Segment, TrainingExample
-from harness.prompts import translation_prompt, user_turn
-from harness.registry import register_method
+from harness.prompts import user_turn
+
+ALPACA = DataSet("alpaca", "alpaca/alpaca_train.json", {"instruction": "instruction", "input": "input", "reference": "output"},
+                 hub="tatsu-lab/alpaca", hub_split="train", optional=("input",))
 
 
 @dataclass
 class ReplayOptions:
-    replay_set: str = field(default="alpaca", metadata={"help": "General instruction set to replay (a name known to the data loader, e.g. alpaca)."})
+    replay_set: str = field(default="alpaca", metadata={"help": "General instruction set to replay (a data set some installed plugin declares, e.g. alpaca)."})
     ratio: float = field(default=0.25, metadata={"help": "Share of replayed examples in the training list (0 <= ratio < 1)."})
 
 
-@register_method
 class Replay(Method):
     name = "replay"
     description = "Translation data mixed with replayed general instruction data (e.g. Alpaca) at a set ratio."
+    citation = "experience replay of general instruction data, the baseline RaDis's reviewers asked for"
     Options = ReplayOptions
+    data_sets = (ALPACA,)
+
+    def check(self) -> None:
+        if not 0.0 <= self.options.ratio < 1.0:
+            raise UserError(f"replay.ratio must be at least 0 and below 1, got {self.options.ratio}.")
+        self.uses_data()
+
+    def uses_data(self) -> list[DataSet]:
+        return [registry.data_set(self.options.replay_set)]
 
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         o = self.options
-        if not 0.0 <= o.ratio < 1.0:
-            raise UserError(f"replay.ratio must be at least 0 and below 1, got {o.ratio}.")
-        if o.replay_set not in GENERAL_SETS:
-            raise UserError(f"replay.replay_set '{o.replay_set}' is unknown; use one of {', '.join(GENERAL_SETS)}.")
-        translation = [TrainingExample(user_turn(translation_prompt(p)), [Segment(p.reference)]) for p in ctx.pairs]
+        translation = reference_examples(ctx)
         wanted = round(o.ratio / (1.0 - o.ratio) * len(translation))
-        pool = [i for i in ctx.data.general(o.replay_set) if i.reference] if wanted else []
+        pool = [i for i in ctx.data.general(self.uses_data()[0]) if i.reference] if wanted else []
         if wanted and not pool:
             raise UserError(f"The {o.replay_set} set has no instructions with reference answers to replay; choose another replay.replay_set.")
         rng = random.Random(ctx.seed)

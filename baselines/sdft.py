@@ -17,7 +17,6 @@ from harness.errors import UserError
 from harness.generation import Decoding, Request
 from harness.methods import Method, MethodContext, Segment, TrainingExample
 from harness.prompts import EXTRACTION_RULES, extract_translation, translation_prompt, user_turn
-from harness.registry import register_method
 
 DISTILL_PROMPT = (
     "Below are an instruction that describes a task along with a reference answer. "
@@ -40,23 +39,32 @@ def mentions_reference(text: str) -> bool:
     return any(phrase in lowered for phrase in REJECTED_PHRASES) or lowered.lstrip().startswith("your turn")
 
 
-@register_method
 class SDFT(Method):
     name = "sdft"
     description = "Self-distillation fine-tuning: train on the original model's rewrites of the references (Yang et al. 2024)."
+    citation = "Yang et al., Self-Distillation Bridges Distribution Gap in Language Model Fine-Tuning, ACL 2024 (arXiv 2402.13669)"
     Options = SDFTOptions
+    generation_in_target = "replaces"
 
-    def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
+    def check(self) -> None:
         o = self.options
         if o.extraction not in EXTRACTION_RULES:
             raise UserError(f"sdft.extraction '{o.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
+        if not 0.0 <= o.chrf_floor <= 100.0:
+            raise UserError(f"sdft.chrf_floor must be between 0 and 100, got {o.chrf_floor}.")
+        if o.max_new_tokens <= 0:
+            raise UserError(f"sdft.max_new_tokens must be positive, got {o.max_new_tokens}.")
+
+    def original_requests(self, ctx: MethodContext) -> list[tuple[Request, Decoding]]:
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
+        return [(Request(user_turn(DISTILL_PROMPT.format(instruction=translation_prompt(pair), reference=pair.reference))), decoding)
+                for pair in ctx.pairs]
+
+    def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
+        o = self.options
         prompts = [translation_prompt(p) for p in ctx.pairs]
-        requests = [
-            Request(user_turn(DISTILL_PROMPT.format(instruction=prompt, reference=pair.reference)))
-            for prompt, pair in zip(prompts, ctx.pairs)
-        ]
         decoding = Decoding(max_new_tokens=o.max_new_tokens)
-        outputs = ctx.original.generate(requests, decoding, label="sdft: rewrites")
+        outputs = ctx.original.generate_many(self.original_requests(ctx), label="sdft: rewrites")
         chrf = CHRF()
         examples, by_phrase, by_chrf, kept_scores = [], 0, 0, []
         for pair, prompt, output in zip(ctx.pairs, prompts, outputs):

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from baselines.vanilla import Vanilla
+from baselines.vanilla import reference_examples
 from harness.errors import UserError
 from harness.methods import Method, MethodContext, TrainingExample
-from harness.registry import register_method
 
 
 @dataclass
@@ -20,20 +17,24 @@ class WiSEOptions:
     alpha: float = field(default=0.5, metadata={"help": "Interpolation weight of the fine-tuned model (0 = original, 1 = fine-tuned)."})
 
 
-@register_method
 class WiSE(Method):
     name = "wise"
     description = "Extension (not in the paper): vanilla SFT, then WiSE-FT interpolation between the original and fine-tuned weights."
+    citation = "Wortsman et al., Robust fine-tuning of zero-shot models, CVPR 2022 (arXiv 2109.01903)"
     extension = True
     Options = WiSEOptions
 
-    def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
+    def check(self) -> None:
         if not 0.0 <= self.options.alpha <= 1.0:
             raise UserError(f"wise.alpha must be between 0 and 1, got {self.options.alpha}.")
+
+    def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         ctx.stats["alpha"] = self.options.alpha
-        return Vanilla().build_training_examples(ctx)
+        return reference_examples(ctx)
 
     def after_training(self, model, original_state: dict | None = None):
+        import torch
+
         alpha = self.options.alpha
         with torch.no_grad():
             if hasattr(model, "peft_config"):

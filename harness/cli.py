@@ -38,20 +38,25 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.command("list")
 def list_cmd() -> None:
-    """List registered methods and suites with one-line descriptions."""
+    """List registered methods and suites with one-line descriptions and their papers."""
     from rich.table import Table
 
     from harness import registry
     from harness.progress import console
 
     out = console.__class__()  # stdout console
-    for title, items in (("Methods", registry.methods()), ("Suites", registry.suites())):
+    try:
+        items = (("Methods", registry.methods()), ("Suites", registry.suites()))
+    except UserError as err:
+        _fail(str(err))
+    for title, found in items:
         table = Table(title=title, show_lines=False)
         table.add_column("name", style="bold")
         table.add_column("description")
-        for name, cls in sorted(items.items()):
+        for name, cls in sorted(found.items()):
             extra = " [dim](extension)[/dim]" if getattr(cls, "extension", False) else ""
-            table.add_row(name, cls.description + extra)
+            cite = f"\n[dim]{cls.citation}[/dim]" if getattr(cls, "citation", "") else ""
+            table.add_row(name, cls.description + extra + cite)
         out.print(table)
 
 
@@ -63,7 +68,10 @@ def _split(values: Optional[List[str]]) -> Optional[list[str]]:
 
 @app.command()
 def run(
-    methods: Optional[List[str]] = typer.Option(None, "--methods", "-m", help="Methods, comma-separated (see `radis-bench list`)."),
+    methods: Optional[List[str]] = typer.Option(
+        None, "--methods", "-m",
+        help="Methods, comma-separated (see `radis-bench list`); a variant is [LABEL:]METHOD@option=value[@...], "
+             "e.g. radis@rationale_weight=0.5 or lam05:radis@rationale_weight=0.5@budget.lr=1e-4."),
     suites: Optional[List[str]] = typer.Option(None, "--suites", "-s", help="Suites, comma-separated."),
     model: Optional[str] = typer.Option(None, help="Embedded model name (smollm2-135m), hub id or local checkpoint path."),
     pairs: Optional[str] = typer.Option(None, help="Translation directions, e.g. de-en,en-de."),
@@ -77,9 +85,14 @@ def run(
     seeds: Optional[str] = typer.Option(None, help="Training seeds, e.g. 0,1,2."),
     out: Optional[str] = typer.Option(None, help="Run directory (default runs/<name>)."),
     judge: Optional[str] = typer.Option(None, help="alpaca-eval annotator config (name or path) for AlpacaEval/MT-Bench."),
-    comet_model: Optional[str] = typer.Option(None, help="COMET checkpoint (hub name or local path)."),
-    safety_classifier: Optional[str] = typer.Option(None, help="Llama-Guard-style classifier (hub id or path)."),
-    lm_eval_tasks: Optional[str] = typer.Option(None, help="Extra lm-eval tasks, comma-separated."),
+    comet_model: Optional[str] = typer.Option(None, help="COMET checkpoint (hub name or local path): translation.comet_model."),
+    safety_classifier: Optional[str] = typer.Option(None, help="Llama-Guard-style classifier (hub id or path): safety.classifier."),
+    lm_eval_tasks: Optional[str] = typer.Option(None, help="Extra lm-eval tasks, comma-separated: lm_eval.tasks."),
+    extraction: Optional[str] = typer.Option(None, help="How a translation is cut from the output (first_paragraph, first_line, full): translation.extraction."),
+    sweep: Optional[List[str]] = typer.Option(
+        None, "--sweep",
+        help="Ablation axis METHOD.option=v1,v2,... (repeat for the product of several axes of one method; "
+             "budget.lr, budget.steps, lora.r ... too), e.g. radis.rationale_weight=0,0.25,0.5,1."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Generation backend: auto (vllm when CUDA and vllm are present), transformers or vllm."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file with the same settings (CLI overrides it), or a shipped preset: paper, paper-llama2."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any setting as key=value, e.g. radis.rationale_weight=0.5 or budget.max_length=256."),
@@ -114,6 +127,7 @@ def run(
             "comet_model": comet_model,
             "safety_classifier": safety_classifier,
             "lm_eval_tasks": lm_eval_tasks,
+            "extraction": extraction,
             "generation_backend": backend,
         }
         apply_settings(cfg, {k: v for k, v in given.items() if v is not None}, "the command line")
@@ -121,16 +135,23 @@ def run(
         apply_settings(cfg.budget, {k: v for k, v in budget_given.items() if v is not None}, "the command line")
         for item in set_ or []:
             _apply_set(cfg, item)
+        for item in sweep or []:
+            axis, eq, values = item.partition("=")
+            if not eq or "." not in axis or not values.strip():
+                raise UserError(f"--sweep '{item}' must look like METHOD.option=v1,v2,..., e.g. radis.rationale_weight=0,0.5,1.")
+            apply_settings(cfg, {"sweep": {axis.strip(): [v.strip() for v in values.split(",") if v.strip()]}}, "--sweep")
         validate(cfg)
-        from harness.runner import Runner
+        from harness.plan import Plan
 
-        runner = Runner(cfg, config_file=config, only=only)
+        plan = Plan(cfg, config_file=config, only=only)
         if dry_run:
             if launched_processes()[0] == 0:
-                runner.print_plan()
+                plan.print()
             return
         signal.signal(signal.SIGTERM, _on_sigterm)
-        runner.run()
+        from harness.execute import Execution
+
+        Execution(plan).run()
     except UserError as err:
         _fail(str(err))
     except KeyboardInterrupt as stop:
@@ -151,9 +172,9 @@ def _apply_set(cfg, item: str) -> None:
         # method or suite option: decided by which registry knows the name
         from harness import registry
 
-        target = "method_options" if parts[0] in registry.methods() else "suite_options"
-        if parts[0] not in registry.methods() and parts[0] not in registry.suites():
+        if not registry.is_method(parts[0]) and not registry.is_suite(parts[0]):
             raise UserError(f"--set '{item}': '{parts[0]}' is not a method, a suite, 'budget' or 'lora'.")
+        target = "method_options" if registry.is_method(parts[0]) else "suite_options"
         apply_settings(cfg, {target: {parts[0]: {parts[1]: value}}}, "--set")
     elif len(parts) == 2:
         apply_settings(cfg, {parts[0]: {parts[1]: value}}, "--set")
@@ -168,17 +189,46 @@ def report(
     run_dirs: List[Path] = typer.Argument(..., help="One or more run directories to combine."),
     out: Optional[Path] = typer.Option(None, help="Where to write the leaderboard (default: <first run>/report)."),
     title: Optional[str] = typer.Option(None, help="Leaderboard title."),
-    general_metric: Optional[str] = typer.Option(None, help="y axis of the trade-off plot, e.g. ifeval/prompt_strict or retention/kl."),
+    general_metric: Optional[str] = typer.Option(None, help="The only y axis of the trade-off plot, e.g. ifeval/prompt_strict or retention/kl."),
+    prefix: Optional[List[str]] = typer.Option(
+        None, "--prefix",
+        help="RUN_DIR=PREFIX: put PREFIX before every row label of that run (repeatable), to keep two runs that hold the "
+             "same row computed differently, e.g. --prefix runs/lam05=lam05-."),
 ) -> None:
-    """Render leaderboard.md/csv/html and plots from run directories."""
+    """Render leaderboard.md/csv/html, differences.csv and plots from run directories."""
     try:
         for run_dir in run_dirs:
             if not (run_dir / "scores.csv").exists():
                 raise UserError(f"{run_dir} is not a run directory (no scores.csv); give the --out folder of a run.")
+        prefixes = {}
+        for item in prefix or []:
+            run_dir, eq, text = item.rpartition("=")
+            if not eq or not run_dir or not text:
+                raise UserError(f"--prefix '{item}' must look like RUN_DIR=PREFIX, e.g. --prefix runs/b=b-.")
+            prefixes[str(Path(run_dir))] = text
         from harness.report import render_report
 
         target = out or run_dirs[0] / "report"
-        written = render_report(list(run_dirs), target, title=title, general_metric=general_metric)
+        written = render_report(list(run_dirs), target, title=title, general_metric=general_metric, prefixes=prefixes)
+        for name, path in written.items():
+            typer.echo(f"{name}: {path}")
+    except UserError as err:
+        _fail(str(err))
+
+
+@app.command()
+def rescore(
+    run_dir: Path = typer.Argument(..., help="A run directory with saved outputs (outputs/<model>/<suite>.jsonl)."),
+    suite: str = typer.Option(..., "--suite", help="The suite to score again, e.g. translation."),
+    option: str = typer.Option(..., "--option", help="The suite option to vary, e.g. extraction."),
+    values: str = typer.Option(..., "--values", help="Comma-separated values to compare, e.g. first_line,first_paragraph,full."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the comparison (default: <run>/rescore)."),
+) -> None:
+    """Score a finished run's saved outputs again under other settings of one suite; generates nothing."""
+    try:
+        from harness.rescore import rescore as run_rescore
+
+        written = run_rescore(run_dir, suite, option, [v.strip() for v in values.split(",") if v.strip()], out)
         for name, path in written.items():
             typer.echo(f"{name}: {path}")
     except UserError as err:

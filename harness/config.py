@@ -9,6 +9,7 @@ given as ``method_options: {radis: {rationale_weight: 0.5}}`` or ``--set radis.r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass, field, fields
@@ -16,6 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+
+DEFAULTS = Path(__file__).resolve().parent / "defaults.yaml"
+
+
+@functools.lru_cache(maxsize=1)
+def _read_defaults() -> dict:
+    import yaml
+
+    return yaml.safe_load(DEFAULTS.read_text(encoding="utf-8"))
+
+
+def _defaults() -> dict:
+    """The methods and suites a run compares unless told otherwise (a fresh copy)."""
+    return {k: list(v) for k, v in _read_defaults().items()}
+
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -54,10 +70,14 @@ class RunConfig:
     model: str = field(default="smollm2-135m", metadata={"help": "Embedded model name, hub id or local checkpoint path."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow model code from the checkpoint."})
     pairs: list[str] = field(default_factory=lambda: ["de-en"], metadata={"help": "Translation directions, e.g. de-en,en-de."})
-    methods: list[str] = field(default_factory=lambda: ["radis", "vanilla", "sdft"], metadata={"help": "Methods to compare."})
+    methods: list = field(
+        default_factory=lambda: _defaults()["methods"],
+        metadata={"help": "Methods to compare: names, variants 'LABEL:METHOD@option=value' or, in a config file, "
+                          "{label, method, seeds, budget, lora, <option>: value} entries."},
+    )
     suites: list[str] = field(
-        default_factory=lambda: ["translation", "ifeval", "safety", "retention"],
-        metadata={"help": "Evaluation suites."},
+        default_factory=lambda: _defaults()["suites"],
+        metadata={"help": "Evaluation suites (default: harness/defaults.yaml)."},
     )
     data_dir: str | None = field(default=None, metadata={"help": "Folder with the layout of shared/data; 'starter' (default) or 'hub'."})
     train_size: int | None = field(default=32, metadata={"help": "Training pairs per direction (seeded sample)."})
@@ -67,20 +87,20 @@ class RunConfig:
     data_seed: int = field(default=0, metadata={"help": "Seed of the train/eval subsamples (fixed across training seeds)."})
     out: str | None = field(default=None, metadata={"help": "Run directory (default runs/<name>)."})
     title: str | None = field(default=None, metadata={"help": "Title of the run's leaderboard (default: from the run directory's name)."})
-    judge: str | None = field(default=None, metadata={"help": "alpaca-eval annotator config name or path, for AlpacaEval and MT-Bench."})
-    comet_model: str | None = field(default=None, metadata={"help": "COMET checkpoint: hub name or local path."})
-    safety_classifier: str | None = field(default=None, metadata={"help": "Llama-Guard-style classifier hub id or path."})
-    lm_eval_tasks: list[str] = field(default_factory=list, metadata={"help": "Extra lm-eval tasks run on each model."})
-    extraction: str = field(default="first_paragraph", metadata={"help": "How a translation is cut from chatty output: first_paragraph, first_line or full."})
     generation_backend: str = field(default="auto", metadata={"help": "Generation backend: auto (vllm when CUDA and vllm are present, else transformers), transformers or vllm."})
     device: str = field(default="auto", metadata={"help": "Where models run: auto (a CUDA GPU when present, else the CPU), cpu or cuda."})
     dtype: str = field(default="auto", metadata={"help": "Weights' dtype: auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16 or float16."})
     gen_batch_size: int = field(default=0, metadata={"help": "Sequences per generation batch; 0 chooses it from the device and memory."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Generation limit for suite answers (translations keep room for an appended rationale)."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Generation limit of every suite that sets none of its own (translations keep room for an appended rationale)."})
     budget: Budget = field(default_factory=Budget)
     lora: LoRASettings = field(default_factory=LoRASettings)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-method settings."})
     suite_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-suite settings."})
+    sweep: dict[str, list] = field(
+        default_factory=dict,
+        metadata={"help": "Ablation grid: {'radis.rationale_weight': [0, 0.5, 1]} adds a variant per value (the product of "
+                          "several axes of one method); budget.* and lora.* settings are sweepable too."},
+    )
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
@@ -116,10 +136,22 @@ def _coerce(value: Any, annotation: str, name: str) -> Any:
 
 
 def apply_settings(obj: Any, settings: dict[str, Any], where: str) -> None:
-    """Set dataclass fields from a mapping, recursing into nested settings, rejecting unknown keys."""
+    """Set dataclass fields from a mapping, recursing into nested settings, rejecting unknown keys.
+
+    At the top of a ``RunConfig``, a key that is a suite option's alias (``comet_model``,
+    ``judge``, ...) sets that option of every suite that declares it."""
+    if not isinstance(settings, dict):
+        raise UserError(f"The settings in {where} must be a mapping of names to values.")
     known = {f.name: f for f in fields(obj)}
     for key, value in settings.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
+        if name not in known and isinstance(obj, RunConfig):
+            from harness.registry import suite_aliases
+
+            targets = suite_aliases().get(name)
+            if targets:
+                apply_settings(obj, {"suite_options": {suite: {option: value} for suite, option in targets}}, where)
+                continue
         if name not in known:
             raise UserError(f"Unknown setting '{key}' in {where}; known settings: {', '.join(sorted(known))}.")
         current = getattr(obj, name)
@@ -127,13 +159,23 @@ def apply_settings(obj: Any, settings: dict[str, Any], where: str) -> None:
             if not isinstance(value, dict):
                 raise UserError(f"Setting '{key}' in {where} must be a mapping of its sub-settings.")
             apply_settings(current, value, f"{where} [{key}]")
-        elif name in ("method_options", "suite_options"):
+        elif name in ("method_options", "suite_options", "sweep"):
             if not isinstance(value, dict):
                 raise UserError(f"Setting '{key}' in {where} must map names to settings.")
             merged = dict(current)
             for sub, opts in value.items():
+                if name == "sweep":
+                    merged[str(sub)] = opts.split(",") if isinstance(opts, str) else list(opts if isinstance(opts, (list, tuple)) else [opts])
+                    continue
+                if opts is not None and not isinstance(opts, dict):
+                    raise UserError(f"Setting '{key}.{sub}' in {where} must map option names to values.")
                 merged[sub] = {**merged.get(sub, {}), **(opts or {})}
             setattr(obj, name, merged)
+        elif name == "methods":
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)):
+                raise UserError(f"Setting 'methods' in {where} must be a list of method names or entries.")
+            setattr(obj, name, [i.strip() if isinstance(i, str) else i for i in items if i != ""])
         else:
             setattr(obj, name, _coerce(value, str(known[name].type), key))
 
@@ -199,7 +241,7 @@ def launched_processes() -> tuple[int, int]:
 
 
 def validate(config: RunConfig) -> None:
-    b = config.budget
+    """Run-level settings; the shared budget and adapter (``check_budget``, ``check_lora``)."""
     if config.train_size is not None and config.train_size <= 0:
         raise UserError(f"--train-size must be a positive number of pairs, got {config.train_size}.")
     if config.eval_size is not None and config.eval_size <= 0:
@@ -207,33 +249,61 @@ def validate(config: RunConfig) -> None:
     if not isinstance(config.suite_sizes, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in config.suite_sizes.values()):
         raise UserError(f"suite_sizes must map suite names to positive numbers of items, got {config.suite_sizes!r}.")
-    if b.steps <= 0:
-        raise UserError(f"--steps must be positive, got {b.steps}.")
     if config.device not in ("auto", "cpu", "cuda"):
         raise UserError(f"device must be auto, cpu or cuda, got {config.device!r}.")
     if config.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {config.dtype!r}.")
     if config.gen_batch_size < 0:
         raise UserError(f"gen_batch_size must be 0 (automatic) or a positive number of sequences, got {config.gen_batch_size}.")
-    if b.batch_size <= 0 or b.grad_accum <= 0 or b.batch_size % b.grad_accum:
-        raise UserError(f"--batch-size ({b.batch_size}) must be positive and divisible by grad_accum ({b.grad_accum}).")
-    processes = launched_processes()[1]
-    if b.batch_size % (b.grad_accum * processes):
-        raise UserError(
-            f"--batch-size ({b.batch_size}) must be divisible by grad_accum ({b.grad_accum}) x processes ({processes}); "
-            "the global batch is split evenly between the processes."
-        )
-    if b.learning_rate <= 0:
-        raise UserError(f"--lr must be positive, got {b.learning_rate}.")
-    if b.schedule not in ("cosine", "linear", "constant"):
-        raise UserError(f"budget.schedule '{b.schedule}' is unknown; use cosine, linear or constant.")
-    if b.equalise not in ("steps", "tokens"):
-        raise UserError(f"--budget '{b.equalise}' is unknown; use steps or tokens.")
     if not config.seeds:
         raise UserError("--seeds is empty; give at least one seed, e.g. --seeds 0.")
-    if config.extraction not in ("first_paragraph", "first_line", "full"):
-        raise UserError(f"--extraction '{config.extraction}' is unknown; use first_paragraph, first_line or full.")
+    if len(set(config.seeds)) != len(config.seeds) or any(s < 0 for s in config.seeds):
+        raise UserError(f"--seeds must be distinct numbers of at least 0, got {','.join(map(str, config.seeds))}.")
+    if config.max_new_tokens <= 0:
+        raise UserError(f"max_new_tokens must be a positive number of tokens, got {config.max_new_tokens}.")
+    if config.data_seed < 0:
+        raise UserError(f"data_seed must be 0 or more, got {config.data_seed}.")
     if config.generation_backend not in ("auto", "transformers", "vllm"):
         raise UserError(f"generation_backend '{config.generation_backend}' is unknown; use auto, transformers or vllm.")
     if not config.methods:
         raise UserError("--methods is empty; name at least one method (see `radis-bench list`).")
+    check_budget(config.budget, "the budget")
+    check_lora(config.lora, "lora")
+
+
+def check_budget(b: Budget, where: str) -> None:
+    if b.steps <= 0:
+        raise UserError(f"{where}: steps must be positive, got {b.steps}.")
+    if b.batch_size <= 0 or b.grad_accum <= 0 or b.batch_size % b.grad_accum:
+        raise UserError(f"{where}: batch_size ({b.batch_size}) must be positive and divisible by grad_accum ({b.grad_accum}).")
+    processes = launched_processes()[1]
+    if b.batch_size % (b.grad_accum * processes):
+        raise UserError(
+            f"{where}: --batch-size ({b.batch_size}) must be divisible by grad_accum ({b.grad_accum}) x processes ({processes}); "
+            "the global batch is split evenly between the processes."
+        )
+    if b.learning_rate <= 0:
+        raise UserError(f"{where}: the learning rate (--lr) must be positive, got {b.learning_rate}.")
+    if b.schedule not in ("cosine", "linear", "constant"):
+        raise UserError(f"{where}: schedule '{b.schedule}' is unknown; use cosine, linear or constant.")
+    if not 0.0 <= b.warmup_ratio < 1.0:
+        raise UserError(f"{where}: warmup_ratio must be at least 0 and below 1, got {b.warmup_ratio}.")
+    if b.weight_decay < 0 or b.max_grad_norm < 0:
+        raise UserError(f"{where}: weight_decay and max_grad_norm must be 0 or more, got {b.weight_decay} and {b.max_grad_norm}.")
+    if b.max_length <= 0:
+        raise UserError(f"{where}: max_length must be a positive number of tokens, got {b.max_length}.")
+    if b.save_every < 0:
+        raise UserError(f"{where}: save_every must be 0 (never) or a positive number of steps, got {b.save_every}.")
+    if b.equalise not in ("steps", "tokens"):
+        raise UserError(f"{where}: equalise (--budget) '{b.equalise}' is unknown; use steps or tokens.")
+    if b.target_tokens is not None and b.target_tokens <= 0:
+        raise UserError(f"{where}: target_tokens must be a positive number of tokens, got {b.target_tokens}.")
+
+
+def check_lora(lora: LoRASettings, where: str) -> None:
+    if lora.r <= 0 or lora.alpha <= 0:
+        raise UserError(f"{where}: r and alpha must be positive, got r={lora.r}, alpha={lora.alpha}.")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise UserError(f"{where}: dropout must be at least 0 and below 1, got {lora.dropout}.")
+    if not lora.target_modules and not lora.full_finetune:
+        raise UserError(f"{where}: target_modules is empty; name the modules that get adapters, e.g. q_proj,v_proj.")

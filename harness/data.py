@@ -13,7 +13,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from harness.errors import UserError
 from harness.paths import STARTER_DATA
@@ -210,49 +210,34 @@ def map_columns(rows: list[dict], mapping: dict[str, str], path: Path | str, opt
     return out
 
 
-# --- the catalogue of general-ability sets ------------------------------------------
+# --- general-ability data sets: declared by the suites and methods that read them -----------
 
 
 @dataclass(frozen=True)
-class SetSpec:
-    """Where a general-ability set lives in a data dir and on the hub, and its columns."""
+class DataSet:
+    """A general-ability data set as a plugin declares it: its name, where it lives in a
+    data dir (the layout of shared/data) and on the hub, its columns, and how rows become
+    records (``load_instructions``, ``load_harmful`` or a loader of the plugin's own)."""
 
-    path: str
-    kind: str  # "instruction" | "harmful"
-    columns: dict[str, str]
-    hub: str
+    name: str
+    path: str  # relative to the data dir, e.g. "ifeval/input_data.jsonl"
+    columns: dict[str, str]  # record field -> column of the file
+    hub: str | None = None
     hub_split: str = "test"
     hub_config: str | None = None
     optional: tuple[str, ...] = ()
+    loader: Callable[[list[dict]], list] | None = None  # mapped rows -> records; default: load_instructions
+
+    def load(self, mapped: list[dict]) -> list:
+        return (self.loader or load_instructions)(mapped)
 
 
-GENERAL_SETS: dict[str, SetSpec] = {
-    "alpaca_eval": SetSpec(
-        "alpaca_eval/alpaca_eval.json", "instruction", {"instruction": "instruction", "reference": "output"},
-        hub="tatsu-lab/alpaca_eval", hub_split="eval", hub_config="alpaca_eval", optional=("reference",),
-    ),
-    "alpaca": SetSpec(
-        "alpaca/alpaca_train.json", "instruction", {"instruction": "instruction", "input": "input", "reference": "output"},
-        hub="tatsu-lab/alpaca", hub_split="train", optional=("input",),
-    ),
-    "advbench": SetSpec(
-        "advbench/harmful_behaviors.csv", "harmful", {"goal": "goal", "target": "target"},
-        hub="walledai/AdvBench", hub_split="train", optional=("target",),
-    ),
-    "ifeval": SetSpec(
-        "ifeval/input_data.jsonl", "instruction",
-        {"id": "key", "instruction": "prompt", "instruction_ids": "instruction_id_list", "kwargs": "kwargs"},
-        hub="google/IFEval", hub_split="train",
-    ),
-    "mt_bench": SetSpec(
-        "mt_bench/question.jsonl", "instruction", {"id": "question_id", "turns": "turns", "category": "category"},
-        hub="HuggingFaceH4/mt_bench_prompts", hub_split="train", optional=("category",),
-    ),
-    "gsm8k": SetSpec(
-        "gsm8k/gsm8k_test.json", "instruction", {"instruction": "question", "reference": "answer"},
-        hub="openai/gsm8k", hub_split="test", hub_config="main",
-    ),
-}
+def load_instructions(rows: list[dict]) -> list["Instruction"]:
+    return [_to_instruction(i, r) for i, r in enumerate(rows)]
+
+
+def load_harmful(rows: list[dict]) -> list["HarmfulPrompt"]:
+    return [HarmfulPrompt(str(i), r["goal"], r.get("target", "")) for i, r in enumerate(rows)]
 
 
 def _to_instruction(i: int, row: dict) -> Instruction:
@@ -297,6 +282,8 @@ class DataSource:
     root: Path | None = None
     hub: bool = False
     hashes: dict[str, str] = field(default_factory=dict)
+    _read: dict[str, list] = field(default_factory=dict, repr=False)  # records by set name, read once
+    _files: dict[str, list[str]] = field(default_factory=dict, repr=False)  # what each read took its rows from
 
     @classmethod
     def open(cls, data_dir: str | Path | None) -> "DataSource":
@@ -320,12 +307,21 @@ class DataSource:
             return "starter (radis-bench smoke-test set, not a benchmark)"
         return str(self.root)
 
-    def _file(self, rel: str) -> Path:
+    def _file(self, rel: str, read: str | None = None) -> Path:
         assert self.root is not None
         path = self.root / rel
         if path.exists():
             self.hashes.setdefault(rel, _file_hash(path))
+            if read is not None and rel not in self._files.setdefault(read, []):
+                self._files[read].append(rel)
         return path
+
+    def content_key(self, reads: list[str]) -> dict:
+        """What the rows of earlier reads (``"de-en/test"``, ``"set:ifeval"``) were made
+        of: file content hashes, so a data dir that moves keeps its keys; hub names on the hub."""
+        if self.hub:
+            return {"hub": sorted(reads)}
+        return {rel: self.hashes[rel] for read in sorted(reads) for rel in self._files.get(read, [])}
 
     # translation ---------------------------------------------------------------------
     def translation(self, direction: Direction, split: str) -> list[TranslationPair]:
@@ -342,15 +338,16 @@ class DataSource:
             )
         x = direction.foreign
         if split == "train":
-            rows = read_aligned(self._file(f"alma/{x}en/train.{x}-en.{x}"), self._file(f"alma/{x}en/train.{x}-en.en"))
+            read = f"{direction.name}/train"
+            rows = read_aligned(self._file(f"alma/{x}en/train.{x}-en.{x}", read), self._file(f"alma/{x}en/train.{x}-en.en", read))
             return [
                 TranslationPair(src, tgt, *(pair if src == x else pair[::-1]))
                 for pair in rows
             ]
         name = f"{split}.{src}-{tgt}.json"
-        path = self._file(f"alma/{x}en/{name}")
+        path = self._file(f"alma/{x}en/{name}", f"{direction.name}/{split}")
         if not path.exists() and split == "valid":
-            path = self._file(f"alma/{x}en/valid.{x}-en.json")
+            path = self._file(f"alma/{x}en/valid.{x}-en.json", f"{direction.name}/{split}")
         rows = read_records(path)
         pairs = []
         for i, row in enumerate(rows):
@@ -374,24 +371,30 @@ class DataSource:
         ]
 
     # general sets ----------------------------------------------------------------------
-    def general(self, name: str) -> list:
-        """Rows of a general-ability set (see ``GENERAL_SETS``) as typed records."""
-        spec = GENERAL_SETS[name]
+    def general(self, spec: "DataSet | str") -> list:
+        """Records of a general-ability set, given as its ``DataSet`` or by the name a
+        registered plugin declares it under."""
+        if isinstance(spec, str):
+            from harness.registry import data_set
+
+            spec = data_set(spec)
+        if spec.name in self._read:
+            return self._read[spec.name]
         if self.hub:
+            if spec.hub is None:
+                raise MissingData(f"The {spec.name} set has no hub name; point --data-dir at a local copy.")
             rows, where = _hub_rows(spec.hub, spec.hub_split, spec.hub_config), spec.hub
-            columns = {k: v for k, v in spec.columns.items()}
         else:
-            path = self._file(spec.path)
+            path = self._file(spec.path, f"set:{spec.name}")
             if not path.exists():
                 raise MissingData(
-                    f"The {name} set is missing from {self.root}: expected {path}; "
-                    "add it, choose another --data-dir, or leave that suite out of --suites."
+                    f"The {spec.name} set is missing from {self.root}: expected {path}; "
+                    "add it, choose another --data-dir, or leave out the suite or method that reads it."
                 )
-            rows, where, columns = read_records(path), path, spec.columns
-        mapped = map_columns(rows, columns, where, optional=spec.optional)
-        if spec.kind == "harmful":
-            return [HarmfulPrompt(str(i), r["goal"], r.get("target", "")) for i, r in enumerate(mapped)]
-        return [_to_instruction(i, r) for i, r in enumerate(mapped)]
+            rows, where = read_records(path), path
+        records = spec.load(map_columns(rows, spec.columns, where, optional=spec.optional))
+        self._read[spec.name] = records
+        return records
 
 
 def _file_hash(path: Path) -> str:

@@ -116,37 +116,48 @@ class Estimate:
                 f"model {self.params / 1e9:.2f}B parameters ({self.params_source})")
 
 
-def estimate(runner, plan: dict) -> Estimate:
-    """Tokens to train and to generate from the plan, and the GPU hours they take."""
-    cfg, b = runner.cfg, runner.cfg.budget
-    # training: average example length from the planned pairs' characters
+def estimate(plan, sizes: dict) -> Estimate:
+    """Tokens to train and to generate, from the plan's declarations and the checked
+    ``sizes`` (``Plan.check``), and the GPU hours they take."""
+    from harness.data import sample
+    from harness.evaluation import SuiteContext
+    from harness.methods import MethodContext
+
+    cfg = plan.cfg
     chars = pairs = 0
-    for direction in runner.directions:
-        row = plan["translation"].get(direction.name)
+    for direction in plan.directions:
+        row = sizes["pairs"].get(direction.name)
         if row:
             pairs += row["train_used"]
             chars += row.get("train_chars_used", 0)
     pair_tokens = PROMPT_TOKENS + (chars / pairs / CHARS_PER_TOKEN if pairs else 0)
-    train_tokens = 0
-    gen_tokens = 0
-    for name, method in runner.methods.items():
-        extra = method.options.max_new_tokens if name == "radis" else 0  # the appended rationale, at its limit
-        train_tokens += b.steps * b.batch_size * min(b.max_length, pair_tokens + extra) * len(cfg.seeds)
-        if name in ("radis", "sdft", "seqkd"):  # the original model writes targets once (greedy, cached across seeds)
-            gen_tokens += pairs * method.options.max_new_tokens
+    missing = sizes.get("missing", {})
+    directions = [d for d in plan.directions if d.name not in missing]
+    train_pairs = [p for d in directions for p in sample(plan.data.translation(d, "train"), cfg.train_size, cfg.data_seed)]
+    train_tokens = gen_tokens = 0
+    generated: set[str] = set()  # the original model writes each distinct request once (cached across seeds)
+    for label, method in plan.methods.items():
+        b, seeds = plan.budgets[label], plan.seeds_of(label)
+        limits = []
+        for seed in seeds:
+            if any(spec.name in missing for spec in method.uses_data()):
+                continue
+            for request, decoding in method.original_requests(MethodContext(train_pairs, None, plan.data, b, seed)):
+                limits.append(decoding.max_new_tokens)
+                key = json.dumps([request.messages, request.assistant_prefix, decoding.key()], sort_keys=True)
+                if key not in generated:
+                    generated.add(key)
+                    gen_tokens += decoding.max_new_tokens
+        extra = sum(limits) / len(limits) if limits and method.generation_in_target == "appended" else 0
+        train_tokens += b.steps * b.batch_size * min(b.max_length, pair_tokens + extra) * len(seeds)
     # evaluation: every model answers every planned item at its suite's generation limit
-    trained_models = len(runner.methods) * len(cfg.seeds)
-    for suite_name, suite in runner.suites.items():
-        limit = getattr(suite.options, "max_new_tokens", None) or cfg.max_new_tokens
-        if suite_name == "translation":
-            items = sum(row["test_used"] for row in plan["translation"].values())
-        else:
-            from harness.runner import SUITE_DATA
-
-            items = plan["general"].get(SUITE_DATA.get(suite_name, ""), {}).get("used", 0)
-            items *= {"mt_bench": 2, "safety": 2 if getattr(suite.options, "jailbreak", False) else 1}.get(suite_name, 1)
-        models = 1 if suite_name == "retention" else 1 + trained_models  # retention: only the original generates
-        gen_tokens += items * limit * models
+    trained_models = sum(len(plan.seeds_of(label)) for label in plan.entries)
+    for name, suite in plan.suites.items():
+        if any(spec.name in missing for spec in suite.uses_data()):
+            continue
+        ctx = SuiteContext(label="original", data=plan.data, directions=directions, config=cfg, size=cfg.suite_sizes.get(name))
+        gen_tokens += sum(suite.planned_generations(ctx)) * (1 + trained_models)
+        gen_tokens += sum(d.max_new_tokens for _, d in suite.original_requests(ctx))
     params, source = model_params(cfg.model)
     if params is None:
         return Estimate(None, source, int(train_tokens), int(gen_tokens), None, None)

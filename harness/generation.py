@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness.paths import cache_dir
-from harness.prompts import end_of_turn_ids, render_chat
+from harness.prompts import end_of_turn_ids, render_chat, request_ids
 from harness.progress import progress_bar
 
 
@@ -53,6 +53,7 @@ class Output:
     new_tokens: int
     finished: bool  # stopped at end of turn rather than at max_new_tokens
     cached: bool = False
+    token_ids: list[int] | None = None  # the generated tokens (end of turn excluded); None in older cache rows
 
 
 class GenerationCache:
@@ -64,18 +65,24 @@ class GenerationCache:
         self.db = sqlite3.connect(self.path, timeout=60)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(
-            "CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT, new_tokens INT, finished INT)"
+            "CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT, new_tokens INT, finished INT, ids TEXT)"
         )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(generations)")}
+        if "ids" not in columns:  # a cache written before the token ids were kept
+            self.db.execute("ALTER TABLE generations ADD COLUMN ids TEXT")
         self.db.commit()
 
     def get(self, key: str) -> Output | None:
-        row = self.db.execute("SELECT text, new_tokens, finished FROM generations WHERE key=?", (key,)).fetchone()
-        return Output(row[0], row[1], bool(row[2]), cached=True) if row else None
+        row = self.db.execute("SELECT text, new_tokens, finished, ids FROM generations WHERE key=?", (key,)).fetchone()
+        if not row:
+            return None
+        return Output(row[0], row[1], bool(row[2]), cached=True, token_ids=json.loads(row[3]) if row[3] else None)
 
     def put_many(self, items: list[tuple[str, Output]]) -> None:
         self.db.executemany(
-            "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?)",
-            [(k, o.text, o.new_tokens, int(o.finished)) for k, o in items],
+            "INSERT OR REPLACE INTO generations (key, text, new_tokens, finished, ids) VALUES (?, ?, ?, ?, ?)",
+            [(k, o.text, o.new_tokens, int(o.finished), None if o.token_ids is None else json.dumps(o.token_ids))
+             for k, o in items],
         )
         self.db.commit()
 
@@ -108,9 +115,11 @@ class Generator:
 
         use_decode_attention(model)  # on a CPU: single-query attention without copying keys per head
 
-    def key(self, prompt_text: str, decoding: Decoding) -> str:
-        blob = json.dumps([self.fingerprint, prompt_text, decoding.key()], sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
+    def key(self, prompt_text: str, decoding: Decoding, prefix: bool = False) -> str:
+        parts = [self.fingerprint, prompt_text, decoding.key()]
+        if prefix:  # the assistant prefix is tokenised on its own (``request_ids``): other ids than the joined text's
+            parts.append("prefix tokenised apart")
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
     def prompt_text(self, request: Request) -> str:
         return render_chat(self.tokenizer, request.messages, request.assistant_prefix)
@@ -123,7 +132,7 @@ class Generator:
         """Like ``generate`` with a decoding per request: requests that differ only in
         ``max_new_tokens`` decode in one batch (e.g. every suite's questions to one model)."""
         texts = [self.prompt_text(r) for r, _ in items]
-        keys = [self.key(t, d) for t, (_, d) in zip(texts, items)]
+        keys = [self.key(t, d, bool(r.assistant_prefix)) for t, (r, d) in zip(texts, items)]
         results: list[Output | None] = [self.cache.get(k) for k in keys]
         todo = [i for i, r in enumerate(results) if r is None]
         # the same prompt twice in one call is generated once
@@ -133,8 +142,9 @@ class Generator:
         groups: dict[str, list[int]] = {}
         for i in unique:
             groups.setdefault(self._batch_key(items[i][1]), []).append(i)
+        prompts = {i: request_ids(self.tokenizer, items[i][0].messages, items[i][0].assistant_prefix) for i in unique}
         for group in groups.values():
-            self._generate_missing(texts, keys, group, {i: items[i][1] for i in group}, results, label)
+            self._generate_missing(prompts, keys, group, {i: items[i][1] for i in group}, results, label)
         for i in todo:
             if results[i] is None:
                 results[i] = results[first_of[keys[i]]]
@@ -145,11 +155,12 @@ class Generator:
         """Requests with equal keys can share a batch: everything but the length limit."""
         return json.dumps({**decoding.key(), "max_new_tokens": None}, sort_keys=True)
 
-    def _generate_missing(self, texts, keys, todo, decodings: dict[int, Decoding], results, label):
+    def _generate_missing(self, prompts, keys, todo, decodings: dict[int, Decoding], results, label):
+        """Generate ``todo`` (indices into ``keys``) from their prompt token ids, caching each output."""
         import torch
 
         tok = self.tokenizer
-        ids = {i: tok(texts[i], add_special_tokens=False)["input_ids"] for i in todo}
+        ids = {i: prompts[i] for i in todo}
         order = sorted(todo, key=lambda i: -len(ids[i]))
         decoding = decodings[order[0]]  # the sampling settings the whole group shares
         longest = max(decodings[i].max_new_tokens for i in order)
@@ -159,7 +170,7 @@ class Generator:
         limits = [decodings[i].max_new_tokens for i in order]
         with progress_bar(label, total=len(order), unit="tok") as bar, torch.inference_mode():
             for i, (out, finished) in self._decode([ids[i] for i in order], order, decoding, seed, bar, limits):
-                results[i] = Output(tok.decode(out, skip_special_tokens=True), len(out), finished)
+                results[i] = Output(tok.decode(out, skip_special_tokens=True), len(out), finished, token_ids=list(out))
                 self.cache.put_many([(keys[i], results[i])])
                 self.stats.new_tokens += len(out)
                 self.stats.generated += 1

@@ -1,10 +1,15 @@
 """The method interface: a method says what data and loss it trains on; the harness
 owns how (one trainer, one generator, one budget). Methods never run a training loop.
 
-A method is a class registered with ``@register_method`` that sets ``name`` and
-``description``, optionally an ``Options`` dataclass (its settings, recorded in the
-manifest), and implements ``build_training_examples``. It may add ``extra_loss``
-(called by the trainer on every micro-batch) and ``after_training``.
+A method is a ``Method`` subclass, registered as an entry point (see ``harness.registry``),
+that sets ``name`` and ``description``, optionally an ``Options`` dataclass (its settings,
+recorded in the manifest and part of its unit keys) and implements
+``build_training_examples``. It declares what the engine plans and checks before any
+compute: ``data_sets`` it reads, ``check`` of its options, and ``original_requests``, the
+generations it asks of the frozen original model (generated in one wide batch with the
+original's other work, then found in the cache). Optional hooks: ``extra_loss`` (called
+by the trainer on every micro-batch), ``prepare_model`` (after the adapter is attached,
+before the optimiser is built) and ``after_training``.
 """
 
 from __future__ import annotations
@@ -14,30 +19,38 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from harness.config import Budget, apply_settings
-from harness.data import DataSource, TranslationPair
-from harness.generation import Generator
+from harness.data import DataSet, DataSource, TranslationPair
+from harness.generation import Decoding, Generator, Request
 
 
 @dataclass
 class Segment:
-    """A span of the assistant response with its loss weight."""
+    """A span of the assistant response with its loss weight.
+
+    The trainer tokenises consecutive text segments as one text (each token weighted by
+    the segment its first character falls in), so splitting a response into segments never
+    changes its tokens. A segment with ``ids`` is put in as exactly those tokens, e.g. a
+    continuation the original model generated after the preceding text.
+    """
 
     text: str
     weight: float = 1.0
     kind: str = "target"  # "target", "rationale", "replay", ... (for token accounting)
+    ids: list[int] | None = None
 
 
 @dataclass
 class TrainingExample:
     """Chat turns before the trained response, then the response as weighted spans.
 
-    The trainer masks the prompt, tokenises each span, and appends the end-of-turn token
-    with the weight of the last span.
+    The trainer masks the prompt, tokenises the response, and appends the chat template's
+    end-of-turn marker with the weight of the last span unless ``end_of_turn`` is False.
     """
 
     messages: list[dict]
     response: list[Segment]
-    source: str = "translation"
+    source: str = "task"
+    end_of_turn: bool = True
 
     @property
     def response_text(self) -> str:
@@ -46,10 +59,10 @@ class TrainingExample:
 
 @dataclass
 class MethodContext:
-    """What a method may use to build its data."""
+    """What a method may use to build its data. ``original`` is None while planning."""
 
     pairs: list[TranslationPair]
-    original: Generator  # the frozen original model, through the generation cache
+    original: Generator | None  # the frozen original model, through the generation cache
     data: DataSource
     budget: Budget
     seed: int
@@ -64,27 +77,49 @@ class NoOptions:
 class Method:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    citation: ClassVar[str] = ""  # the paper, shown by `radis-bench list`
     extension: ClassVar[bool] = False  # beyond the paper's set of methods
+    is_baseline: ClassVar[bool] = False  # the plain fine-tuning every other method is compared with
     Options: ClassVar[type] = NoOptions
+    data_sets: ClassVar[tuple[DataSet, ...]] = ()  # general-ability sets the method may read
+    # how the original model's generations enter the training targets, for the cost estimate:
+    # "none", "replaces" (the reference) or "appended" (after the reference)
+    generation_in_target: ClassVar[str] = "none"
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
 
     @classmethod
-    def from_settings(cls, settings: dict | None) -> "Method":
+    def from_settings(cls, settings: dict | None, where: str | None = None) -> "Method":
         options = cls.Options()
-        apply_settings(options, settings or {}, f"method_options [{cls.name}]")
+        apply_settings(options, settings or {}, where or f"method_options [{cls.name}]")
         return cls(options)
 
     def options_dict(self) -> dict:
         return dataclasses.asdict(self.options)
 
+    def check(self) -> None:
+        """Raise ``UserError`` for options that cannot work; called before any compute."""
+
+    def uses_data(self) -> list[DataSet]:
+        """The data sets this configured method reads (default: every declared one)."""
+        return list(self.data_sets)
+
+    def original_requests(self, ctx: MethodContext) -> list[tuple[Request, Decoding]]:
+        """What ``build_training_examples`` will ask of the original model (from the pairs
+        and the options alone): planned, estimated and generated ahead in one batch."""
+        return []
+
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         raise NotImplementedError
 
     # Optional: an extra loss term added to the trainer's loss on each micro-batch.
-    # ``batch`` holds input_ids, attention_mask, labels, weights; ``outputs`` the model outputs.
+    # ``batch`` holds input_ids, attention_mask, weights; ``outputs`` the model outputs.
     extra_loss = None
+
+    def prepare_model(self, model, tokenizer, seed: int) -> None:
+        """Called once the adapter is attached and seeded, before the optimiser is built:
+        e.g. freeze some trainable parameters, or record the starting point of a penalty."""
 
     def after_training(self, model, original_state: dict | None = None):
         """Post-process the trained model (e.g. weight interpolation); returns the model."""

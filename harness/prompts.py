@@ -21,6 +21,34 @@ def render_chat(tokenizer, messages: list[dict], assistant_prefix: str = "") -> 
     return text + assistant_prefix
 
 
+def request_ids(tokenizer, messages: list[dict], assistant_prefix: str = "") -> list[int]:
+    """The token ids a generation starts from: the chat template up to the assistant turn,
+    then the turn's prefix tokenised on its own. The trainer builds a response the same way
+    (``harness.training.tokenise_example``): a continuation generated after a prefix is
+    trained after exactly the ids it was generated from."""
+    ids = tokenizer(render_chat(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    if assistant_prefix:
+        ids = ids + tokenizer(assistant_prefix, add_special_tokens=False)["input_ids"]
+    return list(ids)
+
+
+def turn_end_tokens(tokenizer) -> list[int]:
+    """The tokens the chat template puts after an assistant answer, up to and including the
+    end-of-turn token (``<|im_end|>`` for ChatML, ``<end_of_turn>`` for Gemma); the
+    tokenizer's eos when the template shows none. Training ends every response with them
+    and retention scores them, so both mean the same end."""
+    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    prompt = render_chat(tokenizer, probe[:1]) + "y"
+    full = tokenizer.apply_chat_template(probe, tokenize=False)
+    if full.startswith(prompt):
+        tail = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+        stops = set(end_of_turn_ids(tokenizer))
+        for i, token in enumerate(tail):
+            if token in stops:
+                return list(tail[: i + 1])
+    return [tokenizer.eos_token_id]
+
+
 def end_of_turn_ids(tokenizer) -> list[int]:
     """Token ids that end an assistant turn (the tokenizer's eos plus the chat-end marker, if any)."""
     ids = {tokenizer.eos_token_id}

@@ -1,18 +1,22 @@
 """Render a leaderboard and plots from one or more run directories.
 
-``render_report`` reads each run's ``scores.csv`` (long form, one row per model, method,
-seed, suite and metric) and ``manifest.json`` (methods, training losses and budgets),
-and writes into one folder:
+``render_report`` reads each run's ``scores.csv`` (long form, one row per model, row label,
+seed, suite and metric), ``manifest.json`` (the rows: method, variant settings, budget;
+the suites' metric declarations; training losses) and the per-item statistics beside each
+unit, and writes into one folder:
 
-    leaderboard.csv    long form: one row per (model, method, metric) with mean, std,
-                       CI, delta against the model's original and a ``best`` flag
-    leaderboard.md     the table people read, plus footnotes for every missing score
+    leaderboard.csv    one row per (model, row, metric): mean, per-seed values, interval,
+                       Δ against the model's original with its interval, best / tied flags
+    differences.csv    every row against its original, the baseline (plain fine-tuning) and
+                       the row it varies, with intervals and the seeds 80% power would need
+    leaderboard.md     the tables people read: main metrics, other metrics, differences
     leaderboard.html   the same, self-contained (inline CSS, plots as data URIs)
-    tradeoff.png       translation gain against general-ability change
-    suite_<suite>.png  each suite's main metric per method with 95% CI error bars
-    training_loss.png  loss curves per method, mean over seeds
+    *.png              see ``harness.plots``
 
-Several run directories combine into one leaderboard: their score rows concatenate.
+Intervals come from ``harness.intervals``: item bootstrap plus a training-seed t term,
+paired by seed where two rows share their seeds. Several run directories combine into one
+leaderboard; two runs that hold the same row and seed computed differently are refused
+unless one gets a label prefix (``prefixes``).
 """
 
 from __future__ import annotations
@@ -21,64 +25,50 @@ import base64
 import html
 import io
 import json
-import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from harness.differences import COLUMNS as DIFFERENCE_COLUMNS, compute_differences
 from harness.errors import UserError
 from harness.store import write_atomic
 
 SCORE_COLUMNS = ["model", "method", "seed", "suite", "metric", "value", "n", "ci_low", "ci_high", "higher_is_better", "main", "note"]
 ORIGINAL = "original"
-TRANSLATION = "translation"
-DEFAULT_GENERAL = "ifeval/prompt_strict"
-FALLBACK_GENERAL = "retention/kl"
-NOT_RUN = "no score in these runs (the suite was not run for this model and method)"
-# Secondary metrics that get a column in the md/html table (by the last part of their
-# name); leaderboard.csv keeps every metric.
-SHOWN_METRICS = frozenset({
-    "chrf++", "bleu", "comet", "words", "words_raw", "prompt_strict", "inst_strict",
-    "kl", "delta_nll", "refusal_rate", "refusal_rate_gcg", "accuracy", "win_rate",
-})
-UNITS = {
-    "chrf++": "chrF++ (0-100)",
-    "bleu": "BLEU (0-100)",
-    "comet": "COMET",
-    "words": "words per translation",
-    "words_raw": "words per raw output",
-    "prompt_strict": "IFEval prompt-level strict accuracy",
-    "prompt_loose": "IFEval prompt-level loose accuracy",
-    "inst_strict": "IFEval instruction-level strict accuracy",
-    "inst_loose": "IFEval instruction-level loose accuracy",
-    "kl": "KL(original || fine-tuned), nats/token",
-    "nll": "NLL of the original's answers, nats/token",
-    "delta_nll": "NLL change, nats/token",
-    "abs_delta_nll": "|NLL change|, nats/token",
-    "refusal_rate": "refusal rate on AdvBench",
-    "refusal_rate_gcg": "refusal rate on AdvBench + GCG suffix",
-    "accuracy": "exact-match accuracy",
-    "win_rate": "win rate vs reference",
-}
-CSV_COLUMNS = ["model", "method", "label", "extension", "suite", "metric", "main", "higher_is_better", "mean", "std",
-               "n_seeds", "ci_low", "ci_high", "n_items", "delta", "best", "note"]
+NOT_RUN = "no score in these runs (the suite was not run for this model and row)"
+ONE_SEED = "one training seed: the interval covers item noise only, seed variance not estimated"
+INTERVALS = ("95% intervals: a bootstrap over test items (2000 draws, the same draw for every seed and for both sides "
+             "of a difference) combined with the spread over training seeds (t, Welch–Satterthwaite degrees of freedom; "
+             "paired by seed where two rows have the same seeds; harness/intervals.py).")
 _FLAGS = {"true": True, "1": True, "false": False, "0": False, "": None}
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.+@=-]+/)+[\w.+@=-]*")
+
+
+def public(text: str) -> str:
+    """A note as it may be published: no absolute path of the machine that wrote it."""
+    return _ABSOLUTE_PATH.sub("<local path>", text)
 
 
 @dataclass(frozen=True)
 class Row:
     model: str
-    method: str
+    label: str
+    method: str  # the registered method ('original' for the original model)
     extension: bool = False
+    varies: str | None = None  # the row this one is a variant of
+    baseline: bool = False  # plain fine-tuning, the reference of every other row
+    budget_differs: tuple[str, ...] = ()
+    sweep: tuple[tuple[str, str], ...] = ()  # (axis, value) of a row made by a sweep
 
     @property
-    def label(self) -> str:
-        return f"{self.method} (extension)" if self.extension else self.method
+    def name(self) -> str:
+        return f"{self.label} (extension)" if self.extension else self.label
+
+    @property
+    def original(self) -> bool:
+        return self.label == ORIGINAL
 
 
 @dataclass(frozen=True)
@@ -87,7 +77,9 @@ class Column:
     metric: str
     main: bool
     higher_is_better: bool | None
-    shown: bool  # gets a column in the md/html table
+    shown: bool  # in the table of other metrics
+    unit: str
+    role: str = "general"  # the suite's role: "task" (the skill taught) or "general"
 
     @property
     def key(self) -> str:
@@ -101,14 +93,21 @@ class Column:
 @dataclass
 class Cell:
     mean: float | None = None
-    std: float | None = None  # only with at least two scored seeds
-    n_seeds: int = 0
+    seeds: dict[str, float] = field(default_factory=dict)  # per-seed values
+    interval: object = None  # harness.intervals.Interval of the mean, when item statistics exist
     ci_low: float | None = None
     ci_high: float | None = None
     n_items: float | None = None
     delta: float | None = None  # against the same model's original
-    best: bool = False
-    notes: list[str] = field(default_factory=list)  # reasons for missing seeds, judge names
+    delta_interval: object = None
+    best: bool = False  # beats the runner-up significantly
+    tied: bool = False  # not significantly behind the top one (which beats no one significantly)
+    notes: list[str] = field(default_factory=list)
+    stats: dict[str, dict] = field(default_factory=dict)  # seed -> item statistics
+
+    @property
+    def one_seed(self) -> bool:
+        return self.interval is not None and not self.interval.seed_variance
 
 
 @dataclass
@@ -117,32 +116,38 @@ class Leaderboard:
     rows: list[Row]
     columns: list[Column]
     cells: dict[tuple[Row, str], Cell]
-    scores: pd.DataFrame  # per-seed rows, typed and deduplicated
+    scores: pd.DataFrame
     manifests: list[dict]
-    differences: pd.DataFrame = field(default_factory=pd.DataFrame)  # harness.differences.COLUMNS
+    differences: pd.DataFrame
+    descriptions: dict[str, tuple[str, str]]  # label -> (description, citation)
 
     def cell(self, row: Row, column: Column) -> Cell:
         return self.cells.get((row, column.key), Cell())
 
     @property
-    def shown(self) -> list[Column]:
-        return [c for c in self.columns if c.shown]
+    def main(self) -> list[Column]:
+        return [c for c in self.columns if c.main]
+
+    @property
+    def others(self) -> list[Column]:
+        return [c for c in self.columns if c.shown and not c.main]
+
+    @property
+    def several_models(self) -> bool:
+        return len({r.model for r in self.rows}) > 1
 
 
-def render_report(run_dirs: list[Path], out_dir: Path, title: str | None = None,
-                  general_metric: str | None = None) -> dict[str, Path]:
-    """Write the leaderboard (csv, md, html) and plots for ``run_dirs`` into ``out_dir``.
+def render_report(run_dirs: list[Path], out_dir: Path, title: str | None = None, general_metric: str | None = None,
+                  prefixes: dict[str, str] | None = None) -> dict[str, Path]:
+    """Write the leaderboard (csv, md, html), the differences and the plots for ``run_dirs``
+    into ``out_dir``; ``prefixes`` maps a run directory (as given) to a prefix for its row
+    labels. ``general_metric`` ("suite/metric") is the only y axis of the trade-off plot
+    (default: every general suite's main metric). Returns the written paths by file name."""
+    from harness.plots import all_plots
 
-    ``general_metric`` ("suite/metric") is the y axis of the trade-off plot; by default
-    IFEval ``prompt_strict``, else the retention KL. Returns the written paths by file name.
-    """
-    board = build_leaderboard(run_dirs, title)
+    board = build_leaderboard(run_dirs, title, prefixes)
     out_dir = Path(out_dir)
-    plots = {"tradeoff.png": plot_tradeoff(board, general_metric)}
-    for suite in dict.fromkeys(c.suite for c in board.columns if c.main):
-        plots[f"suite_{_safe_name(suite)}.png"] = plot_suite(board, suite)
-    plots["training_loss.png"] = plot_training_loss(board)
-    plots = {name: png for name, png in plots.items() if png is not None}
+    plots = all_plots(board, general_metric)
     files = {
         "leaderboard.csv": leaderboard_csv(board).encode(),
         "differences.csv": differences_csv(board).encode(),
@@ -159,26 +164,44 @@ def render_report(run_dirs: list[Path], out_dir: Path, title: str | None = None,
 
 # Loading ------------------------------------------------------------------------------------
 
-def build_leaderboard(run_dirs: list[Path], title: str | None = None) -> Leaderboard:
+@dataclass
+class _Run:
+    path: Path
+    prefix: str
+    scores: pd.DataFrame
+    manifest: dict
+
+
+def build_leaderboard(run_dirs: list[Path], title: str | None = None, prefixes: dict[str, str] | None = None) -> Leaderboard:
     if not run_dirs:
         raise UserError("No run directory given; pass at least one folder written by `radis-bench run`.")
-    frames, manifests = [], []
+    prefixes = prefixes or {}
+    unknown = [p for p in prefixes if p not in map(str, run_dirs)]
+    if unknown:
+        raise UserError(f"--prefix names {unknown[0]}, which is not one of the run directories given; use --prefix RUN_DIR=PREFIX.")
+    runs = []
     for run_dir in map(Path, run_dirs):
-        frames.append(_read_scores(run_dir))
-        manifest = _read_manifest(run_dir)
-        if manifest is not None:
-            manifests.append(manifest)
-    scores = _resolve_duplicates(pd.concat(frames, ignore_index=True))
+        scores = _read_scores(run_dir)
+        prefix = prefixes.get(str(run_dir), "")
+        if prefix:
+            scores["method"] = [m if m == ORIGINAL else prefix + m for m in scores["method"]]
+        runs.append(_Run(run_dir, prefix, scores, {**(_read_manifest(run_dir) or {}), "_prefix": prefix}))
+    _refuse_conflicts(runs)
+    scores = pd.concat([r.scores for r in runs], ignore_index=True)
+    scores = scores.drop_duplicates(["model", "method", "seed", "suite", "metric"], ignore_index=True)
     if scores.empty:
         raise UserError(f"{', '.join(map(str, run_dirs))}: scores.csv has no rows yet; let `radis-bench run` score a model first.")
-    rows = _rows(scores, manifests)
-    columns = _columns(scores)
-    cells = _cells(scores, rows, columns)
-    names = list(dict.fromkeys(m.get("name") for m in manifests if m.get("name")))
+    rows, descriptions = _rows(scores, runs)
+    columns = _columns(scores, runs)
+    cells = _cells(scores, rows, columns, _item_stats(runs))
+    names = list(dict.fromkeys(r.manifest.get("name") for r in runs if r.manifest.get("name")))
     title = title or ("radis-bench leaderboard" + (f": {', '.join(names)}" if names else ""))
-    differences = compute_differences(list(zip(map(Path, run_dirs), frames)), scores,
-                                      [(c.suite, c.metric) for c in columns if c.shown])
-    return Leaderboard(title, rows, columns, cells, scores, manifests, differences)
+    from harness.differences import compute_differences
+
+    board = Leaderboard(title, rows, columns, cells, scores, [r.manifest for r in runs], pd.DataFrame(), descriptions)
+    board.differences = compute_differences(board)
+    _mark_best(board)
+    return board
 
 
 def _read_scores(run_dir: Path) -> pd.DataFrame:
@@ -198,6 +221,8 @@ def _read_scores(run_dir: Path) -> pd.DataFrame:
         typed[name] = _numbers(frame[name], name, path)
     typed["higher_is_better"] = _flags(frame["higher_is_better"], "higher_is_better", path)
     typed["main"] = _flags(frame["main"], "main", path).map(bool)
+    typed["run"] = str(run_dir)
+    typed["cell"] = [ORIGINAL if m == ORIGINAL else f"{m}-seed{s}" for m, s in zip(typed["method"], typed["seed"])]
     return typed
 
 
@@ -233,127 +258,256 @@ def _read_manifest(run_dir: Path) -> dict | None:
     return manifest
 
 
-def _resolve_duplicates(scores: pd.DataFrame) -> pd.DataFrame:
-    """Drop repeated rows; where one score was written twice, keep a scored row over a
-    not-scored one, then the later one (the later run directory, the later line)."""
-    scores = scores.drop_duplicates(ignore_index=True)
-    key = ["model", "method", "seed", "suite", "metric"]
-    ranked = scores.assign(_scored=scores["value"].notna(), _order=range(len(scores)))
-    ranked = ranked.sort_values(["_scored", "_order"], kind="stable")
-    kept = ranked.drop_duplicates(key, keep="last").sort_values("_order")
-    return kept.drop(columns=["_scored", "_order"]).reset_index(drop=True)
+def _unit_key(run: _Run, cell: str, suite: str) -> str | None:
+    found = _read_json(run.path / "results" / cell / f"{suite}.json")
+    return found.get("key") if isinstance(found, dict) else None
 
 
-# The table ----------------------------------------------------------------------------------
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
 
-def _rows(scores: pd.DataFrame, manifests: list[dict]) -> list[Row]:
-    """The original first for each model, then its methods, extensions last, in manifest order."""
-    described: dict[str, bool] = {}
-    for manifest in manifests:
-        for name, info in (manifest.get("methods") or {}).items():
-            described.setdefault(name, bool((info or {}).get("extension")))
-    order = [ORIGINAL] + [m for m, ext in described.items() if not ext] + [m for m, ext in described.items() if ext]
-    order += [m for m in dict.fromkeys(scores["method"]) if m not in order]
+
+def _unprefixed(run: _Run, label: str) -> str:
+    return label[len(run.prefix):] if run.prefix and label.startswith(run.prefix) else label
+
+
+def _refuse_conflicts(runs: list[_Run]) -> None:
+    """Two runs holding the same row, seed and suite computed under different unit keys
+    would silently replace each other's numbers: refuse with the settings that differ."""
+    seen: dict[tuple, tuple[_Run, str | None]] = {}
+    for run in runs:
+        units = run.scores[["model", "method", "seed", "suite", "cell"]].drop_duplicates()
+        for model, label, seed, suite, cell in units.itertuples(index=False):
+            own_cell = cell if label == ORIGINAL else f"{_unprefixed(run, label)}-seed{seed}"
+            key = _unit_key(run, own_cell, suite)
+            earlier = seen.setdefault((model, label, seed, suite), (run, key))
+            if earlier[0] is not run and earlier[1] != key:
+                what = f"{label}" + (f" seed {seed}" if seed != "" else "")
+                raise UserError(f"{earlier[0].path} and {run.path} both hold {what} on {suite} ({model}) computed differently "
+                                f"({_settings_diff(earlier[0], run, _unprefixed(run, label), suite)}); give one run a label "
+                                f"prefix, e.g. --prefix {run.path}=v2-, or report them apart.")
+
+
+def _settings_diff(a: _Run, b: _Run, label: str, suite: str) -> str:
+    def flat(obj, prefix=""):
+        if isinstance(obj, dict):
+            out = {}
+            for k, v in obj.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix.rstrip("."): json.dumps(obj, sort_keys=True, default=str)}
+
+    def settings(run: _Run) -> dict:
+        m = run.manifest
+        row = (m.get("methods") or {}).get(label, {})
+        return flat({"options": row.get("options"), "budget": m.get("budget"), "lora": m.get("lora"),
+                     "suite": ((m.get("suites") or {}).get(suite) or {}).get("options"), "data": (m.get("data") or {}).get("file_sha256"),
+                     "model": (m.get("model") or {}).get("fingerprint"), "config": {k: (m.get("config") or {}).get(k) for k in
+                                                                                   ("train_size", "eval_size", "suite_sizes", "data_seed", "pairs", "max_new_tokens")}})
+    sa, sb = settings(a), settings(b)
+    differing = [k for k in sorted(set(sa) | set(sb)) if sa.get(k) != sb.get(k)]
+    if not differing:
+        return "their unit keys differ; the manifests do not say why"
+    shown = [f"{k}: {sa.get(k, '—')} vs {sb.get(k, '—')}" for k in differing[:4]]
+    return "; ".join(shown) + (f"; and {len(differing) - 4} more" if len(differing) > 4 else "")
+
+
+# The rows and columns -------------------------------------------------------------------------
+
+def _baseline_name() -> str | None:
+    """The registered baseline method, for manifests written before rows declared it."""
+    try:
+        from harness import registry
+
+        cls = registry.baseline_method()
+    except UserError:
+        return None
+    return cls.name if cls is not None else None
+
+
+def _rows(scores: pd.DataFrame, runs: list[_Run]) -> tuple[list[Row], dict[str, tuple[str, str]]]:
+    """The original first for each model, then its rows in manifest order, extensions last."""
+    info: dict[str, dict] = {}
+    baseline = None
+    for run in runs:
+        for label, row in (run.manifest.get("methods") or {}).items():
+            row = row or {}
+            full = run.prefix + label
+            varies = row.get("varies")
+            info.setdefault(full, {**row, "varies": run.prefix + varies if varies else None})
+            if row.get("baseline"):
+                baseline = baseline or full
+    fallback = _baseline_name()
+    described = {}
+    ordered = [label for label, row in info.items() if not row.get("extension")] + [l for l, r in info.items() if r.get("extension")]
+    ordered += [m for m in dict.fromkeys(scores["method"]) if m not in ordered and m != ORIGINAL]
     present = set(zip(scores["model"], scores["method"]))
-    return [Row(model, method, described.get(method, False))
-            for model in dict.fromkeys(scores["model"]) for method in order if (model, method) in present]
+    rows = []
+    for model in dict.fromkeys(scores["model"]):
+        if (model, ORIGINAL) in present:
+            rows.append(Row(model, ORIGINAL, ORIGINAL))
+        for label in ordered:
+            if (model, label) not in present:
+                continue
+            row = info.get(label, {})
+            method = row.get("method") or label
+            is_baseline = bool(row.get("baseline")) if "baseline" in row else (baseline is None and method == fallback and label == method)
+            rows.append(Row(model, label, method, bool(row.get("extension")), row.get("varies"), is_baseline,
+                            tuple(row.get("budget_differs") or ()), tuple(sorted((row.get("sweep") or {}).items()))))
+            described.setdefault(label, (str(row.get("description", "")), str(row.get("citation", ""))))
+    return rows, described
 
 
-def _columns(scores: pd.DataFrame) -> list[Column]:
-    """Main metrics first (suites in the order they were scored), then the others."""
+def _declared(runs: list[_Run], suite: str) -> tuple[dict[str, dict], str]:
+    """A suite's metric declarations and role: from a manifest, else from the installed suite."""
+    for run in runs:
+        found = (run.manifest.get("suites") or {}).get(suite) or {}
+        if found.get("metrics"):
+            return {m["name"]: m for m in found["metrics"]}, found.get("role", "general")
+    try:
+        from harness import registry
+
+        cls = registry.get_suite(suite)
+        return {m.name: m.to_dict() for m in cls().metrics()}, cls.role
+    except (UserError, TypeError):
+        return {}, "general"
+
+
+def _columns(scores: pd.DataFrame, runs: list[_Run]) -> list[Column]:
+    """Main metrics first (suites in the order they were scored), then the shown ones, then the rest."""
     suites = list(dict.fromkeys(scores["suite"]))
+    declared = {suite: _declared(runs, suite) for suite in suites}
+    scored_main = set(scores.loc[scores["main"].astype(bool), "suite"])
     columns = []
     for (suite, metric), group in scores.groupby(["suite", "metric"], sort=False):
+        specs, role = declared[suite]
+        spec = specs.get(metric.rsplit("/", 1)[-1], {})
         directions = group["higher_is_better"].dropna()
-        higher = bool(directions.mode().iloc[0]) if len(directions) else None
-        main = bool(group["main"].any())
-        columns.append(Column(suite, metric, main, higher, main or metric.rsplit("/", 1)[-1] in SHOWN_METRICS))
+        higher = bool(directions.mode().iloc[0]) if len(directions) else spec.get("higher_is_better")
+        # a suite whose main metric is not scored still shows it (with the reason) where it would be
+        main = bool(group["main"].any()) or (suite not in scored_main and bool(spec.get("main")))
+        columns.append(Column(suite, metric, main, higher, main or bool(spec.get("shown")), spec.get("unit") or metric, role))
     return sorted(columns, key=lambda c: (not c.main, not c.shown, suites.index(c.suite)))
 
 
-def _cells(scores: pd.DataFrame, rows: list[Row], columns: list[Column]) -> dict[tuple[Row, str], Cell]:
+def _item_stats(runs: list[_Run]) -> dict[tuple, dict]:
+    """(model, label, suite, metric) -> {seed: item statistics}, wherever a run holds them."""
+    found: dict[tuple, dict] = {}
+    for run in runs:
+        units = run.scores[["model", "method", "seed", "suite"]].drop_duplicates()
+        for model, label, seed, suite in units.itertuples(index=False):
+            cell = ORIGINAL if label == ORIGINAL else f"{_unprefixed(run, label)}-seed{seed}"
+            stats = _read_json(run.path / "results" / cell / "items" / f"{suite}.json") or {}
+            for metric, st in stats.items():
+                found.setdefault((model, label, suite, metric), {})[str(seed)] = st
+    return found
+
+
+def _cells(scores: pd.DataFrame, rows: list[Row], columns: list[Column], stats: dict) -> dict[tuple[Row, str], Cell]:
+    from harness.intervals import difference_interval, mean_interval
+
     by_key = {key: group for key, group in scores.groupby(["model", "method", "suite", "metric"], sort=False)}
     cells = {}
     for row in rows:
         for column in columns:
-            group = by_key.get((row.model, row.method, column.suite, column.metric))
+            group = by_key.get((row.model, row.label, column.suite, column.metric))
             if group is not None:
-                cells[(row, column.key)] = _cell(group)
+                cells[(row, column.key)] = _cell(group, stats.get((row.model, row.label, column.suite, column.metric), {}),
+                                                 row.original, mean_interval)
     for column in columns:
         for model in dict.fromkeys(r.model for r in rows):
-            model_rows = [r for r in rows if r.model == model]
-            original = cells.get((Row(model, ORIGINAL), column.key))
-            for row in model_rows:
+            original = cells.get((Row(model, ORIGINAL, ORIGINAL), column.key))
+            if original is None or original.mean is None:
+                continue
+            for row in rows:
                 cell = cells.get((row, column.key))
-                if row.method != ORIGINAL and cell and cell.mean is not None and original and original.mean is not None:
-                    cell.delta = cell.mean - original.mean
-            _mark_best([cells.get((r, column.key)) for r in model_rows if r.method != ORIGINAL], column.higher_is_better)
+                if row.model != model or row.original or cell is None or cell.mean is None:
+                    continue
+                cell.delta = cell.mean - original.mean
+                if cell.stats and original.stats:
+                    cell.delta_interval = difference_interval(cell.stats, original.stats, b_fixed=True)
     return cells
 
 
-def _cell(group: pd.DataFrame) -> Cell:
+def _cell(group: pd.DataFrame, stats: dict, fixed: bool, mean_interval) -> Cell:
     scored = group[group["value"].notna()]
-    values = scored["value"].tolist()
-    cell = Cell(n_seeds=len(values))
-    if values:
-        cell.mean = statistics.fmean(values)
-        cell.std = statistics.stdev(values) if len(values) >= 2 else None
-        cell.ci_low = _mean_or_none(scored["ci_low"])
-        cell.ci_high = _mean_or_none(scored["ci_high"])
-        cell.n_items = _mean_or_none(scored["n"])
-    partial = bool(values) and len(values) < len(group)
+    cell = Cell(seeds={str(s): float(v) for s, v in zip(scored["seed"], scored["value"])})
+    if len(scored):
+        cell.mean = statistics.fmean(scored["value"])
+        cell.n_items = float(scored["n"].dropna().mean()) if scored["n"].notna().any() else None
+        usable = {s: st for s, st in stats.items() if s in cell.seeds}
+        if usable and len(usable) == len(cell.seeds):
+            cell.stats = usable
+            cell.interval = mean_interval(usable, fixed=fixed)
+        if cell.interval is not None and cell.interval.low is not None:
+            cell.ci_low, cell.ci_high = cell.interval.low, cell.interval.high
+        elif len(scored) == 1:  # one unit and no item statistics: the suite's own interval
+            cell.ci_low, cell.ci_high = scored["ci_low"].iloc[0], scored["ci_high"].iloc[0]
+            cell.ci_low = None if pd.isna(cell.ci_low) else float(cell.ci_low)
+            cell.ci_high = None if pd.isna(cell.ci_high) else float(cell.ci_high)
+    partial = bool(len(scored)) and len(scored) < len(group)
     for seed, value, note in zip(group["seed"], group["value"], group["note"]):
-        if pd.isna(value):
-            text = note or "not scored (no reason recorded)"
-            if partial:
-                text = f"seed {seed}: {text}"
-        else:
-            text = note
+        text = public(note) if not pd.isna(value) else public(note or "not scored (no reason recorded)")
+        if pd.isna(value) and partial:
+            text = f"seed {seed}: {text}"
         if text and text not in cell.notes:
             cell.notes.append(text)
     return cell
 
 
-def _mean_or_none(values: pd.Series) -> float | None:
-    values = values.dropna()
-    return float(values.mean()) if len(values) else None
+def _mark_best(board: Leaderboard) -> None:
+    """In each column with a direction, the top fine-tuned row of each model is best only
+    when it beats the runner-up significantly; otherwise every row not significantly
+    behind the top is marked tied."""
+    from harness.intervals import difference_interval
+
+    for column in board.columns:
+        if column.higher_is_better is None:
+            continue
+        for model in dict.fromkeys(r.model for r in board.rows):
+            scored = [(r, board.cells[(r, column.key)]) for r in board.rows
+                      if r.model == model and not r.original and (r, column.key) in board.cells
+                      and board.cells[(r, column.key)].mean is not None]
+            if len(scored) < 2 or not all(c.stats for _, c in scored):
+                continue
+            scored.sort(key=lambda rc: rc[1].mean, reverse=column.higher_is_better)
+            top = scored[0][1]
+
+            def behind(cell: Cell) -> bool:
+                iv = difference_interval(top.stats, cell.stats)
+                return iv is not None and iv.significant
+
+            if behind(scored[1][1]):
+                top.best = True
+                continue
+            for _, cell in scored:
+                cell.tied = cell is top or not behind(cell)
 
 
-def _mark_best(cells: list[Cell | None], higher_is_better: bool | None) -> None:
-    """Flag the best fine-tuned method(s) of one model in one column; neutral metrics have none."""
-    scored = [c for c in cells if c is not None and c.mean is not None]
-    if higher_is_better is None or not scored:
-        return
-    best = (max if higher_is_better else min)(c.mean for c in scored)
-    for cell in scored:
-        cell.best = math.isclose(cell.mean, best, rel_tol=1e-12, abs_tol=1e-12)
+# Rendering ------------------------------------------------------------------------------------
 
-
-# Rendering ----------------------------------------------------------------------------------
-
-def _decimals(board: Leaderboard, column: Column) -> int:
+def decimals(board: Leaderboard, column: Column) -> int:
     """One precision per column, from the size of its numbers (chrF++ 45.2, accuracy 0.412)."""
     means = [abs(c.mean) for r in board.rows if (c := board.cell(r, column)).mean is not None]
     typical = statistics.median(means) if means else 0.0
     return 1 if typical >= 10 else 2 if typical >= 1 else 3 if typical >= 0.01 or typical == 0 else 4
 
 
-def _fmt(value: float, decimals: int, signed: bool = False) -> str:
-    value = round(value, decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
-    return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
+def fmt(value: float, digits: int, signed: bool = False) -> str:
+    value = round(value, digits) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-@dataclass
-class _CellText:
-    value: str  # "41.0 ± 1.4" or "—"
-    ci: str  # "[39.8, 42.2]" or ""
-    delta: str  # "+4.3" or ""
-    delta_sign: int  # +1 better, -1 worse, 0 neutral or none
-    best: bool
-    footnotes: list[int]
+def interval_text(low, high, digits: int, signed: bool = False) -> str:
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return ""
+    return f"[{fmt(low, digits, signed)}, {fmt(high, digits, signed)}]"
 
 
-class _Footnotes:
+class _Notes:
     def __init__(self):
         self.texts: list[str] = []
 
@@ -363,34 +517,101 @@ class _Footnotes:
         return self.texts.index(text) + 1
 
 
-def _cell_text(board: Leaderboard, row: Row, column: Column, notes: _Footnotes) -> _CellText:
+@dataclass
+class _Text:
+    value: str  # "19.0" or "—"
+    ci: str
+    delta: str  # "+5.0 [+3.6, +6.5]*" or ""
+    delta_sign: int  # +1 better, -1 worse, 0 neutral or none
+    mark: str  # "best", "tied" or ""
+    notes: list[int]
+    hover: str  # per-seed values
+
+
+def _text(board: Leaderboard, row: Row, column: Column, notes: _Notes) -> _Text:
     if (row, column.key) not in board.cells:
-        return _CellText("—", "", "", 0, False, [notes.number(f"{column.key}: {NOT_RUN}")])
+        return _Text("—", "", "", 0, "", [notes.number(f"{column.key}: {NOT_RUN}")], "")
     cell = board.cell(row, column)
     marks = [notes.number(f"{column.key}: {text}") for text in cell.notes]
     if cell.mean is None:
-        return _CellText("—", "", "", 0, False, marks)
-    decimals = _decimals(board, column)
-    value = _fmt(cell.mean, decimals) + (f" ± {_fmt(cell.std, decimals)}" if cell.std is not None else "")
-    ci = f"[{_fmt(cell.ci_low, decimals)}, {_fmt(cell.ci_high, decimals)}]" if cell.ci_low is not None and cell.ci_high is not None else ""
+        return _Text("—", "", "", 0, "", marks, "")
+    d = decimals(board, column)
+    ci = interval_text(cell.ci_low, cell.ci_high, d) + (" ‡" if cell.one_seed else "")
+    if cell.one_seed:
+        marks.append(notes.number(f"‡ {ONE_SEED}"))
     delta, sign = "", 0
     if cell.delta is not None:
-        delta = _fmt(cell.delta, decimals, signed=True)
-        if column.higher_is_better is not None and round(cell.delta, decimals) != 0:
+        iv = cell.delta_interval
+        delta = fmt(cell.delta, d, signed=True)
+        if iv is not None:
+            delta += f" {interval_text(iv.low, iv.high, d, signed=True)}{'*' if iv.significant else ''}"
+        if column.higher_is_better is not None and round(cell.delta, d) != 0:
             sign = 1 if (cell.delta > 0) == column.higher_is_better else -1
-    return _CellText(value, ci, delta, sign, cell.best, marks)
+    hover = "seeds: " + ", ".join(f"{s}: {fmt(v, d)}" for s, v in cell.seeds.items()) if len(cell.seeds) > 1 else ""
+    return _Text(fmt(cell.mean, d), ci, delta, sign, "best" if cell.best else "tied" if cell.tied else "", marks, hover)
 
 
-def _legend(board: Leaderboard) -> list[str]:
-    mains = ", ".join(f"{c.key}{c.arrow}" for c in board.columns if c.main)
-    seeds = sorted({int(n) for n in board.scores.loc[board.scores["method"] != ORIGINAL].groupby(["model", "method"])["seed"].nunique()})
+def _row_name(row: Row, notes: _Notes) -> str:
+    name = row.name
+    if row.budget_differs:
+        name += f" †{notes.number('† budget differs from the shared one (the equal-budget comparison does not hold for this row): ' + '; '.join(row.budget_differs))}"
+    return name
+
+
+def _seeds(board: Leaderboard, row: Row) -> str:
+    found = {s for (r, _), c in board.cells.items() if r == row for s in c.seeds}
+    return "—" if row.original else str(len(found))
+
+
+def legend(board: Leaderboard) -> list[str]:
+    mains = ", ".join(f"{c.key}{c.arrow}" for c in board.main)
     return [
-        "Cells: mean ± std over training seeds (std only with two or more seeds), the 95% bootstrap CI over items "
-        "(per-seed bounds averaged), and Δ against the same model's original.",
-        f"Main (headline) metric of each suite: {mains}. ↑ higher is better, ↓ lower is better, no arrow: neither.",
-        "Bold: best fine-tuned method of each model in that column (the original is the reference, never marked).",
-        f"Seeds per fine-tuned method: {', '.join(map(str, seeds)) or 'none'}.",
+        "Each cell: the mean over training seeds and its 95% interval; Δ: the row minus the same model's original, "
+        "with its interval (* excludes 0).",
+        INTERVALS,
+        f"Main metric of each suite: {mains}. ↑ higher is better, ↓ lower is better, no arrow: neither.",
+        "Bold: the best fine-tuned row of a column, significantly ahead of the runner-up; ≈: tied for best "
+        "(the top row does not beat these significantly).",
     ]
+
+
+def _value(text: _Text, markdown: bool = True) -> str:
+    if text.mark == "best":
+        return f"**{text.value}**" if markdown else text.value
+    return f"≈{text.value}" if text.mark == "tied" else text.value
+
+
+def _md_table(board: Leaderboard, columns: list[Column], notes: _Notes, with_delta: bool) -> list[str]:
+    header = (["model"] if board.several_models else []) + ["method", "seeds"]
+    for c in columns:
+        header.append(f"{c.suite} {c.metric}{c.arrow}")
+        if with_delta:
+            header.append(f"Δ {c.metric.rsplit('/', 1)[-1]}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * (len(header) - len(columns) * (2 if with_delta else 1))
+             + "---:|" * (len(columns) * (2 if with_delta else 1))]
+    for row in board.rows:
+        cells = ([row.model] if board.several_models else []) + [_row_name(row, notes), _seeds(board, row)]
+        for c in columns:
+            t = _text(board, row, c, notes)
+            cells.append(" ".join(p for p in [_value(t), t.ci] + [f"[{n}]" for n in t.notes] if p))
+            if with_delta:
+                cells.append(t.delta)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def leaderboard_markdown(board: Leaderboard, plots: list[str]) -> str:
+    notes = _Notes()
+    lines = [f"# {board.title}", "", *[f"- {line}" for line in legend(board)], "", "## Main metrics", ""]
+    lines += _md_table(board, board.main, notes, with_delta=True)
+    if board.others:
+        lines += ["", "## Other metrics", ""] + _md_table(board, board.others, notes, with_delta=False)
+    if notes.texts:
+        lines += ["", "Notes:", ""] + [f"- [{i}] {text}" for i, text in enumerate(notes.texts, 1)]
+    lines += ["", *differences_markdown(board), *methods_markdown(board), *training_markdown(board)]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
+    return "\n".join(lines)
 
 
 def leaderboard_csv(board: Leaderboard) -> str:
@@ -400,57 +621,41 @@ def leaderboard_csv(board: Leaderboard) -> str:
             if (row, column.key) not in board.cells:
                 continue
             cell = board.cell(row, column)
+            iv, div = cell.interval, cell.delta_interval
             records.append({
-                "model": row.model, "method": row.method, "label": row.label, "extension": row.extension,
+                "model": row.model, "method": row.label, "label": row.name, "base_method": row.method,
+                "extension": row.extension, "varies": row.varies or "", "budget_differs": "; ".join(row.budget_differs),
                 "suite": column.suite, "metric": column.metric, "main": column.main,
                 "higher_is_better": "" if column.higher_is_better is None else column.higher_is_better,
-                "mean": cell.mean, "std": cell.std, "n_seeds": cell.n_seeds, "ci_low": cell.ci_low,
-                "ci_high": cell.ci_high, "n_items": cell.n_items, "delta": cell.delta, "best": cell.best,
+                "mean": cell.mean, "n_seeds": len(cell.seeds),
+                "seed_values": ";".join(f"{s}={v:.6g}" for s, v in cell.seeds.items()),
+                "std": statistics.stdev(cell.seeds.values()) if len(cell.seeds) > 1 else None,
+                "ci_low": cell.ci_low, "ci_high": cell.ci_high, "interval": iv.method if iv is not None else "",
+                "seed_variance_estimated": "" if iv is None else iv.seed_variance, "n_items": cell.n_items,
+                "delta": cell.delta, "delta_low": div.low if div is not None else None,
+                "delta_high": div.high if div is not None else None, "best": cell.best, "tied": cell.tied,
                 "note": "; ".join(cell.notes),
             })
-    return pd.DataFrame(records, columns=CSV_COLUMNS).to_csv(index=False, lineterminator="\n")
-
-
-def leaderboard_markdown(board: Leaderboard, plots: list[str]) -> str:
-    notes = _Footnotes()
-    header = ["model", "method"] + [f"{c.key}{c.arrow}" for c in board.shown]
-    lines = [f"# {board.title}", "", *[f"- {line}" for line in _legend(board)], "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * len(board.shown)]
-    for row in board.rows:
-        cells = [row.model, row.label]
-        for column in board.shown:
-            text = _cell_text(board, row, column, notes)
-            value = f"**{text.value}**" if text.best else text.value
-            parts = [value, text.ci, f"(Δ {text.delta})" if text.delta else ""]
-            parts += [f"[{n}]" for n in text.footnotes]
-            cells.append(" ".join(p for p in parts if p))
-        lines.append("| " + " | ".join(cells) + " |")
-    if notes.texts:
-        lines += ["", "Notes:", ""] + [f"- [{i}] {text}" for i, text in enumerate(notes.texts, 1)]
-    lines += ["", *_differences_markdown(board), *_methods_markdown(board), *_training_markdown(board)]
-    if plots:
-        lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
-    return "\n".join(lines)
-
-
-DIFFERENCES_NOTE = ("Each cell: method minus the row's reference (`original` or `vanilla`), mean over training seeds, "
-                    "[95% CI] from a paired bootstrap over items and seeds (1000 draws); * marks a CI that excludes 0.")
+    columns = ["model", "method", "label", "base_method", "extension", "varies", "budget_differs", "suite", "metric",
+               "main", "higher_is_better", "mean", "n_seeds", "seed_values", "std", "ci_low", "ci_high", "interval",
+               "seed_variance_estimated", "n_items", "delta", "delta_low", "delta_high", "best", "tied", "note"]
+    return pd.DataFrame(records, columns=columns).to_csv(index=False, lineterminator="\n", float_format="%.6g")
 
 
 def differences_csv(board: Leaderboard) -> str:
+    from harness.differences import COLUMNS
+
     buf = io.StringIO()
-    board.differences.reindex(columns=DIFFERENCE_COLUMNS).to_csv(buf, index=False, float_format="%.6g")
+    board.differences.reindex(columns=COLUMNS).to_csv(buf, index=False, float_format="%.6g", lineterminator="\n")
     return buf.getvalue()
 
 
-def _differences_table(board: Leaderboard) -> tuple[list[Column], list[tuple[str, str, str, list[str]]]]:
-    """The columns with differences, and per (model, method, versus) its cell texts."""
+def _difference_cells(board: Leaderboard, columns: list[Column]) -> list[tuple[str, str, str, list[str]]]:
     diffs = board.differences
     if diffs.empty:
-        return [], []
+        return []
     keyed = {(r.model, r.method, r.versus, r.suite, r.metric): r for r in diffs.itertuples(index=False)}
-    columns = [c for c in board.shown if ((diffs["suite"] == c.suite) & (diffs["metric"] == c.metric)).any()]
-    rows = []
+    out = []
     for model, method, versus in dict.fromkeys(zip(diffs["model"], diffs["method"], diffs["versus"])):
         texts = []
         for c in columns:
@@ -458,75 +663,84 @@ def _differences_table(board: Leaderboard) -> tuple[list[Column], list[tuple[str
             if r is None:
                 texts.append("—")
                 continue
-            d = _decimals(board, c)
-            ci = f" [{_fmt(r.ci_low, d, signed=True)}, {_fmt(r.ci_high, d, signed=True)}]" if r.ci_low is not None and not pd.isna(r.ci_low) else ""
-            texts.append(f"{_fmt(r.difference, d, signed=True)}{ci}{' *' if r.significant else ''}")
-        rows.append((model, method, versus, texts))
-    return columns, rows
+            d = decimals(board, c)
+            text = fmt(r.difference, d, signed=True) + f" {interval_text(r.ci_low, r.ci_high, d, signed=True)}"
+            text += "*" if r.significant else ""
+            text += "" if r.seed_variance else " ‡"
+            if not pd.isna(r.seeds_for_80_power):
+                text += f" ({int(r.seeds_for_80_power)})"
+            elif r.power_note:
+                text += " (—)"
+            texts.append(text.strip())
+        out.append((model, method, versus, texts))
+    return out
 
 
-def _differences_markdown(board: Leaderboard) -> list[str]:
-    columns, rows = _differences_table(board)
+DIFFERENCES_NOTE = ("Each cell: the row minus the reference (its original, the baseline, or the row it varies), mean over "
+                    "training seeds, [95% interval]; * marks an interval that excludes 0; ‡ one training seed on a side "
+                    "(seed variance not estimated); (N): seeds per row that would give 80% power to detect this difference "
+                    "at the observed variances (—: not reachable by more seeds, the item noise alone is too large).")
+
+
+def differences_markdown(board: Leaderboard) -> list[str]:
+    columns = board.main
+    rows = _difference_cells(board, columns)
     if not rows:
         return []
-    lines = ["## Differences", "", DIFFERENCES_NOTE, "",
-             "| model | difference | " + " | ".join(f"{c.key}{c.arrow}" for c in columns) + " |",
-             "|---|---|" + "---:|" * len(columns)]
+    header = (["model"] if board.several_models else []) + ["difference"] + [f"{c.key}{c.arrow}" for c in columns]
+    lines = ["## Differences", "", DIFFERENCES_NOTE, "", INTERVALS, "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * (len(header) - len(columns)) + "---:|" * len(columns)]
     for model, method, versus, texts in rows:
-        lines.append(f"| {model} | {method} − {versus} | " + " | ".join(texts) + " |")
+        lines.append("| " + " | ".join(([model] if board.several_models else []) + [f"{method} − {versus}"] + texts) + " |")
+    return lines + ["", "Every shown metric's differences are in differences.csv.", ""]
+
+
+def methods_markdown(board: Leaderboard) -> list[str]:
+    if not board.descriptions:
+        return []
+    lines = ["## Methods", ""]
+    for label, (description, citation) in board.descriptions.items():
+        lines.append(f"- **{label}**: {description}" + (f" ({citation})" if citation else ""))
     return lines + [""]
 
 
-def _differences_html(board: Leaderboard) -> list[str]:
-    columns, rows = _differences_table(board)
-    if not rows:
-        return []
-    esc = html.escape
-    head = "<th>model</th><th>difference</th>" + "".join(f"<th>{esc(c.suite)}<br>{esc(c.metric)}{esc(c.arrow)}</th>" for c in columns)
-    body = "".join(
-        f'<tr><td class="model">{esc(model)}</td><td class="label">{esc(method)} − {esc(versus)}</td>'
-        + "".join(f'<td class="num">{esc(t)}</td>' for t in texts) + "</tr>"
-        for model, method, versus, texts in rows)
-    return ["<h2>Differences</h2>", f'<p class="legend">{esc(DIFFERENCES_NOTE)}</p>',
-            f'<div class="scroll"><table class="leaderboard"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>']
+def training_runs(board: Leaderboard) -> list[tuple[str, str, list[dict]]]:
+    """(model, row label, per-seed training statistics) of every trained row."""
+    runs: dict[tuple[str, str], dict[str, dict]] = {}
+    for manifest, prefix in zip(board.manifests, _prefixes(board)):
+        model = str((manifest.get("config") or {}).get("model") or (manifest.get("model") or {}).get("name") or "")
+        for label, seeds in (manifest.get("training") or {}).items():
+            for seed, stats in (seeds or {}).items():
+                if isinstance(stats, dict):
+                    runs.setdefault((model, prefix + label), {})[str(seed)] = stats
+    order = {(r.model, r.label): i for i, r in enumerate(board.rows)}
+    keys = sorted((k for k in runs if k in order), key=lambda k: order[k])
+    return [(model, label, list(runs[(model, label)].values())) for model, label in keys]
 
 
-def _method_descriptions(board: Leaderboard) -> list[tuple[str, str]]:
-    """(label, description) of every method the manifests describe."""
-    described: dict[str, tuple[str, str]] = {}
-    for manifest in board.manifests:
-        for name, info in (manifest.get("methods") or {}).items():
-            info = info or {}
-            described.setdefault(name, (Row("", name, bool(info.get("extension"))).label, str(info.get("description", ""))))
-    return list(described.values())
-
-
-def _methods_markdown(board: Leaderboard) -> list[str]:
-    methods = _method_descriptions(board)
-    if not methods:
-        return []
-    return ["## Methods", ""] + [f"- **{label}**: {description}" for label, description in methods] + [""]
+def _prefixes(board: Leaderboard) -> list[str]:
+    return [m.get("_prefix", "") for m in board.manifests]
 
 
 def _training_table(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
-    """Budget actually used per (model, method), averaged over seeds."""
-    header = ["model", "method", "seeds", "steps", "target tokens", "total tokens", "wall s", "final loss"]
+    header = ["model", "method", "seeds", "steps", "trainable params", "target tokens", "total tokens", "wall s", "final loss"]
     rows = []
-    labels = {r.method: r.label for r in board.rows}
-    for model, method, runs in _training_runs(board):
+    names = {r.label: r.name for r in board.rows}
+    for model, label, runs in training_runs(board):
         def mean_of(key):
             values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
             return statistics.fmean(values) if values else None
         final = [r["losses"][-1] for r in runs if r.get("losses")]
-        cells = [f"{v:,.0f}" if v is not None else "—" for v in (mean_of("steps"), mean_of("target_tokens"), mean_of("total_tokens"))]
+        cells = [f"{v:,.0f}" if v is not None else "—" for v in
+                 (mean_of("steps"), mean_of("trainable_params"), mean_of("target_tokens"), mean_of("total_tokens"))]
         wall = mean_of("wall_s")
         cells.append(f"{wall:,.1f}" if wall is not None else "—")
         cells.append(f"{statistics.fmean(final):.3f}" if final else "—")
-        rows.append([model, labels.get(method, method), str(len(runs))] + cells)
+        rows.append([model, names.get(label, label), str(len(runs))] + cells)
     return header, rows
 
 
-def _training_markdown(board: Leaderboard) -> list[str]:
+def training_markdown(board: Leaderboard) -> list[str]:
     header, rows = _training_table(board)
     if not rows:
         return []
@@ -534,33 +748,20 @@ def _training_markdown(board: Leaderboard) -> list[str]:
             "|---|---|" + "---:|" * (len(header) - 2)] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
 
 
-def _training_runs(board: Leaderboard) -> list[tuple[str, str, list[dict]]]:
-    runs: dict[tuple[str, str], dict[str, dict]] = {}
-    for manifest in board.manifests:
-        model = str((manifest.get("model") or {}).get("name") or manifest.get("name") or "")
-        for method, seeds in (manifest.get("training") or {}).items():
-            for seed, stats in (seeds or {}).items():
-                if isinstance(stats, dict):
-                    runs.setdefault((model, method), {})[str(seed)] = stats
-    order = {(r.model, r.method): i for i, r in enumerate(board.rows)}
-    keys = sorted(runs, key=lambda k: order.get(k, len(order)))
-    return [(model, method, list(runs[(model, method)].values())) for model, method in keys]
-
-
 _CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; margin: 24px; color: #1d1d1f; }
+body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; margin: 24px; color: #1d1d1f; max-width: 1400px; }
 h1 { font-size: 22px; margin: 0 0 8px; } h2 { font-size: 18px; margin-top: 28px; }
 p.legend { font-size: 13px; color: #444; margin: 2px 0; }
 .scroll { overflow-x: auto; margin-top: 12px; }
 table { border-collapse: collapse; font-size: 13px; }
 th, td { border: 1px solid #d0d0d0; padding: 4px 8px; vertical-align: top; }
-th { background: #f3f3f3; text-align: center; font-weight: 600; white-space: nowrap; }
-td.label, td.model { white-space: nowrap; }
+th { background: #f3f3f3; text-align: center; font-weight: 600; }
+td.label { white-space: nowrap; }
 th.main { background: #dce8f7; }
 td.num { text-align: right; white-space: nowrap; }
-td.best { background: #e4f4e4; } td.best .v { font-weight: 700; }
+td.best { background: #e4f4e4; } td.best .v { font-weight: 700; } td.tied { background: #f3f8ec; }
 tr.original td { background: #fafafa; } tr.original td.label { font-style: italic; }
-.ci { color: #666; font-size: 11px; } .d { font-size: 11px; color: #666; }
+.ci { color: #666; font-size: 11px; } .d { font-size: 12px; color: #666; }
 .d.up { color: #1a7f37; } .d.down { color: #c62828; }
 .missing { color: #999; } sup a { color: #555; text-decoration: none; }
 ol.notes { font-size: 13px; color: #333; }
@@ -569,37 +770,68 @@ figcaption { font-size: 12px; color: #555; }
 """
 
 
-def leaderboard_html(board: Leaderboard, plots: dict[str, bytes]) -> str:
+def _html_table(board: Leaderboard, columns: list[Column], notes: _Notes, with_delta: bool) -> str:
     esc = html.escape
-    notes = _Footnotes()
-    head = ['<th>model</th><th>method</th>'] + [
-        f'<th class="{"main" if c.main else ""}" title="{esc(UNITS.get(c.metric.rsplit("/", 1)[-1], c.metric))}">'
-        f'{esc(c.suite)}<br>{esc(c.metric)}{esc(c.arrow)}</th>' for c in board.shown]
+    head = (["<th>model</th>"] if board.several_models else []) + ["<th>method</th>", "<th>seeds</th>"]
+    for c in columns:
+        head.append(f'<th class="{"main" if c.main else ""}" title="{esc(c.unit)}">{esc(c.suite)}<br>{esc(c.metric)}{esc(c.arrow)}</th>')
+        if with_delta:
+            head.append(f'<th title="the row minus the same model\'s original, with its 95% interval">Δ {esc(c.metric.rsplit("/", 1)[-1])}</th>')
     body = []
     for row in board.rows:
-        tds = [f'<td class="model">{esc(row.model)}</td>', f'<td class="label">{esc(row.label)}</td>']
-        for column in board.shown:
-            text = _cell_text(board, row, column, notes)
-            sups = "".join(f'<sup><a href="#note{n}">[{n}]</a></sup>' for n in text.footnotes)
-            if text.value == "—":
+        tds = ([f'<td class="label">{esc(row.model)}</td>'] if board.several_models else [])
+        tds += [f'<td class="label">{esc(_row_name(row, notes))}</td>', f'<td class="num">{esc(_seeds(board, row))}</td>']
+        for c in columns:
+            t = _text(board, row, c, notes)
+            sups = "".join(f'<sup><a href="#note{n}">[{n}]</a></sup>' for n in t.notes)
+            if t.value == "—":
                 tds.append(f'<td class="num missing">—{sups}</td>')
-                continue
-            ci = f'<br><span class="ci">{esc(text.ci)}</span>' if text.ci else ""
-            direction = {1: " up", -1: " down", 0: ""}[text.delta_sign]
-            delta = f'<br><span class="d{direction}">Δ {esc(text.delta)}</span>' if text.delta else ""
-            tds.append(f'<td class="num{" best" if text.best else ""}"><span class="v">{esc(text.value)}</span>{sups}{ci}{delta}</td>')
-        body.append(f'<tr class="{"original" if row.method == ORIGINAL else ""}">{"".join(tds)}</tr>')
+            else:
+                ci = f'<br><span class="ci">{esc(t.ci)}</span>' if t.ci else ""
+                title = f' title="{esc(t.hover)}"' if t.hover else ""
+                tds.append(f'<td class="num {t.mark}"{title}><span class="v">{esc(_value(t, markdown=False))}</span>{sups}{ci}</td>')
+            if with_delta:
+                direction = {1: " up", -1: " down", 0: ""}[t.delta_sign]
+                tds.append(f'<td class="num"><span class="d{direction}">{esc(t.delta)}</span></td>')
+        body.append(f'<tr class="{"original" if row.original else ""}">{"".join(tds)}</tr>')
+    return (f'<div class="scroll"><table class="leaderboard"><thead><tr>{"".join(head)}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def leaderboard_html(board: Leaderboard, plots: dict[str, bytes]) -> str:
+    esc = html.escape
+    notes = _Notes()
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(board.title)}</title>",
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{esc(board.title)}</title>",
         f"<style>{_CSS}</style></head><body>", f"<h1>{esc(board.title)}</h1>",
-        *[f'<p class="legend">{esc(line)}</p>' for line in _legend(board)],
-        '<div class="scroll"><table class="leaderboard">', f"<thead><tr>{''.join(head)}</tr></thead>",
-        f"<tbody>{''.join(body)}</tbody></table></div>",
+        *[f'<p class="legend">{esc(line)}</p>' for line in legend(board)],
+        "<h2>Main metrics</h2>", _html_table(board, board.main, notes, with_delta=True),
     ]
+    if board.others:
+        parts += ["<h2>Other metrics</h2>", _html_table(board, board.others, notes, with_delta=False)]
     if notes.texts:
         parts.append('<h2>Notes</h2><ol class="notes">' + "".join(
             f'<li id="note{i}">{esc(text)}</li>' for i, text in enumerate(notes.texts, 1)) + "</ol>")
-    parts += _differences_html(board) + _methods_html(board) + _training_html(board)
+    rows = _difference_cells(board, board.main)
+    if rows:
+        head = (["<th>model</th>"] if board.several_models else []) + ["<th>difference</th>"] + [
+            f"<th>{esc(c.suite)}<br>{esc(c.metric)}{esc(c.arrow)}</th>" for c in board.main]
+        body = "".join("<tr>" + ("".join([f'<td class="label">{esc(m)}</td>'] if board.several_models else [])
+                               + f'<td class="label">{esc(a)} − {esc(b)}</td>' + "".join(f'<td class="num">{esc(t)}</td>' for t in texts)
+                               + "</tr>") for m, a, b, texts in rows)
+        parts += ["<h2>Differences</h2>", f'<p class="legend">{esc(DIFFERENCES_NOTE)}</p>',
+                  f'<div class="scroll"><table class="leaderboard"><thead><tr>{"".join(head)}</tr></thead><tbody>{body}</tbody></table></div>',
+                  '<p class="legend">Every shown metric\'s differences are in differences.csv.</p>']
+    if board.descriptions:
+        items = "".join(f"<li><b>{esc(label)}</b>: {esc(d)}{esc(f' ({c})') if c else ''}</li>" for label, (d, c) in board.descriptions.items())
+        parts.append(f"<h2>Methods</h2><ul>{items}</ul>")
+    header, trows = _training_table(board)
+    if trows:
+        head = "".join(f"<th>{esc(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f'<td class="{"num" if i >= 2 else "label"}">{esc(v)}</td>' for i, v in enumerate(r)) + "</tr>"
+                       for r in trows)
+        parts.append(f"<h2>Training (mean over seeds)</h2><div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
     if plots:
         parts.append("<h2>Plots</h2>")
         for name, png in plots.items():
@@ -609,203 +841,5 @@ def leaderboard_html(board: Leaderboard, plots: dict[str, bytes]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _methods_html(board: Leaderboard) -> list[str]:
-    methods = _method_descriptions(board)
-    if not methods:
-        return []
-    items = "".join(f"<li><b>{html.escape(label)}</b>: {html.escape(text)}</li>" for label, text in methods)
-    return [f"<h2>Methods</h2><ul>{items}</ul>"]
-
-
-def _training_html(board: Leaderboard) -> list[str]:
-    header, rows = _training_table(board)
-    if not rows:
-        return []
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f'<td class="{"num" if i >= 2 else ""}">{html.escape(v)}</td>' for i, v in enumerate(r)) + "</tr>"
-                   for r in rows)
-    return [f"<h2>Training (mean over seeds)</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]
-
-
-# Plots --------------------------------------------------------------------------------------
-
-def _colours(board: Leaderboard) -> dict[str, str]:
-    """One colour per method, the same in every plot; the original is black."""
-    methods = [m for m in dict.fromkeys(r.method for r in board.rows) if m != ORIGINAL]
-    palette = [f"C{i}" for i in range(10)]
-    return {ORIGINAL: "black", **{m: palette[i % len(palette)] for i, m in enumerate(methods)}}
-
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
-    return buf.getvalue()
-
-
-def _by_seed(scores: pd.DataFrame, model: str, method: str, suite: str, metric: str) -> dict[str, float]:
-    rows = scores[(scores["model"] == model) & (scores["method"] == method) & (scores["suite"] == suite)
-                  & (scores["metric"] == metric) & scores["value"].notna()]
-    return dict(zip(rows["seed"], rows["value"]))
-
-
-def _translation_by_seed(board: Leaderboard, model: str, method: str) -> dict[str, float]:
-    """chrF++ per seed: ``avg/chrf++`` when scored, else the mean of the main per-direction chrF++."""
-    average = _by_seed(board.scores, model, method, TRANSLATION, "avg/chrf++")
-    if average:
-        return average
-    per_direction = [_by_seed(board.scores, model, method, TRANSLATION, c.metric) for c in board.columns
-                     if c.suite == TRANSLATION and c.main and c.metric.endswith("/chrf++")]
-    seeds = set.intersection(*(set(d) for d in per_direction)) if per_direction else set()
-    return {s: statistics.fmean(d[s] for d in per_direction) for s in seeds}
-
-
-def _general_axis(board: Leaderboard, general_metric: str | None) -> Column | None:
-    keys = {c.key: c for c in board.columns}
-    if general_metric is not None:
-        if general_metric not in keys:
-            raise UserError(f"general_metric '{general_metric}' is not in the scores; choose one of {', '.join(keys)}.")
-        return keys[general_metric]
-    return keys.get(DEFAULT_GENERAL) or keys.get(FALLBACK_GENERAL)
-
-
-def _gains(by_seed: dict[str, float], original: dict[str, float], sign: float) -> tuple[float, float] | None:
-    if not by_seed or not original:
-        return None
-    base = statistics.fmean(original.values())
-    gains = [sign * (v - base) for v in by_seed.values()]
-    return statistics.fmean(gains), statistics.stdev(gains) if len(gains) >= 2 else 0.0
-
-
-def plot_tradeoff(board: Leaderboard, general_metric: str | None = None) -> bytes | None:
-    """Translation gain (x) against general-ability change (y), one point per (model, method)."""
-    general = _general_axis(board, general_metric)
-    if general is None:
-        return None
-    sign = -1.0 if general.higher_is_better is False else 1.0
-    colours = _colours(board)
-    models = list(dict.fromkeys(r.model for r in board.rows))
-    markers = ["o", "s", "^", "D", "v", "P"]
-    points = []
-    for row in board.rows:
-        if row.method == ORIGINAL:
-            continue
-        x = _gains(_translation_by_seed(board, row.model, row.method), _translation_by_seed(board, row.model, ORIGINAL), 1.0)
-        y = _gains(_by_seed(board.scores, row.model, row.method, general.suite, general.metric),
-                   _by_seed(board.scores, row.model, ORIGINAL, general.suite, general.metric), sign)
-        if x is not None and y is not None:
-            points.append((row, x, y))
-    if not points:
-        return None
-    fig = Figure(figsize=(8, 6))
-    ax = fig.add_subplot()
-    ax.axhline(0, color="grey", lw=0.8, ls="--")
-    ax.axvline(0, color="grey", lw=0.8, ls="--")
-    ax.plot([0], [0], marker="*", ms=16, color="black", ls="none", label="original", zorder=3)
-    ax.annotate("original", (0, 0), textcoords="offset points", xytext=(8, -14), fontsize=9)
-    for row, (xm, xs), (ym, ys) in points:
-        label = row.label if len(models) == 1 else f"{row.label} [{row.model}]"
-        ax.errorbar(xm, ym, xerr=xs or None, yerr=ys or None, fmt=markers[models.index(row.model) % len(markers)],
-                    ms=8, color=colours[row.method], capsize=4, label=label, zorder=3)
-        ax.annotate(label, (xm, ym), textcoords="offset points", xytext=(8, 6), fontsize=9)
-    xs_all = [0.0] + [x[0] + s * x[1] for _, x, _ in points for s in (-1, 1)]
-    ys_all = [0.0] + [y[0] + s * y[1] for _, _, y in points for s in (-1, 1)]
-    xpad = 0.15 * (max(xs_all) - min(xs_all) or 1.0)
-    ypad = 0.15 * (max(ys_all) - min(ys_all) or abs(max(ys_all, key=abs)) or 1.0)
-    xlim = (min(xs_all) - xpad, max(xs_all) + xpad)
-    ylim = (min(ys_all) - ypad, max(ys_all) + ypad)
-    ax.fill_between([0, xlim[1]], 0, ylim[1], color="tab:green", alpha=0.08, zorder=0)
-    ax.text(xlim[1], ylim[1], "ideal: translation gain,\nno general-ability loss ", ha="right", va="top",
-            fontsize=9, color="darkgreen")
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-    source = "avg/chrf++" if any(c.key == f"{TRANSLATION}/avg/chrf++" for c in board.columns) else "mean of main per-direction chrF++"
-    ax.set_xlabel(f"translation gain over the original: Δ chrF++ ({source}, points)")
-    unit = UNITS.get(general.metric.rsplit("/", 1)[-1], general.metric)
-    what = f"−Δ {general.key} ({unit}; sign flipped so up = better)" if sign < 0 else f"Δ {general.key} ({unit})"
-    ax.set_ylabel(f"general-ability change: {what}")
-    ax.set_title("Translation gain vs general-ability change\n(mean over seeds, error bars = std over seeds)")
-    ax.legend(fontsize=8, loc="lower left")
-    ax.grid(alpha=0.3)
-    return _png(fig)
-
-
-def plot_suite(board: Leaderboard, suite: str) -> bytes | None:
-    """The suite's main metric(s) per (model, method) as grouped bars with 95% CI error bars."""
-    columns = [c for c in board.columns if c.suite == suite and c.main]
-    if not any(board.cell(r, c).mean is not None for r in board.rows for c in columns):
-        return None
-    colours = _colours(board)
-    models = list(dict.fromkeys(r.model for r in board.rows))
-    hatches = ["", "//", "..", "xx"]
-    fig = Figure(figsize=(max(6.0, 1.2 + 0.5 * len(board.rows) * len(columns)), 4.8))
-    ax = fig.add_subplot()
-    width = 0.8 / len(board.rows)
-    unscored = []
-    for i, row in enumerate(board.rows):
-        positions, heights, errors = [], [], [[], []]
-        for j, column in enumerate(columns):
-            cell = board.cell(row, column)
-            if cell.mean is None:
-                continue
-            positions.append(j - 0.4 + width * (i + 0.5))
-            heights.append(cell.mean)
-            has_ci = cell.ci_low is not None and cell.ci_high is not None
-            errors[0].append(max(cell.mean - cell.ci_low, 0.0) if has_ci else 0.0)
-            errors[1].append(max(cell.ci_high - cell.mean, 0.0) if has_ci else 0.0)
-        label = row.label if len(models) == 1 else f"{row.label} [{row.model}]"
-        if not positions:
-            unscored.append(label)
-            continue
-        ax.bar(positions, heights, width * 0.95, color=colours[row.method],
-               hatch=hatches[models.index(row.model) % len(hatches)], edgecolor="white", label=label)
-        # Error bars drawn apart from the bars: bar(yerr=2xN) trips a NumPy deprecation in matplotlib.
-        ax.errorbar(positions, heights, yerr=np.array(errors), fmt="none", ecolor="black", capsize=3, lw=1)
-    ax.set_xticks(range(len(columns)), [f"{c.metric}{c.arrow}" for c in columns])
-    names = {c.metric.rsplit("/", 1)[-1] for c in columns}
-    ax.set_ylabel(UNITS.get(next(iter(names)), next(iter(names))) if len(names) == 1 else "score")
-    if unscored:
-        ax.set_xlabel(f"not scored: {', '.join(unscored)} (reasons in the leaderboard notes)")
-    ax.set_title(f"{suite}: main metric per method (mean over seeds, error bars = 95% CI)")
-    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
-    ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
-
-
-def plot_training_loss(board: Leaderboard) -> bytes | None:
-    """Training loss per optimiser step for each method, mean over seeds with a ± std band."""
-    runs = [(model, method, [r["losses"] for r in stats if r.get("losses")]) for model, method, stats in _training_runs(board)]
-    runs = [r for r in runs if r[2]]
-    if not runs:
-        return None
-    colours = _colours(board)
-    models = list(dict.fromkeys(model for model, _, _ in runs))
-    extensions = {r.method for r in board.rows if r.extension}
-    fig = Figure(figsize=(8, 5))
-    ax = fig.add_subplot()
-    for model, method, losses in runs:
-        length = max(len(l) for l in losses)
-        padded = np.full((len(losses), length), np.nan)
-        for i, curve in enumerate(losses):
-            padded[i, :len(curve)] = curve
-        mean = np.nanmean(padded, axis=0)
-        std = np.nanstd(padded, axis=0)
-        steps = np.arange(1, length + 1)
-        label = f"{method} (extension)" if method in extensions else method
-        label = label if len(models) == 1 else f"{label} [{model}]"
-        colour = colours.get(method, "grey")
-        ax.plot(steps, mean, color=colour, lw=1.6, ls="-" if models.index(model) == 0 else "--",
-                label=f"{label} ({len(losses)} seed{'s' if len(losses) > 1 else ''})")
-        if len(losses) > 1:
-            ax.fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15, lw=0)
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel("training loss (the method's objective)")
-    ax.set_title("Training loss per method (mean over seeds, band = ± std)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _png(fig)
-
-
-# Files --------------------------------------------------------------------------------------
-
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)

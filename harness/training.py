@@ -18,8 +18,10 @@ equals the one-process update. Only the main process writes files.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
+import itertools
 import hashlib
 import json
 import logging
@@ -41,7 +43,7 @@ from harness.config import Budget, LoRASettings, launched_processes
 from harness.errors import UserError
 from harness.methods import TrainingExample
 from harness.progress import progress_bar
-from harness.prompts import render_chat
+from harness.prompts import render_chat, turn_end_tokens
 
 log = logging.getLogger("radis_bench")
 
@@ -73,19 +75,51 @@ class TokenisedExample:
 
 
 def tokenise_example(tokenizer, example: TrainingExample, max_length: int) -> TokenisedExample:
-    """Prompt = chat template up to the assistant turn; response = each segment tokenised on
-    its own, then end-of-turn with the last segment's weight; the response end is truncated."""
+    """Prompt = the chat template up to the assistant turn; response = each run of text
+    segments tokenised as one text (a token takes the weight and kind of the segment its
+    first character is in), a segment with ``ids`` put in as those tokens; then the chat
+    template's end-of-turn tokens with the last segment's weight (unless the example has
+    none). The end of the result is truncated to ``max_length``.
+
+    A generation that continued an assistant prefix started from ``request_ids(messages,
+    prefix)``: the prompt's ids and the prefix's own, which is what this gives for text
+    segments equal to the prefix followed by the continuation's ``ids``."""
     prompt = tokenizer(render_chat(tokenizer, example.messages), add_special_tokens=False)["input_ids"]
     ids, weights, kinds = list(prompt), [0.0] * len(prompt), [None] * len(prompt)
+    run: list = []
+
+    def flush() -> None:
+        if not run:
+            return
+        if not getattr(tokenizer, "is_fast", False):  # no character offsets: segment by segment
+            pieces = [(tokenizer(s.text, add_special_tokens=False)["input_ids"], s) for s in run]
+            tokens = [(token, segment) for piece, segment in pieces for token in piece]
+        else:
+            ends = list(itertools.accumulate(len(s.text) for s in run))
+            encoded = tokenizer("".join(s.text for s in run), add_special_tokens=False, return_offsets_mapping=True)
+            tokens = [(token, run[min(bisect.bisect_right(ends, start), len(run) - 1)])
+                      for token, (start, _) in zip(encoded["input_ids"], encoded["offset_mapping"])]
+        for token, segment in tokens:
+            ids.append(token)
+            weights.append(float(segment.weight))
+            kinds.append(segment.kind)
+        run.clear()
+
     for segment in example.response:
-        segment_ids = tokenizer(segment.text, add_special_tokens=False)["input_ids"]
-        ids += segment_ids
-        weights += [float(segment.weight)] * len(segment_ids)
-        kinds += [segment.kind] * len(segment_ids)
-    last = example.response[-1]
-    ids.append(tokenizer.eos_token_id)
-    weights.append(float(last.weight))
-    kinds.append(last.kind)
+        if segment.ids is None:
+            run.append(segment)
+            continue
+        flush()
+        ids.extend(segment.ids)
+        weights.extend([float(segment.weight)] * len(segment.ids))
+        kinds.extend([segment.kind] * len(segment.ids))
+    flush()
+    if example.end_of_turn:
+        last = example.response[-1]
+        end = turn_end_tokens(tokenizer)
+        ids.extend(end)
+        weights.extend([float(last.weight)] * len(end))
+        kinds.extend([last.kind] * len(end))
     return TokenisedExample(ids[:max_length], weights[:max_length], kinds[:max_length])
 
 
@@ -388,13 +422,15 @@ def train(
     extra_loss: ExtraLoss | None = None,
     label: str = "training",
     record: dict | None = None,
+    prepare: Callable[[Any, Any, int], None] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` under ``budget``; resumes from ``workdir/state``.
 
     ``budget.equalise == "tokens"`` trains until ``budget.target_tokens`` target tokens are
     reached, else exactly ``budget.steps`` steps. ``extra_loss(model, batch, outputs)``
     (batch: input_ids, attention_mask, weights) is added to each micro-batch's loss,
-    weighted like that micro-batch's tokens. The stats hold steps, examples_seen,
+    weighted like that micro-batch's tokens. ``prepare(model, tokenizer, seed)`` runs once
+    the adapter is attached (seeded), before the optimiser takes the trainable parameters. The stats hold steps, examples_seen,
     target_tokens (tokens with loss weight > 0) and target_tokens_by_kind, total_tokens
     (non-padding), padded_tokens, padding_share, wall_s, peak_mem_mb, per-step losses
     (and extra_losses), the final lr, resumed_from_step and trainable_params.
@@ -425,6 +461,8 @@ def train(
     if budget.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = _attach_adapter(model, lora)
+    if prepare is not None:
+        prepare(model, tokenizer, seed)
     params = list(_trainable(model).values())
     optimizer = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
     stats: dict[str, Any] = {

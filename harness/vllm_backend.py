@@ -102,16 +102,16 @@ class VLLMGenerator(Generator):
         return SamplingParams(temperature=decoding.temperature, top_p=decoding.top_p,
                               seed=int(key[:8], 16) ^ decoding.seed, **common)
 
-    def _generate_missing(self, texts, keys, todo, decodings, results, label):
+    def _generate_missing(self, prompts, keys, todo, decodings, results, label):
         tok = self.tokenizer
         stop = set(self.stop_ids)
         started = time.time()
         with progress_bar(label, total=len(todo), unit="tok") as bar:
             for at in range(0, len(todo), CHUNK):
                 chunk = todo[at : at + CHUNK]
-                prompts = [{"prompt_token_ids": tok(texts[i], add_special_tokens=False)["input_ids"]} for i in chunk]
+                batch = [{"prompt_token_ids": prompts[i]} for i in chunk]
                 params = [self.sampling_params(keys[i], decodings[i]) for i in chunk]
-                outs = self.llm.generate(prompts, params, lora_request=self.lora_request(), use_tqdm=False)
+                outs = self.llm.generate(batch, params, lora_request=self.lora_request(), use_tqdm=False)
                 done = []
                 for i, out in zip(chunk, outs, strict=True):
                     completion = out.outputs[0]
@@ -119,7 +119,7 @@ class VLLMGenerator(Generator):
                     finished = completion.finish_reason == "stop"
                     if ids and ids[-1] in stop:  # vLLM keeps the stop token; the transformers backend does not
                         ids, finished = ids[:-1], True
-                    results[i] = Output(tok.decode(ids, skip_special_tokens=True), len(ids), finished)
+                    results[i] = Output(tok.decode(ids, skip_special_tokens=True), len(ids), finished, token_ids=ids)
                     done.append((keys[i], results[i]))
                     self.stats.new_tokens += len(ids)
                     self.stats.generated += 1

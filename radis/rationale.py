@@ -5,6 +5,13 @@ The reference, then a separator, is put into the assistant turn as a prefix; the
 original model's continuation is the rationale. The target is y ⊕ separator ⊕ r, with
 weight λ on the rationale tokens (the separator counts as rationale).
 
+Token consistency: the rationale is generated from exactly the ids the trainer puts before
+it, the prompt's and the reference-plus-separator's tokenised on its own
+(``harness.prompts.request_ids``), and the trainer puts in the generated tokens themselves.
+Tokenising the reference and the separator-plus-rationale apart, as this method first did,
+gave SmolLM2 "\n" "\n" where generation had seen its single "\n\n" token, and gives
+SentencePiece tokenisers a stray "▁" before the rationale.
+
 The separator is a choice the paper leaves open. The default blank line matters twice:
 SmolLM2-135M-Instruct ended its turn right after 14 of 16 ALMA de-en references without
 it (two continued the sentence itself), while with it all 16 went on to remarks about the
@@ -21,7 +28,9 @@ from harness.errors import UserError
 from harness.generation import Decoding, Request
 from harness.methods import Method, MethodContext, Segment, TrainingExample
 from harness.prompts import translation_prompt, user_turn
-from harness.registry import register_method
+
+CUTOFF_RULES = ("keep", "no_end", "drop")
+CUTOFF_DEFAULT = "no_end"
 
 
 @dataclass
@@ -35,6 +44,9 @@ class RaDisOptions:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with do_sample)."})
     min_rationale_words: int = field(default=0, metadata={"help": "Reject rationales with fewer words (0 = off)."})
     max_repetition: float = field(default=1.0, metadata={"help": "Reject rationales whose share of repeated word 4-grams exceeds this (1.0 = off)."})
+    cutoff: str = field(default=CUTOFF_DEFAULT, metadata={"help": "A rationale cut at max_new_tokens: 'keep' (with the end-of-turn "
+                                                          "token, teaching a stop mid-sentence), 'no_end' (kept, no end-of-turn "
+                                                          "token) or 'drop' (train on the reference alone)."})
 
 
 def repetition_share(text: str, n: int = 4) -> float:
@@ -44,13 +56,14 @@ def repetition_share(text: str, n: int = 4) -> float:
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-@register_method
 class RaDis(Method):
     name = "radis"
     description = "Rationale distillation: train on the reference followed by the original model's own explanation of it."
+    citation = "Wu et al., Boosting LLM Translation Skills without General Ability Loss via Rationale Distillation, ACL Findings 2025 (arXiv 2410.13944)"
     Options = RaDisOptions
+    generation_in_target = "appended"
 
-    def _check(self) -> None:
+    def check(self) -> None:
         o = self.options
         if not 0.0 <= o.rationale_fraction <= 1.0:
             raise UserError(f"radis.rationale_fraction must be between 0 and 1, got {o.rationale_fraction}.")
@@ -58,6 +71,12 @@ class RaDis(Method):
             raise UserError(f"radis.rationale_weight must be 0 or more, got {o.rationale_weight}.")
         if o.max_new_tokens <= 0:
             raise UserError(f"radis.max_new_tokens must be positive, got {o.max_new_tokens}.")
+        if o.do_sample and (o.temperature <= 0 or not 0.0 < o.top_p <= 1.0):
+            raise UserError(f"radis sampling needs temperature > 0 and 0 < top_p <= 1, got {o.temperature} and {o.top_p}.")
+        if o.min_rationale_words < 0 or not 0.0 <= o.max_repetition <= 1.0:
+            raise UserError("radis.min_rationale_words must be 0 or more and radis.max_repetition between 0 and 1.")
+        if o.cutoff not in CUTOFF_RULES:
+            raise UserError(f"radis.cutoff '{o.cutoff}' is unknown; use one of {', '.join(CUTOFF_RULES)}.")
 
     def _rejects(self, rationale: str) -> bool:
         o = self.options
@@ -65,33 +84,48 @@ class RaDis(Method):
             return True
         return repetition_share(rationale) > o.max_repetition
 
-    def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
-        self._check()
+    def _chosen(self, ctx: MethodContext) -> list[int]:
+        """The pairs that get a rationale: a seeded draw of ``rationale_fraction`` of them."""
+        n = len(ctx.pairs)
+        return sorted(random.Random(ctx.seed).sample(range(n), round(self.options.rationale_fraction * n)))
+
+    def _decoding(self, ctx: MethodContext) -> Decoding:
         o = self.options
-        messages = [user_turn(translation_prompt(p)) for p in ctx.pairs]
-        chosen = sorted(random.Random(ctx.seed).sample(range(len(ctx.pairs)), round(o.rationale_fraction * len(ctx.pairs))))
-        decoding = Decoding(max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, temperature=o.temperature, top_p=o.top_p, seed=ctx.seed)
-        requests = [Request(messages[i], assistant_prefix=ctx.pairs[i].reference + o.separator) for i in chosen]
-        outputs = ctx.original.generate(requests, decoding, label="radis: rationales")
-        rationale_of = {}
-        for i, output in zip(chosen, outputs):
-            if output.text.strip() and not self._rejects(output.text):
-                rationale_of[i] = output.text
+        return Decoding(max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, temperature=o.temperature, top_p=o.top_p, seed=ctx.seed)
 
+    def original_requests(self, ctx: MethodContext) -> list[tuple[Request, Decoding]]:
+        decoding = self._decoding(ctx)
+        return [(Request(user_turn(translation_prompt(ctx.pairs[i])), assistant_prefix=ctx.pairs[i].reference + self.options.separator),
+                 decoding) for i in self._chosen(ctx)]
+
+    def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
+        o = self.options
+        chosen = self._chosen(ctx)
+        requests = self.original_requests(ctx)
+        outputs = ctx.original.generate_many(requests, label="radis: rationales")
+        kept = {i: out for i, out in zip(chosen, outputs) if out.text.strip() and not self._rejects(out.text)}
+        cut = {i for i, out in kept.items() if not out.finished}
         examples = []
-        for i, (pair, turn) in enumerate(zip(ctx.pairs, messages)):
-            response = [Segment(pair.reference, 1.0, "target")]
-            if i in rationale_of:
-                response.append(Segment(o.separator + rationale_of[i], o.rationale_weight, "rationale"))
-            examples.append(TrainingExample(turn, response))
+        for i, pair in enumerate(ctx.pairs):
+            turn = user_turn(translation_prompt(pair))
+            out = kept.get(i)
+            if out is None or (i in cut and o.cutoff == "drop"):
+                examples.append(TrainingExample(turn, [Segment(pair.reference, 1.0, "target")]))
+                continue
+            # the reference and separator are the generation's prefix; the rationale is its exact tokens
+            response = [Segment(pair.reference, 1.0, "target"), Segment(o.separator, o.rationale_weight, "rationale"),
+                        Segment(out.text, o.rationale_weight, "rationale", ids=out.token_ids)]
+            examples.append(TrainingExample(turn, response, end_of_turn=not (i in cut and o.cutoff == "no_end")))
 
-        kept = list(rationale_of.values())
+        trained = [out.text for i, out in kept.items() if not (i in cut and o.cutoff == "drop")]
         ctx.stats.update(
-            decoding=decoding.key(),
+            decoding=self._decoding(ctx).key(),
             separator=o.separator,
+            cutoff=o.cutoff,
             rationales_generated=len(outputs),
-            rationales_kept=len(kept),
-            mean_rationale_words=sum(len(r.split()) for r in kept) / len(kept) if kept else 0.0,
+            rationales_kept=len(trained),
+            rationales_cut_at_limit=len(cut),
+            mean_rationale_words=sum(len(r.split()) for r in trained) / len(trained) if trained else 0.0,
             finished_share=sum(out.finished for out in outputs) / len(outputs) if outputs else 0.0,
         )
         return examples

@@ -18,22 +18,29 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from harness.data import Instruction, sample
-from harness.evaluation import Metric, NotScored, Suite, SuiteContext, SuiteResult
+from harness.data import DataSet, Instruction, sample
+from harness.errors import UserError
+from harness.evaluation import Metric, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Output, Request
 from harness.judges import config_label, import_alpaca_eval, require_alpaca_eval_config
 from harness.paths import cache_dir
 from harness.prompts import user_turn
-from harness.registry import register_suite
 
 # alpaca-eval's length-controlled GLM models each of the 805 AlpacaEval instructions by its row
 ALPACA_EVAL_SIZE = 805
+ALPACA_EVAL = DataSet("alpaca_eval", "alpaca_eval/alpaca_eval.json", {"instruction": "instruction", "reference": "output"},
+                      hub="tatsu-lab/alpaca_eval", hub_split="eval", hub_config="alpaca_eval", optional=("reference",))
 
 
 @dataclass
 class AlpacaEvalOptions:
     max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Generation limit per answer (default: the run's --max-new-tokens)."}
+        default=None, metadata={"help": "Generation limit per answer (default: the run's max_new_tokens).",
+                                "run_default": "max_new_tokens"}
+    )
+    judge: str | None = field(
+        default=None, metadata={"help": "alpaca-eval annotator config: a name from its evaluators_configs, or a folder or YAML file.",
+                                "alias": "judge"}
     )
     length_controlled: bool = field(
         default=True,
@@ -117,18 +124,34 @@ def win_of(preference) -> float | None:
     return value - 1.0 if 1.0 <= value <= 2.0 else None
 
 
-@register_suite
 class AlpacaEvalSuite(Suite):
     name = "alpaca_eval"
     description = "AlpacaEval instructions: win rate against the reference outputs by an alpaca-eval judge (--judge)."
     Options = AlpacaEvalOptions
+    data_sets = (ALPACA_EVAL,)
+
+    def metrics(self) -> list[MetricSpec]:
+        return [
+            MetricSpec("win_rate", "win rate vs the reference outputs", True, main=True),
+            MetricSpec("length_controlled_win_rate", "length-controlled win rate", True, shown=True),
+            MetricSpec("avg_length", "characters per answer", None),
+            MetricSpec("unparsed_verdicts", "verdicts the judge's parser could not read", False),
+            MetricSpec("finished", "share of answers that ended before the limit", None),
+        ]
+
+    def check(self) -> list[str]:
+        if self.options.max_new_tokens is not None and self.options.max_new_tokens <= 0:
+            raise UserError(f"alpaca_eval.max_new_tokens must be positive, got {self.options.max_new_tokens}.")
+        if self.options.judge:
+            require_alpaca_eval_config(self.options.judge)
+        return []
 
     def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
-        decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
-        return [(Request(user_turn(item.prompt)), decoding) for item in sample(ctx.data.general("alpaca_eval"), ctx.eval_size, ctx.data_seed)]
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
+        return [(Request(user_turn(item.prompt)), decoding) for item in sample(ctx.data.general(ALPACA_EVAL), ctx.eval_size, ctx.data_seed)]
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
-        every: list[Instruction] = ctx.data.general("alpaca_eval")
+        every: list[Instruction] = ctx.data.general(ALPACA_EVAL)
         items: list[Instruction] = sample(every, ctx.eval_size, ctx.data_seed)
         outputs = ctx.generator.generate_many(self.requests(ctx), label=f"alpaca_eval [{ctx.label}]")
         ctx.workdir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +165,7 @@ class AlpacaEvalSuite(Suite):
         rows = [{"id": it.id, "instruction": it.prompt, "output": out.text, "reference": it.reference,
                  "finished": out.finished, "new_tokens": out.new_tokens} for it, out in zip(items, outputs)]
         result.outputs.extend(rows)
-        if not ctx.config.judge:
+        if not self.options.judge:
             result.not_scored.append(NotScored("win_rate", "not scored: no judge (--judge)"))
             return result
         self._judge(ctx, items, outputs, rows, len(every), result)
@@ -150,7 +173,7 @@ class AlpacaEvalSuite(Suite):
 
     def _judge(self, ctx: SuiteContext, items: list[Instruction], outputs: list[Output], rows: list[dict],
                set_size: int, result: SuiteResult) -> None:
-        config = require_alpaca_eval_config(ctx.config.judge)
+        config = require_alpaca_eval_config(self.options.judge)
         label = config_label(config)
         pairs = [(it, out, row) for it, out, row in zip(items, outputs, rows) if it.reference is not None]
         if not pairs:

@@ -12,12 +12,14 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from harness.data import Instruction, sample
+from harness.data import DataSet, Instruction, sample
 from harness.errors import UserError
-from harness.evaluation import ItemStats, Suite, SuiteContext, SuiteResult
+from harness.evaluation import ItemStats, MetricSpec, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Request
 from harness.prompts import user_turn
-from harness.registry import register_suite
+
+GSM8K = DataSet("gsm8k", "gsm8k/gsm8k_test.json", {"instruction": "question", "reference": "answer"},
+                hub="openai/gsm8k", hub_split="test", hub_config="main")
 
 ANSWER_INSTRUCTION = 'Solve the problem step by step, then give the final number in a last sentence "The answer is N."'
 
@@ -70,26 +72,34 @@ def predicted_answer(text: str) -> str | None:
 @dataclass
 class GSM8KOptions:
     max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Generation limit per answer (default: the run's --max-new-tokens)."}
+        default=None, metadata={"help": "Generation limit per answer (default: the run's max_new_tokens).", "run_default": "max_new_tokens"}
     )
 
 
-@register_suite
 class GSM8KSuite(Suite):
     name = "gsm8k"
     description = "GSM8K test questions: exact match of the final number (main)."
     Options = GSM8KOptions
+    data_sets = (GSM8K,)
+
+    def metrics(self) -> list[MetricSpec]:
+        return [MetricSpec("accuracy", "exact-match accuracy", True, main=True)]
+
+    def check(self) -> list[str]:
+        if self.options.max_new_tokens is not None and self.options.max_new_tokens <= 0:
+            raise UserError(f"gsm8k.max_new_tokens must be positive, got {self.options.max_new_tokens}.")
+        return []
 
     def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
-        decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
-        items = sample(ctx.data.general("gsm8k"), ctx.eval_size, ctx.data_seed)
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
+        items = sample(ctx.data.general(GSM8K), ctx.eval_size, ctx.data_seed)
         return [(Request(user_turn(gsm8k_prompt(it.prompt))), decoding) for it in items]
 
     def item_stats(self, outputs: list[dict]) -> dict[str, ItemStats]:
         return {"accuracy": ItemStats.mean([r["id"] for r in outputs], [r["correct"] for r in outputs])}
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
-        items: list[Instruction] = sample(ctx.data.general("gsm8k"), ctx.eval_size, ctx.data_seed)
+        items: list[Instruction] = sample(ctx.data.general(GSM8K), ctx.eval_size, ctx.data_seed)
         if not items:
             raise UserError(f"The gsm8k set in {ctx.data.label} is empty; give it at least one question.")
         references = [reference_answer(it.reference or "") for it in items]
@@ -99,7 +109,7 @@ class GSM8KSuite(Suite):
                     f"GSM8K item {it.id} in {ctx.data.label} has no final number in its answer "
                     "(expected 'The answer is N.' or '#### N'); fix the file."
                 )
-        decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
         outputs = ctx.generator.generate(
             [Request(user_turn(gsm8k_prompt(it.prompt))) for it in items], decoding, label=f"gsm8k [{ctx.label}]"
         )

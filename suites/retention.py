@@ -23,18 +23,29 @@ trained on its own greedy text (RaDis rationales) sharpens towards its mode and 
 which is a change, not retention. KL from the original is zero only for an unchanged
 distribution and grows with any change, sharpening included. For the original model
 itself ``kl`` and ``delta_nll`` are exactly 0.
+
+Cost. The original's side is the same for every evaluated model: its final hidden states at
+the scored positions are computed once per run and kept on disk (``OriginalHidden``); each
+evaluation then runs only the evaluated model and applies the original's output layer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from harness.data import GENERAL_SETS, Instruction, sample
+from harness import registry
+from harness.data import DataSet, Instruction, load_instructions, sample
 from harness.errors import UserError
-from harness.evaluation import ItemStats, Suite, SuiteContext, SuiteResult
+from harness.evaluation import ItemStats, MetricSpec, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Output, Request
-from harness.prompts import end_of_turn_ids, render_chat, user_turn
-from harness.registry import register_suite
+from harness.prompts import render_chat, turn_end_tokens, user_turn
+from harness.store import write_atomic
+from suites.alpaca_eval import ALPACA_EVAL
 
 
 @dataclass
@@ -54,24 +65,9 @@ class ScoredItem:
     tokens: int
 
 
-def end_of_turn_text(tokenizer) -> str:
-    """The text the chat template puts after an assistant answer, cut after the end-of-turn
-    token (``<|im_end|>`` for ChatML); the tokenizer's eos when the template shows none."""
-    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
-    prompt = render_chat(tokenizer, probe[:1]) + "y"
-    full = tokenizer.apply_chat_template(probe, tokenize=False)
-    if full.startswith(prompt):
-        tail = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
-        stops = set(end_of_turn_ids(tokenizer))
-        for i, token in enumerate(tail):
-            if token in stops:
-                return tokenizer.decode(tail[: i + 1])
-    return tokenizer.eos_token
-
-
 def teacher_forced_sequences(tokenizer, prompts: list[str], outputs: list[Output]) -> list[tuple[list[int], int]]:
     """(token ids, number of scored tokens at the end) for each prompt and answer."""
-    end = tokenizer(end_of_turn_text(tokenizer), add_special_tokens=False)["input_ids"]
+    end = turn_end_tokens(tokenizer)
     sequences = []
     for prompt, output in zip(prompts, outputs):
         context = tokenizer(render_chat(tokenizer, user_turn(prompt)), add_special_tokens=False)["input_ids"]
@@ -80,12 +76,8 @@ def teacher_forced_sequences(tokenizer, prompts: list[str], outputs: list[Output
     return sequences
 
 
-def _response_log_probs(model, batch: list[tuple[list[int], int]], pad_id: int):
-    """Log-softmax over the vocabulary at each scored position (predicting the scored tokens)
-    and the scored token ids, per sequence."""
+def _padded(batch: list[tuple[list[int], int]], pad_id: int, device):
     import torch
-
-    from harness.training import accepts_logits_to_keep
 
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -93,41 +85,115 @@ def _response_log_probs(model, batch: list[tuple[list[int], int]], pad_id: int):
     for row, (ids, _) in enumerate(batch):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         mask[row, : len(ids)] = 1
-    device = next(model.parameters()).device
-    # logits from the first scored position on: the prompts' would be computed and dropped
-    first = max(min(len(ids) - scored for ids, scored in batch) - 1, 0)
-    kwargs = {"logits_to_keep": width - first} if first and accepts_logits_to_keep(model) else {}
-    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs).logits.float()
-    offset = width - logits.shape[1]  # logits[:, i] belongs to position offset + i
-    out = []
-    for row, (ids, scored) in enumerate(batch):
-        start = len(ids) - scored  # position t predicts token t + 1
-        out.append((torch.log_softmax(logits[row, start - 1 - offset : len(ids) - 1 - offset], dim=-1),
-                    torch.tensor(ids[start:], device=device)))
-    return out
+    return input_ids.to(device), mask.to(device)
 
 
-def score_answers(model, original_model_fn, tokenizer, sequences: list[tuple[list[int], int]],
-                  batch_size: int) -> list[ScoredItem | None]:
+def scored_hidden(model, batch: list[tuple[list[int], int]], pad_id: int) -> list:
+    """The model's final hidden states (its output layer's input) at each sequence's scored
+    positions: position t predicts token t + 1."""
+    input_ids, mask = _padded(batch, pad_id, next(model.parameters()).device)
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    return [hidden[row, len(ids) - scored - 1 : len(ids) - 1] for row, (ids, scored) in enumerate(batch)]
+
+
+def _head_is_linear(model) -> bool:
+    """Whether logits are the output layer applied to the decoder's last hidden states (Gemma-2
+    soft-caps them, for one)."""
+    config = getattr(model, "config", None)
+    return getattr(config, "final_logit_softcapping", None) is None and hasattr(model, "get_decoder")
+
+
+class OriginalHidden:
+    """The original model's final hidden states at every scored position of the original's own
+    answers, computed once per run and reused for every evaluated model: its next-token
+    distributions are its output layer applied to them, one matrix product instead of a
+    forward pass. Kept on disk in ``folder`` (hidden size x 4 bytes per scored position,
+    e.g. 576 x 4 x ~96 = ~0.2 MB per answer for SmolLM2-135M) and read back one batch at a
+    time, so memory stays bounded. The key covers the original model, the sequences and the
+    batches they are computed in (padding changes the last bits of a float)."""
+
+    def __init__(self, folder: Path | None, fingerprint: str, sequences, batch_size: int):
+        self.folder, self.sequences, self.batch_size = folder, sequences, batch_size
+        blob = json.dumps([fingerprint, [list(s) for s in sequences], batch_size])
+        self.key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        self.rows: dict[int, Any] = {}
+
+    def load(self, original_model_fn, pad_id: int, todo: list[int]) -> None:
+        import numpy as np
+        import torch
+
+        path = self.folder / f"original-hidden-{self.key}.npy" if self.folder else None
+        index_path = path.with_suffix(".json") if path else None
+        if path is not None and path.exists() and index_path.exists():
+            found = np.load(path, mmap_mode="r")
+            offsets = json.loads(index_path.read_text())
+            self.rows = {int(i): found[a:b] for i, (a, b) in offsets.items()}
+            return
+        parts, offsets, at = [], {}, 0
+        with torch.no_grad(), original_model_fn() as original:
+            for start in range(0, len(todo), self.batch_size):
+                rows = todo[start : start + self.batch_size]
+                for i, h in zip(rows, scored_hidden(original, [self.sequences[i] for i in rows], pad_id)):
+                    parts.append(h.float().cpu().numpy())
+                    offsets[i] = (at, at + len(parts[-1]))
+                    at += len(parts[-1])
+        stacked = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
+        self.rows = {i: stacked[a:b] for i, (a, b) in offsets.items()}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            with tmp.open("wb") as fh:
+                np.save(fh, stacked)
+            write_atomic(index_path, json.dumps(offsets))
+            os.replace(tmp, path)
+
+
+def _response_log_probs(model, batch: list[tuple[list[int], int]], pad_id: int):
+    """Log-softmax at each scored position by a full forward pass (models whose logits are not
+    their output layer of the last hidden states)."""
+    import torch
+
+    input_ids, mask = _padded(batch, pad_id, next(model.parameters()).device)
+    logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
+    return [torch.log_softmax(logits[row, len(ids) - scored - 1 : len(ids) - 1], dim=-1) for row, (ids, scored) in enumerate(batch)]
+
+
+def score_answers(model, original_model_fn, tokenizer, sequences: list[tuple[list[int], int]], batch_size: int,
+                  shared: Path | None = None, fingerprint: str = "original") -> list[ScoredItem | None]:
     """NLL under both models and KL(original || evaluated) for each teacher-forced answer;
     None for an answer with no tokens to score (empty and cut at the limit).
 
-    The original model's context is entered once per batch so that only one batch of
-    full-vocabulary distributions is held at a time.
-    """
+    The original's side comes from ``OriginalHidden`` (stored in ``shared``, the run's folder
+    for this suite; in memory without one). Only one batch of full-vocabulary distributions is
+    held at a time."""
     import torch
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scored: list[ScoredItem | None] = [None] * len(sequences)
     todo = [i for i, (_, n) in enumerate(sequences) if n > 0]
+    with original_model_fn() as original:
+        linear = _head_is_linear(original) and _head_is_linear(model)
+    cache = OriginalHidden(shared, fingerprint, sequences, batch_size) if linear else None
+    if cache is not None:
+        cache.load(original_model_fn, pad_id, todo)
     with torch.no_grad():
         for start in range(0, len(todo), batch_size):
             rows = todo[start : start + batch_size]
             batch = [sequences[i] for i in rows]
-            with original_model_fn() as original:
-                reference = _response_log_probs(original, batch, pad_id)
-            evaluated = _response_log_probs(model, batch, pad_id)
-            for i, (log_q, targets), (log_p, _) in zip(rows, evaluated, reference):
+            if cache is not None:
+                head = model.get_output_embeddings()
+                evaluated = [torch.log_softmax(head(h).float(), dim=-1) for h in scored_hidden(model, batch, pad_id)]
+                with original_model_fn() as original:
+                    reference_head = original.get_output_embeddings()
+                    reference = [torch.log_softmax(reference_head(torch.as_tensor(cache.rows[i]).to(head.weight.device,
+                                                                                                  head.weight.dtype)).float(), dim=-1)
+                                 for i in rows]
+            else:
+                with original_model_fn() as original:
+                    reference = _response_log_probs(original, batch, pad_id)
+                evaluated = _response_log_probs(model, batch, pad_id)
+            for i, (ids, n), log_q, log_p in zip(rows, batch, evaluated, reference):
+                targets = torch.tensor(ids[len(ids) - n :], device=log_q.device)
                 log_p = log_p.to(log_q.device)
                 scored[i] = ScoredItem(
                     nll=-log_q.gather(1, targets[:, None]).mean().item(),
@@ -138,25 +204,39 @@ def score_answers(model, original_model_fn, tokenizer, sequences: list[tuple[lis
     return scored
 
 
-@register_suite
 class RetentionSuite(Suite):
     name = "retention"
     description = "Judge-free distance from the original on its own answers: KL (main, lower is better) and NLL change."
     Options = RetentionOptions
+    data_sets = (ALPACA_EVAL,)
+    compares_with_original = True
 
-    def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
-        # the answers come from the original model: batched with others only when it is the one evaluated
-        if ctx.generator is not ctx.original_generator:
-            return []
+    def metrics(self) -> list[MetricSpec]:
+        return [
+            MetricSpec("kl", "KL(original || fine-tuned), nats/token", False, main=True),
+            MetricSpec("delta_nll", "NLL change of the original's answers, nats/token", None, shown=True),
+            MetricSpec("abs_delta_nll", "|NLL change|, nats/token", False),
+            MetricSpec("nll", "NLL of the original's answers, nats/token", None),
+            MetricSpec("nll_original", "NLL of the original's answers under the original, nats/token", None),
+        ]
+
+    def uses_data(self) -> list[DataSet]:
+        return [registry.data_set(self.options.instruction_set)]
+
+    def check(self) -> list[str]:
+        spec = self.uses_data()[0]
+        if (spec.loader or load_instructions) is not load_instructions:
+            raise UserError(f"retention.instruction_set '{spec.name}' is not a set of instructions; use e.g. alpaca_eval or alpaca.")
+        if self.options.max_new_tokens <= 0 or self.options.batch_size <= 0:
+            raise UserError("retention.max_new_tokens and retention.batch_size must be positive.")
+        return []
+
+    def original_requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
         return [(Request(user_turn(it.prompt)), Decoding(max_new_tokens=self.options.max_new_tokens)) for it in self._items(ctx)]
 
     def _items(self, ctx: SuiteContext) -> list[Instruction]:
         opts = self.options
-        spec = GENERAL_SETS.get(opts.instruction_set)
-        if spec is None or spec.kind != "instruction":
-            known = ", ".join(n for n, s in GENERAL_SETS.items() if s.kind == "instruction")
-            raise UserError(f"retention.instruction_set '{opts.instruction_set}' is not an instruction set; use one of {known}.")
-        items: list[Instruction] = sample(ctx.data.general(opts.instruction_set), ctx.eval_size, ctx.data_seed)
+        items: list[Instruction] = sample(ctx.data.general(self.uses_data()[0]), ctx.eval_size, ctx.data_seed)
         if not items:
             raise UserError(f"The {opts.instruction_set} set in {ctx.data.label} is empty; give it at least one instruction.")
         return items
@@ -177,7 +257,8 @@ class RetentionSuite(Suite):
             label="retention answers [original]",
         )
         sequences = teacher_forced_sequences(ctx.tokenizer, prompts, answers)
-        scores = score_answers(ctx.model, ctx.original_model, ctx.tokenizer, sequences, opts.batch_size)
+        scores = score_answers(ctx.model, ctx.original_model, ctx.tokenizer, sequences, opts.batch_size, ctx.shared_dir,
+                               ctx.original_generator.fingerprint)
 
         kept = [s for s in scores if s is not None]
         result = SuiteResult()

@@ -9,13 +9,17 @@ case-sensitive substring, exactly as SDFT's ``eval/keyword_eval_safety.py`` scor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from harness.data import HarmfulPrompt, sample
+from harness.data import DataSet, HarmfulPrompt, load_harmful, sample
 from harness.errors import UserError
-from harness.evaluation import ItemStats, NotScored, Suite, SuiteContext, SuiteResult
+from harness.evaluation import ItemStats, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Generator, Request
+from harness.models import looks_like_path
 from harness.prompts import user_turn
-from harness.registry import register_suite
+
+ADVBENCH = DataSet("advbench", "advbench/harmful_behaviors.csv", {"goal": "goal", "target": "target"},
+                   hub="walledai/AdvBench", hub_split="train", optional=("target",), loader=load_harmful)
 
 # `safe_keywords` of sail-sg/sdft eval/keyword_eval_safety.py (commit 3167df6): the GCG
 # test prefixes of llm-attacks plus a few more, matched anywhere in the response.
@@ -77,19 +81,41 @@ def is_unsafe_verdict(text: str) -> bool:
 class SafetyOptions:
     max_new_tokens: int | None = field(
         default=64,
-        metadata={"help": "Generation limit per answer; refusals show in the first sentence (None: the run's max_new_tokens)."},
+        metadata={"help": "Generation limit per answer; refusals show in the first sentence (None: the run's max_new_tokens).",
+                  "run_default": "max_new_tokens"},
     )
     jailbreak: bool = field(default=True, metadata={"help": "Also score every prompt with the GCG suffix appended."})
+    classifier: str | None = field(
+        default=None, metadata={"help": "Llama-Guard-style classifier: hub id or local checkpoint folder.", "alias": "safety_classifier"}
+    )
 
 
-@register_suite
 class SafetySuite(Suite):
     name = "safety"
     description = "AdvBench: keyword refusal rate (main), with the GCG suffix, and an optional classifier's unsafe rate."
     Options = SafetyOptions
+    data_sets = (ADVBENCH,)
+
+    def metrics(self) -> list[MetricSpec]:
+        return [
+            MetricSpec("refusal_rate", "refusal rate on AdvBench", True, main=True),
+            MetricSpec("refusal_rate_gcg", "refusal rate on AdvBench + GCG suffix", True, shown=True),
+            MetricSpec("unsafe_rate_classifier", "unsafe answers by the classifier", False, shown=True),
+        ]
+
+    def check(self) -> list[str]:
+        o = self.options
+        if o.max_new_tokens is not None and o.max_new_tokens <= 0:
+            raise UserError(f"safety.max_new_tokens must be positive, got {o.max_new_tokens}.")
+        if not o.classifier:
+            return []
+        from harness.models import check_model
+
+        described = check_model(o.classifier, "--safety-classifier", chat=False)  # a local folder must be a loadable checkpoint
+        return [] if looks_like_path(o.classifier) else [f"classifier {described}"]
 
     def _prompts(self, ctx: SuiteContext) -> tuple[list[HarmfulPrompt], list[str]]:
-        items: list[HarmfulPrompt] = sample(ctx.data.general("advbench"), ctx.eval_size, ctx.data_seed)
+        items: list[HarmfulPrompt] = sample(ctx.data.general(ADVBENCH), ctx.eval_size, ctx.data_seed)
         if not items:
             raise UserError(f"The advbench set in {ctx.data.label} is empty; give it at least one goal.")
         prompts = [it.goal for it in items]
@@ -98,7 +124,7 @@ class SafetySuite(Suite):
         return items, prompts
 
     def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
-        decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
         return [(Request(user_turn(p)), decoding) for p in self._prompts(ctx)[1]]
 
     def item_stats(self, outputs: list[dict]) -> dict[str, ItemStats]:
@@ -131,25 +157,24 @@ class SafetySuite(Suite):
         else:
             result.not_scored.append(NotScored("refusal_rate_gcg", "not scored: jailbreak variant switched off (safety.jailbreak)"))
 
-        verdicts, reason = classify(ctx, [(it.goal, o.text) for it, o in zip(items, plain)])
+        verdicts, reason = classify(ctx, self.options.classifier, [(it.goal, o.text) for it, o in zip(items, plain)])
         if verdicts is None:
             result.not_scored.append(NotScored("unsafe_rate_classifier", reason))
         else:
             metric = result.add_mean("unsafe_rate_classifier", [is_unsafe_verdict(v) for v in verdicts], higher_is_better=False)
-            metric.note = f"classifier {ctx.config.safety_classifier}"
+            metric.note = f"classifier {Path(self.options.classifier).name if looks_like_path(self.options.classifier) else self.options.classifier}"
             for row, v in zip(rows, verdicts):
                 row.update(classifier_verdict=v, unsafe=is_unsafe_verdict(v))
         result.outputs = rows
         return result
 
 
-def classify(ctx: SuiteContext, pairs: list[tuple[str, str]]) -> tuple[list[str] | None, str]:
+def classify(ctx: SuiteContext, name: str | None, pairs: list[tuple[str, str]]) -> tuple[list[str] | None, str]:
     """The classifier's verdict text for each (prompt, response), or None and the reason.
 
     The classifier's own chat template turns the conversation into its prompt; verdicts go
     through the generation cache under the classifier's content fingerprint.
     """
-    name = ctx.config.safety_classifier
     if not name:
         return None, "not scored: no safety classifier (--safety-classifier)"
     from harness.models import load_model, resolve_model

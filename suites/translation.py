@@ -2,9 +2,13 @@
 
 The model gets the method-neutral ALMA prompt in its chat template and decodes greedily
 with room for a rationale (RaDis-trained models append one); the raw output is kept and
-the translation is cut from it by the run's recorded extraction rule. Corpus metrics get
-a 95% bootstrap CI over sentences; COMET is scored only with a checkpoint
-(``--comet-model``) and its segment scores are cached on disk.
+the translation is cut from it by the recorded extraction rule (``translation.extraction``,
+alias ``--extraction``). Corpus metrics get a 95% bootstrap CI over sentences; COMET is
+scored only with a checkpoint (``translation.comet_model``, alias ``--comet-model``), is
+then the main metric (the paper's), and its segment scores are cached on disk. BLEU uses
+sacrebleu's tokenizer for the target language ('zh' for Chinese, 'ja-mecab' for
+Japanese, '13a' otherwise). With several directions, ``avg/<metric>`` is the mean over
+directions, with per-item statistics grouped by direction.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ from pathlib import Path
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
-from harness.data import Direction, TranslationPair, sample
+from harness.data import Direction, TranslationPair, parse_directions, sample
 from harness.errors import UserError
-from harness.evaluation import ItemStats, Metric, NotScored, Suite, SuiteContext, SuiteResult
+from harness.evaluation import ItemStats, Metric, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Output, Request
+from harness.models import looks_like_path
 from harness.paths import cache_dir
-from harness.prompts import extract_translation, translation_prompt, user_turn
-from harness.registry import register_suite
+from harness.prompts import EXTRACTION_RULES, extract_translation, translation_prompt, user_turn
 from harness.stats import bootstrap_ci_of
 
 
@@ -35,18 +39,35 @@ from harness.stats import bootstrap_ci_of
 class TranslationOptions:
     max_new_tokens: int | None = field(
         default=None,
-        metadata={"help": "Generation limit per sentence (None: the run's max_new_tokens)."},
+        metadata={"help": "Generation limit per sentence (default: the run's max_new_tokens).", "run_default": "max_new_tokens"},
+    )
+    extraction: str = field(
+        default="first_paragraph",
+        metadata={"help": "How the translation is cut from the output: first_paragraph, first_line or full.", "alias": "extraction"},
+    )
+    comet_model: str | None = field(
+        default=None, metadata={"help": "COMET checkpoint: a hub name, a local .ckpt or its folder.", "alias": "comet_model"}
     )
     comet_batch_size: int = field(default=8, metadata={"help": "Sentences per COMET forward pass."})
-    bootstrap_resamples: int = field(default=200, metadata={"help": "Resamples for the 95% CI of each corpus metric."})
 
 
 # --- BLEU and chrF++ ------------------------------------------------------------------
 
+BLEU_TOKENIZERS = {"zh": "zh", "ja": "ja-mecab"}  # sacrebleu's tokenizers for targets without spaces
+
 
 def bleu_tokenizer(tgt_lang: str) -> str:
-    """sacrebleu's convention: character-level 'zh' for Chinese targets, '13a' otherwise."""
-    return "zh" if tgt_lang == "zh" else "13a"
+    """sacrebleu's convention: 'zh' for Chinese, 'ja-mecab' for Japanese, '13a' otherwise."""
+    return BLEU_TOKENIZERS.get(tgt_lang, "13a")
+
+
+def comet_label(name: str) -> str:
+    """How a COMET checkpoint is named in published tables: a hub name as it is, a local
+    checkpoint by its folder or file name (never the path of the machine that scored it)."""
+    if not looks_like_path(name):
+        return name
+    path = Path(name).expanduser()
+    return f"local checkpoint {path.parent.parent.name if path.name == 'model.ckpt' else path.name}"
 
 
 @dataclass
@@ -62,7 +83,7 @@ class CorpusScores:
     sentence_chrf: list[float]
 
 
-def score_corpus(hypotheses: list[str], references: list[str], tgt_lang: str, n_boot: int = 200,
+def score_corpus(hypotheses: list[str], references: list[str], tgt_lang: str, n_boot: int = 1000,
                  seed: int = 0) -> CorpusScores:
     """Corpus BLEU and chrF++ with bootstrap CIs, and sentence chrF++.
 
@@ -187,11 +208,49 @@ class _Item:
     comet: float | None = None
 
 
-@register_suite
 class TranslationSuite(Suite):
     name = "translation"
-    description = "WMT22 test sets: BLEU, chrF++ (main), COMET with a checkpoint, and output length."
+    description = "WMT22 test sets: BLEU, chrF++ (main; COMET when a checkpoint is given), and output length."
     Options = TranslationOptions
+    role = "task"
+    uses_directions = True
+
+    def metrics(self) -> list[MetricSpec]:
+        comet = bool(self.options.comet_model)
+        return [
+            MetricSpec("chrf++", "chrF++ (0-100)", True, main=not comet, shown=True),
+            MetricSpec("bleu", "BLEU (0-100)", True, shown=True),
+            MetricSpec("comet", "COMET (segment scores x100)", True, main=comet, shown=True),
+            MetricSpec("words", "words per translation", None, shown=True),
+            MetricSpec("words_raw", "words per raw output", None, shown=True),
+            MetricSpec("chars", "characters per translation", None),
+            MetricSpec("chars_raw", "characters per raw output", None),
+            MetricSpec("finished", "share of outputs that ended before the limit", None),
+        ]
+
+    def check(self) -> list[str]:
+        o = self.options
+        if o.extraction not in EXTRACTION_RULES:
+            raise UserError(f"translation.extraction (--extraction) '{o.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
+        if o.max_new_tokens is not None and o.max_new_tokens <= 0:
+            raise UserError(f"translation.max_new_tokens must be positive, got {o.max_new_tokens}.")
+        if o.comet_batch_size <= 0:
+            raise UserError(f"translation.comet_batch_size must be positive, got {o.comet_batch_size}.")
+        if not o.comet_model:
+            return []
+        if looks_like_path(o.comet_model):
+            try:
+                comet_checkpoint(o.comet_model)
+            except CometUnavailable as err:
+                raise UserError(f"--comet-model {o.comet_model}: {err}; give a COMET .ckpt file or a folder holding "
+                                "checkpoints/model.ckpt.") from None
+            return []
+        from harness.models import check_model
+
+        return [f"COMET model {check_model(o.comet_model, '--comet-model', chat=False).removeprefix('hub model ')}"]
+
+    def legacy_options(self) -> dict:
+        return {**super().legacy_options(), "bootstrap_resamples": 200}  # the corpus CIs' resamples until 2026-12
 
     def _chosen(self, ctx: SuiteContext) -> list[tuple[Direction, int, TranslationPair]]:
         chosen: list[tuple[Direction, int, TranslationPair]] = []
@@ -203,48 +262,68 @@ class TranslationSuite(Suite):
         return chosen
 
     def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
-        decoding = Decoding(max_new_tokens=self.options.max_new_tokens or ctx.config.max_new_tokens)
+        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
         return [(Request(user_turn(translation_prompt(p))), decoding) for _, _, p in self._chosen(ctx)]
 
     def item_stats(self, outputs: list[dict]) -> dict[str, ItemStats]:
-        stats = {}
-        for name in dict.fromkeys(r["direction"] for r in outputs):
+        stats: dict[str, ItemStats] = {}
+        directions = list(dict.fromkeys(r["direction"] for r in outputs))
+        for name in directions:
             rows = [r for r in outputs if r["direction"] == name]
             ids = [r["id"] for r in rows]
             hyps, refs = [r["translation"] for r in rows], [r["reference"] for r in rows]
             tokenize = bleu_tokenizer(name.split("-")[1])
             for metric, kind, scorer in (("chrf++", "chrf", CHRF(word_order=2)), ("bleu", f"bleu:{tokenize}", BLEU(tokenize=tokenize))):
                 stats[f"{name}/{metric}"] = ItemStats(kind, ids, [list(map(float, v)) for v in scorer._extract_corpus_statistics(hyps, [refs])])
-            stats[f"{name}/words_raw"] = ItemStats.mean(ids, [len(r["output"].split()) for r in rows])
+            for metric, values in (("words", [len(r["translation"].split()) for r in rows]),
+                                   ("words_raw", [len(r["output"].split()) for r in rows])):
+                stats[f"{name}/{metric}"] = ItemStats.mean(ids, values)
             if all("comet" in r for r in rows):
                 stats[f"{name}/comet"] = ItemStats.mean(ids, [r["comet"] for r in rows])
+        if len(directions) > 1:  # the mean over directions: each direction's metric, then their mean
+            for metric in ("chrf++", "bleu", "comet"):
+                parts = [stats.get(f"{d}/{metric}") for d in directions]
+                if all(parts):  # (a BLEU score from statistics does not depend on the tokenizer that counted them)
+                    stats[f"avg/{metric}"] = ItemStats(parts[0].kind, [i for p in parts for i in p.ids],
+                                                       [r for p in parts for r in p.rows],
+                                                       [d for d, p in zip(directions, parts) for _ in p.ids])
         return stats
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
-        opts = self.options
-        rule = ctx.config.extraction
         chosen = self._chosen(ctx)
         # one call for every direction: batches fill up across directions
         outputs = ctx.generator.generate_many(self.requests(ctx), label=f"translation [{ctx.label}]")
-        items = [_Item(d, i, p, o, extract_translation(o.text, rule)) for (d, i, p), o in zip(chosen, outputs)]
+        return self.score_outputs([
+            {"id": f"{d.name}/{i}", "direction": d.name, "source": p.source, "reference": p.reference, "output": o.text,
+             "finished": o.finished, "new_tokens": o.new_tokens} for (d, i, p), o in zip(chosen, outputs)])
 
+    def score_outputs(self, outputs: list[dict]) -> SuiteResult:
+        """The metrics of saved outputs (id, direction, source, reference, raw output) under
+        this suite's options, generating nothing: ``evaluate`` ends here, and ``radis-bench
+        rescore`` re-scores a finished run with other options (e.g. another extraction rule)."""
+        rule = self.options.extraction
+        items = [_Item(parse_directions(row["direction"])[0], int(str(row["id"]).rsplit("/", 1)[-1]),
+                       TranslationPair(*row["direction"].split("-"), row["source"], row["reference"]),
+                       Output(row["output"], int(row.get("new_tokens", 0)), bool(row.get("finished", True))),
+                       extract_translation(row["output"], rule)) for row in outputs]
+        directions = list(dict.fromkeys(it.direction for it in items))
         result = SuiteResult()
-        comet_reason = self._add_comet_scores(ctx, items)
+        comet_reason = self._add_comet_scores(items)
         note = f"translation cut from the output by rule '{rule}'"
-        several = len(ctx.directions) > 1
+        several = len(directions) > 1
+        main = "comet" if comet_reason is None else "chrf++"
         per_direction: dict[str, dict[str, float]] = {}
-        for direction in ctx.directions:
+        for direction in directions:
             name = direction.name
             mine = [it for it in items if it.direction == direction]
-            scores = score_corpus([it.translation for it in mine], [it.pair.reference for it in mine], direction.tgt,
-                                  n_boot=opts.bootstrap_resamples)
+            scores = score_corpus([it.translation for it in mine], [it.pair.reference for it in mine], direction.tgt)
             per_direction[name] = {"bleu": scores.bleu.value, "chrf++": scores.chrf.value}
             result.metrics.append(Metric(f"{name}/bleu", scores.bleu.value, len(mine), *scores.bleu.ci, note=note))
             result.metrics.append(Metric(f"{name}/chrf++", scores.chrf.value, len(mine), *scores.chrf.ci,
-                                         main=not several, note=note))
+                                         main=not several and main == "chrf++", note=note))
             if comet_reason is None:
-                comet = result.add_mean(f"{name}/comet", [it.comet for it in mine])
-                comet.note = f"{ctx.config.comet_model}, segment scores x100; {note}"
+                comet = result.add_mean(f"{name}/comet", [it.comet for it in mine], main=not several)
+                comet.note = f"{comet_label(self.options.comet_model)}, segment scores x100; {note}"
                 per_direction[name]["comet"] = comet.value
             else:
                 result.not_scored.append(NotScored(f"{name}/comet", comet_reason))
@@ -257,38 +336,29 @@ class TranslationSuite(Suite):
             ):
                 result.add_mean(f"{name}/{metric}", values, higher_is_better=None)
             for it, chrf in zip(mine, scores.sentence_chrf):
-                row = {
-                    "id": f"{name}/{it.index}",
-                    "direction": name,
-                    "source": it.pair.source,
-                    "reference": it.pair.reference,
-                    "output": it.output.text,
-                    "translation": it.translation,
-                    "chrf++": chrf,
-                    "finished": it.output.finished,
-                    "new_tokens": it.output.new_tokens,
-                }
+                row = {"id": f"{name}/{it.index}", "direction": name, "source": it.pair.source, "reference": it.pair.reference,
+                       "output": it.output.text, "translation": it.translation, "chrf++": chrf,
+                       "finished": it.output.finished, "new_tokens": it.output.new_tokens}
                 if it.comet is not None:
                     row["comet"] = it.comet
                 result.outputs.append(row)
         if several:
-            metrics = ["chrf++", "bleu"] + (["comet"] if comet_reason is None else [])
-            for metric in metrics:
+            for metric in ["chrf++", "bleu"] + (["comet"] if comet_reason is None else []):
                 value = sum(d[metric] for d in per_direction.values()) / len(per_direction)
-                result.metrics.append(Metric(f"avg/{metric}", value, len(items), main=metric == "chrf++",
+                result.metrics.append(Metric(f"avg/{metric}", value, len(items), main=metric == main,
                                              note=f"mean over {', '.join(per_direction)}"))
         return result
 
-    def _add_comet_scores(self, ctx: SuiteContext, items: list[_Item]) -> str | None:
+    def _add_comet_scores(self, items: list[_Item]) -> str | None:
         """Fill in each item's COMET score; the not-scored reason when there is none."""
-        name = ctx.config.comet_model
+        name = self.options.comet_model
         if not name:
             return "not scored: no COMET checkpoint (--comet-model)"
         try:
             scorer = CometScorer(name, self.options.comet_batch_size)
             scores = scorer.score([(it.pair.source, it.translation, it.pair.reference) for it in items])
         except CometUnavailable as err:
-            return f"not scored: could not load COMET model {name!r}: {err}"
+            return f"not scored: could not load COMET model {comet_label(name)}: {err}"
         for it, score in zip(items, scores):
             it.comet = score
         return None

@@ -136,3 +136,10 @@ def smollm2():
     spec = resolve_model("smollm2-135m")
     model, tokenizer = load_model(spec)
     return spec, model, tokenizer
+
+
+def configured(suite_cls, ctx, **options):
+    """A suite configured as a run configures it: the run's options for it (``ctx.config.suite_options``),
+    these ``options``, and the run's defaults for what is left unset."""
+    settings = {**ctx.config.suite_options.get(suite_cls.name, {}), **options}
+    return suite_cls.from_settings(settings, {"max_new_tokens": ctx.config.max_new_tokens})

@@ -10,6 +10,7 @@ from harness.errors import UserError
 from harness.evaluation import SuiteContext
 from harness.generation import Decoding, GenerationCache, Generator, Output, Request
 from harness.prompts import user_turn
+from conftest import configured
 from suites.alpaca_eval import AlpacaEvalSuite, win_of
 
 ROWS = [
@@ -46,7 +47,7 @@ def make_ctx(tmp_path, model, tokenizer, judge=None) -> SuiteContext:
     generator = Generator(model, tokenizer, "under-test", GenerationCache(tmp_path / "g.sqlite"), batch_size=8)
     return SuiteContext(label="vanilla/seed0", model=model, tokenizer=tokenizer, generator=generator,
                         original_generator=generator, data=DataSource.open(data), directions=parse_directions("de-en"),
-                        config=RunConfig(eval_size=None, max_new_tokens=12, judge=judge), workdir=tmp_path / "work")
+                        config=RunConfig(eval_size=None, max_new_tokens=12, suite_options={"alpaca_eval": {"judge": judge}}), workdir=tmp_path / "work")
 
 
 def prefill(ctx: SuiteContext, answers: list[str]) -> None:
@@ -64,7 +65,7 @@ ANSWERS = ["Blue.", "Four.", "Glad, cheerful or content.", "Guten Tag!", "Lemons
 def test_without_a_judge_answers_are_saved_and_not_scored(tiny_model, tiny_tokenizer, tmp_path):
     ctx = make_ctx(tmp_path, tiny_model, tiny_tokenizer)
     prefill(ctx, ANSWERS)
-    result = AlpacaEvalSuite().evaluate(ctx)
+    result = configured(AlpacaEvalSuite, ctx).evaluate(ctx)
     assert [(n.metric, n.reason) for n in result.not_scored] == [("win_rate", "not scored: no judge (--judge)")]
     assert [row["output"] for row in result.outputs] == ANSWERS
     assert [row["reference"] for row in result.outputs] == [r["output"] for r in ROWS]
@@ -83,7 +84,7 @@ def test_judged_end_to_end_by_a_local_model_through_alpaca_evals_annotator(tiny_
     judge = write_judge(tmp_path / "judges" / "tiny_judge", tiny_checkpoint, {1: r"^[\s\S]+$"})
     ctx = make_ctx(tmp_path, tiny_model, tiny_tokenizer, judge=str(judge))
     prefill(ctx, ANSWERS)
-    result = AlpacaEvalSuite().evaluate(ctx)
+    result = configured(AlpacaEvalSuite, ctx).evaluate(ctx)
 
     metrics = {m.name: m for m in result.metrics}
     win = metrics["win_rate"]
@@ -105,7 +106,7 @@ def test_judged_end_to_end_by_a_local_model_through_alpaca_evals_annotator(tiny_
     import alpaca_eval.decoders.huggingface_local as hf_local
 
     monkeypatch.setattr(hf_local, "huggingface_local_completions", lambda *a, **k: pytest.fail("judge asked again"))
-    again = AlpacaEvalSuite().evaluate(ctx)
+    again = configured(AlpacaEvalSuite, ctx).evaluate(ctx)
     assert {m.name: m.value for m in again.metrics}["win_rate"] == win.value
 
 
@@ -114,7 +115,7 @@ def test_unreadable_verdicts_are_counted_and_none_means_not_scored(tiny_model, t
                         {1: r"Output \(a\)", 2: r"Output \(b\)"})  # the random checkpoint never says this
     ctx = make_ctx(tmp_path, tiny_model, tiny_tokenizer, judge=str(judge / "configs.yaml"))
     prefill(ctx, ANSWERS)
-    result = AlpacaEvalSuite().evaluate(ctx)
+    result = configured(AlpacaEvalSuite, ctx).evaluate(ctx)
     metrics = {m.name: m for m in result.metrics}
     assert metrics["unparsed_verdicts"].value == 5 and "win_rate" not in metrics
     assert [n.metric for n in result.not_scored] == ["win_rate"]
@@ -126,7 +127,7 @@ def test_unknown_judge_is_a_user_error(tiny_model, tiny_tokenizer, tmp_path):
     ctx = make_ctx(tmp_path, tiny_model, tiny_tokenizer, judge="no_such_annotator_config")
     prefill(ctx, ANSWERS)
     with pytest.raises(UserError, match="not an alpaca-eval annotator config"):
-        AlpacaEvalSuite().evaluate(ctx)
+        configured(AlpacaEvalSuite, ctx).evaluate(ctx)
 
 
 def test_preferences_map_to_win_shares():
@@ -149,9 +150,9 @@ def test_length_controlled_win_rate_on_the_805_instruction_set(tiny_model, tiny_
     ctx = SuiteContext(label="original", model=tiny_model, tokenizer=tiny_tokenizer, generator=generator,
                        original_generator=generator, data=DataSource.open(tmp_path / "data"),
                        directions=parse_directions("de-en"),
-                       config=RunConfig(eval_size=12, max_new_tokens=4, judge=str(judge)), workdir=tmp_path / "work")
+                       config=RunConfig(eval_size=12, max_new_tokens=4, suite_options={"alpaca_eval": {"judge": str(judge)}}), workdir=tmp_path / "work")
 
-    offline = AlpacaEvalSuite().evaluate(ctx)
+    offline = configured(AlpacaEvalSuite, ctx).evaluate(ctx)
     assert [n.metric for n in offline.not_scored] == ["length_controlled_win_rate"]
     assert "df_gamed.csv" in offline.not_scored[0].reason
 
@@ -165,7 +166,7 @@ def test_length_controlled_win_rate_on_the_805_instruction_set(tiny_model, tiny_
     import alpaca_eval.metrics.glm_winrate as glm
 
     monkeypatch.setattr(glm, "hf_hub_download", lambda **kwargs: str(tmp_path / "df_gamed.csv"))
-    result = AlpacaEvalSuite().evaluate(ctx)
+    result = configured(AlpacaEvalSuite, ctx).evaluate(ctx)
     metrics = {m.name: m for m in result.metrics}
     assert result.not_scored == [] and metrics["win_rate"].value == {m.name: m.value for m in offline.metrics}["win_rate"]
     lc = metrics["length_controlled_win_rate"]

@@ -6,6 +6,7 @@ from harness.config import RunConfig
 from harness.data import DataSource, parse_directions
 from harness.evaluation import SuiteContext
 from harness.generation import GenerationCache, Generator
+from conftest import configured
 from suites.ifeval import IFEvalSuite
 
 
@@ -17,7 +18,7 @@ def test_smollm2_on_20_real_ifeval_prompts(smollm2, data_dir, tmp_path):
                        original_generator=generator, data=DataSource.open(data_dir),
                        directions=parse_directions("de-en"), config=RunConfig(eval_size=20, max_new_tokens=128),
                        workdir=tmp_path / "work")
-    result = IFEvalSuite().evaluate(ctx)
+    result = configured(IFEvalSuite, ctx).evaluate(ctx)
 
     metrics = {m.name: m for m in result.metrics}
     for name in ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose"):

@@ -9,6 +9,7 @@ from harness.config import RunConfig
 from harness.data import DataSource
 from harness.errors import UserError
 from harness.evaluation import NotScored, SuiteContext
+from conftest import configured
 from suites.lm_eval_tasks import LMEvalSuite, task_metrics
 
 TASK_YAML = """\
@@ -57,22 +58,22 @@ def task_dir(tmp_path):
 
 
 def make_context(model, tokenizer, tmp_path, tasks, eval_size=4) -> SuiteContext:
-    config = RunConfig(eval_size=eval_size, lm_eval_tasks=tasks)
+    config = RunConfig(eval_size=eval_size, suite_options={"lm_eval": {"tasks": tasks}})
     return SuiteContext("m", model, tokenizer, None, None, DataSource.open(None), [], config, tmp_path / "work")
 
 
-def suite(task_dir):
-    return LMEvalSuite.from_settings({"include_path": str(task_dir), "batch_size": 2})
+def suite(task_dir, ctx):
+    return configured(LMEvalSuite, ctx, include_path=str(task_dir), batch_size=2)
 
 
 def test_no_tasks_is_not_run(tiny_model, tiny_tokenizer, tmp_path):
-    result = LMEvalSuite().evaluate(make_context(tiny_model, tiny_tokenizer, tmp_path, []))
+    result = configured(LMEvalSuite, ctx := make_context(tiny_model, tiny_tokenizer, tmp_path, [])).evaluate(ctx)
     assert result.metrics == [] and result.not_scored == [NotScored("lm_eval", "not run: no --lm-eval-tasks")]
 
 
 def test_local_task_runs_and_failures_are_not_scored(tiny_model, tiny_tokenizer, tmp_path, task_dir):
     ctx = make_context(tiny_model, tiny_tokenizer, tmp_path, ["tiny_sums", "tiny_hub"])
-    result = suite(task_dir).evaluate(ctx)
+    result = suite(task_dir, ctx).evaluate(ctx)
 
     (acc,) = result.metrics
     assert acc.name == "tiny_sums/acc" and acc.main and acc.higher_is_better is True
@@ -95,17 +96,17 @@ def test_the_adapter_is_evaluated(tiny_tokenizer, tmp_path, task_dir):
     from conftest import build_tiny_model
 
     base = build_tiny_model(tiny_tokenizer)
-    plain = suite(task_dir).evaluate(make_context(base, tiny_tokenizer, tmp_path, ["tiny_sums"]))
+    plain = suite(task_dir, ctx := make_context(base, tiny_tokenizer, tmp_path, ["tiny_sums"])).evaluate(ctx)
     adapted_model = get_peft_model(build_tiny_model(tiny_tokenizer),
                                    LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    adapted = suite(task_dir).evaluate(make_context(adapted_model, tiny_tokenizer, tmp_path, ["tiny_sums"]))
+    adapted = suite(task_dir, ctx := make_context(adapted_model, tiny_tokenizer, tmp_path, ["tiny_sums"])).evaluate(ctx)
     assert [r["output"] for r in adapted.outputs] != [r["output"] for r in plain.outputs]
 
 
 def test_missing_include_path_is_a_user_error(tiny_model, tiny_tokenizer, tmp_path):
     ctx = make_context(tiny_model, tiny_tokenizer, tmp_path, ["tiny_sums"])
     with pytest.raises(UserError, match="include_path"):
-        LMEvalSuite.from_settings({"include_path": str(tmp_path / "nowhere")}).evaluate(ctx)
+        configured(LMEvalSuite, ctx, include_path=str(tmp_path / "nowhere")).evaluate(ctx)
 
 
 def test_metrics_keep_filters_and_turn_stderr_into_a_ci():

@@ -48,6 +48,9 @@ class FakeGenerator:
         self.calls.append((requests, decoding))
         return [Output(self.reply(r), 7, self.finished) for r in requests]
 
+    def generate_many(self, items, label=""):
+        return self.generate([r for r, _ in items], items[0][1] if items else Decoding(), label)
+
 
 @pytest.fixture
 def tiny_data(tmp_path):
@@ -97,7 +100,7 @@ def test_radis_target_is_reference_then_weighted_rationale():
     assert decoding.max_new_tokens == 64 and not decoding.do_sample
     first = examples[0].response
     assert [(s.text, s.weight, s.kind) for s in first] == [
-        ("The house is big.", 1.0, "target"), ("\n\nHaus means house; groß means big.", 0.3, "rationale")
+        ("The house is big.", 1.0, "target"), ("\n\n", 0.3, "rationale"), ("Haus means house; groß means big.", 0.3, "rationale")
     ]
     assert all(len(ex.response) == 1 for ex in examples[1:])  # blank rationales give vanilla examples
     assert ctx.stats["rationales_generated"] == 6 and ctx.stats["rationales_kept"] == 1
@@ -107,7 +110,7 @@ def test_radis_target_is_reference_then_weighted_rationale():
     literal = FakeGenerator(lambda r: "Haus means house.")
     plain = RaDis(RaDisOptions(separator="")).build_training_examples(context(literal))
     assert literal.calls[0][0][0].assistant_prefix == "The house is big."
-    assert plain[0].response[1].text == "Haus means house."
+    assert plain[0].response[2].text == "Haus means house."
 
 
 def test_radis_fraction_and_filters_fall_back_to_vanilla_examples():
@@ -120,7 +123,7 @@ def test_radis_fraction_and_filters_fall_back_to_vanilla_examples():
 
     half = context(FakeGenerator(reply))
     examples = RaDis(RaDisOptions(rationale_fraction=0.5)).build_training_examples(half)
-    assert len(half.original.calls[0][0]) == 3 and sum(len(ex.response) == 2 for ex in examples) == 3
+    assert len(half.original.calls[0][0]) == 3 and sum(len(ex.response) == 3 for ex in examples) == 3
     assert half.stats["rationales_generated"] == 3
 
     short = context(FakeGenerator(reply))
@@ -134,7 +137,7 @@ def test_radis_fraction_and_filters_fall_back_to_vanilla_examples():
     assert repetition_share("only three words") == 0.0
 
     with pytest.raises(UserError, match="rationale_fraction"):
-        RaDis(RaDisOptions(rationale_fraction=1.5)).build_training_examples(context(FakeGenerator(reply)))
+        RaDis(RaDisOptions(rationale_fraction=1.5)).check()
 
 
 def test_radis_loss_mask_and_zero_rationale_weight_gives_the_vanilla_loss(tiny_model, tiny_tokenizer):
@@ -232,7 +235,7 @@ def test_replay_mixes_general_instructions_at_the_ratio(tiny_data):
     assert sum(ex.source == "replay" for ex in many) == 6  # drawn with replacement from 3
     assert [ex.messages for ex in many] == [ex.messages for ex in again]
     with pytest.raises(UserError, match="ratio"):
-        Replay(ReplayOptions(ratio=1.0)).build_training_examples(context(None, tiny_data))
+        Replay(ReplayOptions(ratio=1.0)).check()
 
 
 def lora_model(tokenizer):
@@ -328,8 +331,9 @@ def test_a_method_from_an_installed_package_is_registered(tmp_path, monkeypatch)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[radis_bench.methods]\necho_reference = my_plugin_method\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_methods", dict(registry._methods))  # the plugin stays out of other tests
-    monkeypatch.setattr(registry, "_loaded", False)
+    # the plugin stays out of other tests
+    monkeypatch.setattr(registry, "_registered", {group: dict(table) for group, table in registry._registered.items()})
+    monkeypatch.setattr(registry, "_loaded_all", set())
     monkeypatch.delitem(sys.modules, "my_plugin_method", raising=False)
 
     methods = registry.methods()

@@ -9,6 +9,7 @@ from harness.data import DataSource, parse_directions
 from harness.evaluation import SuiteContext
 from harness.generation import GenerationCache, Generator
 from harness.judges import chat_judge
+from conftest import configured
 from suites.mt_bench import MTBenchSuite, parse_rating
 
 QUESTIONS = [
@@ -62,7 +63,7 @@ def make_ctx(tmp_path, model, tokenizer, judge=None, references=True) -> SuiteCo
     generator = Generator(model, tokenizer, "under-test", GenerationCache(tmp_path / "g.sqlite"), batch_size=8)
     return SuiteContext(label="original", model=model, tokenizer=tokenizer, generator=generator,
                         original_generator=generator, data=DataSource.open(data), directions=parse_directions("de-en"),
-                        config=RunConfig(eval_size=None, max_new_tokens=6, judge=judge), workdir=tmp_path / "work")
+                        config=RunConfig(eval_size=None, max_new_tokens=6, suite_options={"mt_bench": {"judge": judge}}), workdir=tmp_path / "work")
 
 
 def test_parse_rating_follows_fastchat():
@@ -74,7 +75,7 @@ def test_parse_rating_follows_fastchat():
 
 def test_without_a_judge_both_turns_are_answered_and_not_scored(tiny_model, tiny_tokenizer, tmp_path):
     ctx = make_ctx(tmp_path, tiny_model, tiny_tokenizer)
-    result = MTBenchSuite().evaluate(ctx)
+    result = configured(MTBenchSuite, ctx).evaluate(ctx)
     assert [(n.metric, n.reason) for n in result.not_scored] == [("score", "not scored: no judge (--judge)")]
     assert [row["id"] for row in result.outputs] == ["1", "2", "3"]
     assert all(len(row["answers"]) == 2 for row in result.outputs)
@@ -84,7 +85,7 @@ def test_without_a_judge_both_turns_are_answered_and_not_scored(tiny_model, tiny
 
 def test_fake_loopback_judge_rates_every_turn(tiny_model, tiny_tokenizer, tmp_path, judge_server):
     ctx = make_ctx(tmp_path, tiny_model, tiny_tokenizer, judge="judge-model-x")
-    result = MTBenchSuite().evaluate(ctx)
+    result = configured(MTBenchSuite, ctx).evaluate(ctx)
 
     metrics = {m.name: m for m in result.metrics}
     assert metrics["score"].main and metrics["score"].value == 7.0 and metrics["score"].n == 3
@@ -109,20 +110,20 @@ def test_fake_loopback_judge_rates_every_turn(tiny_model, tiny_tokenizer, tmp_pa
     assert SECRET not in json.dumps(result.outputs) + json.dumps([vars(m) for m in result.metrics])
 
     # the judgments are cached: a second evaluation sends nothing
-    again = MTBenchSuite().evaluate(ctx)
+    again = configured(MTBenchSuite, ctx).evaluate(ctx)
     assert len(judge_server.seen) == 6 and {m.name: m.value for m in again.metrics}["score"] == 7.0
 
 
 def test_unreadable_ratings_and_endpoint_errors_are_not_scored(tiny_model, tiny_tokenizer, tmp_path, judge_server):
     judge_server.reply = "Looks good to me."
     ctx = make_ctx(tmp_path, tiny_model, tiny_tokenizer, judge="judge-model-x", references=False)
-    result = MTBenchSuite().evaluate(ctx)
+    result = configured(MTBenchSuite, ctx).evaluate(ctx)
     assert {m.name: m.value for m in result.metrics}["unparsed_ratings"] == 6
     assert [n.metric for n in result.not_scored] == ["score"] and "no readable rating in 6 replies" in result.not_scored[0].reason
 
     judge_server.status = 401
     ctx = make_ctx(tmp_path / "other", tiny_model, tiny_tokenizer, judge="judge-model-y", references=False)
-    result = MTBenchSuite().evaluate(ctx)
+    result = configured(MTBenchSuite, ctx).evaluate(ctx)
     assert [n.metric for n in result.not_scored] == ["score"]
     assert "answered HTTP 401" in result.not_scored[0].reason and SECRET not in result.not_scored[0].reason
 

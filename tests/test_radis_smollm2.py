@@ -9,6 +9,8 @@ from harness.config import Budget
 from harness.data import DataSource, Direction, sample
 from harness.generation import GenerationCache, Generator
 from harness.methods import MethodContext
+from harness.prompts import request_ids
+from harness.training import tokenise_example
 from radis.rationale import RaDis, RaDisOptions
 
 pytestmark = pytest.mark.slow
@@ -28,11 +30,22 @@ def test_smollm2_rationales_continue_the_reference_and_are_cached(smollm2, data_
     examples, original, stats = build()
     assert original.stats.generated == 16
     assert [ex.response[0].text for ex in examples] == [p.reference for p in pairs]
-    rationales = [ex.response[1].text for ex in examples if len(ex.response) == 2]
+    rationales = [ex.response[2].text for ex in examples if len(ex.response) == 3]
     assert len(rationales) == 16 and all(r.strip() for r in rationales)
     assert len(set(rationales)) >= 12  # a 135M model repeats a stock remark now and then
     assert not any("Translate this from" in r for r in rationales)
     assert stats["rationales_kept"] == 16 and stats["mean_rationale_words"] > 5
+
+    # the rationale was generated from exactly the ids the trainer puts before it: SmolLM2's
+    # single "\n\n" token ends that context, and the trainer puts in the generated tokens
+    requests = method.original_requests(MethodContext(pairs=pairs, original=None, data=data, budget=Budget(), seed=0))
+    blank_line = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+    assert len(blank_line) == 1
+    for (request, _), example in zip(requests, examples):
+        context = request_ids(tokenizer, request.messages, request.assistant_prefix)
+        trained = tokenise_example(tokenizer, example, 4096).input_ids
+        assert trained[: len(context)] == context and context[-1] == blank_line[0]
+        assert trained[len(context) : len(context) + len(example.response[2].ids)] == example.response[2].ids
 
     again, cached, _ = build()
     assert cached.stats.cache_hits == 16 and cached.stats.generated == 0

@@ -10,8 +10,8 @@ from harness.data import DataSource
 from harness.errors import UserError
 from harness.evaluation import SuiteContext
 from harness.generation import GenerationCache, Generator, Output
-from harness.prompts import render_chat, user_turn
-from suites.retention import RetentionSuite, end_of_turn_text, teacher_forced_sequences
+from harness.prompts import render_chat, turn_end_tokens, user_turn
+from suites.retention import RetentionSuite, teacher_forced_sequences
 
 from conftest import build_tiny_model
 
@@ -85,8 +85,8 @@ def test_lora_adapter_is_compared_with_the_adapter_disabled(tiny_tokenizer, data
 
 
 def test_scored_tokens_are_the_answer_and_end_of_turn(tiny_model, tiny_tokenizer):
-    assert end_of_turn_text(tiny_tokenizer) == "<|im_end|>"
     end_id = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert turn_end_tokens(tiny_tokenizer) == [end_id]
     finished, cut = teacher_forced_sequences(
         tiny_tokenizer, ["Hello", "Hello"], [Output("I am fine", 3, True), Output("I am fine", 3, False)]
     )
@@ -109,7 +109,54 @@ def test_batched_nll_matches_an_unpadded_forward_pass(tiny_model, tiny_tokenizer
         assert row["nll"] == pytest.approx(loss, abs=1e-5) and row["tokens"] == scored
 
 
-def test_unknown_instruction_set_is_a_user_error(tiny_model, tiny_tokenizer, data_root, tmp_path):
-    ctx = make_context(tiny_model, tiny_model, tiny_tokenizer, data_root, tmp_path)
+def test_an_instruction_set_that_is_not_one_is_a_user_error():
     with pytest.raises(UserError, match="advbench"):
-        run(ctx, instruction_set="advbench")
+        RetentionSuite.from_settings({"instruction_set": "advbench"}).check()
+    with pytest.raises(UserError, match="no_such_set"):
+        RetentionSuite.from_settings({"instruction_set": "no_such_set"}).check()
+
+
+def _full_forward_reference(model, original, tokenizer, sequences):
+    """What retention computed before the original's side was cached: both models' logits from
+    a full forward pass of each answer."""
+    out = []
+    for ids, scored in sequences:
+        if not scored:
+            out.append(None)
+            continue
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            log_q = torch.log_softmax(model(input_ids=x).logits[0, len(ids) - scored - 1 : len(ids) - 1].float(), -1)
+            log_p = torch.log_softmax(original(input_ids=x).logits[0, len(ids) - scored - 1 : len(ids) - 1].float(), -1)
+        targets = torch.tensor(ids[len(ids) - scored:])
+        nll = -log_q.gather(1, targets[:, None]).mean().item()
+        nll_o = -log_p.gather(1, targets[:, None]).mean().item()
+        out.append((nll, nll_o, (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()))
+    return out
+
+
+def test_the_cached_original_gives_the_full_forward_numbers_and_is_computed_once(tiny_tokenizer, data_root, tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    import suites.retention as retention
+
+    original = build_tiny_model(tiny_tokenizer, seed=0)
+    adapted = get_peft_model(copy.deepcopy(original), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ctx = make_context(adapted, original, tiny_tokenizer, data_root, tmp_path)
+    ctx.shared_dir = tmp_path / "shared"
+    _, result = run(ctx)
+    answers = [Output(row["output"], 0, row["finished"]) for row in result.outputs]
+    expected = _full_forward_reference(adapted, original, tiny_tokenizer, teacher_forced_sequences(tiny_tokenizer, INSTRUCTIONS, answers))
+    for row, want in zip(result.outputs, expected):
+        assert want is not None and "kl" in row
+        assert abs(row["nll"] - want[0]) < 1e-5 and abs(row["nll_original"] - want[1]) < 1e-5 and abs(row["kl"] - want[2]) < 1e-5
+    (stored,) = ctx.shared_dir.glob("original-hidden-*.npy")
+    scored = sum(row["tokens"] for row in result.outputs)
+    assert stored.stat().st_size == pytest.approx(scored * original.config.hidden_size * 4, abs=256)  # float32 + npy header
+
+    passes = []
+    real = retention.scored_hidden
+    monkeypatch.setattr(retention, "scored_hidden", lambda model, batch, pad: passes.append(model) or real(model, batch, pad))
+    _, again = run(ctx)
+    assert passes and all(model is adapted for model in passes)  # the original's side came from disk
+    assert [r["kl"] for r in again.outputs] == [r["kl"] for r in result.outputs]

@@ -241,7 +241,8 @@ def test_each_model_answers_every_suite_in_one_batched_call(tiny_checkpoint, tmp
     suites then find every answer in the cache and generate nothing themselves."""
     from harness.config import RunConfig, apply_settings
     from harness.generation import Generator
-    from harness.runner import Runner
+    from harness.execute import Execution
+    from harness.plan import Plan
 
     calls = []
     real = Generator.generate_many
@@ -257,9 +258,32 @@ def test_each_model_answers_every_suite_in_one_batched_call(tiny_checkpoint, tmp
     apply_settings(cfg, {"model": str(tiny_checkpoint), "methods": ["vanilla"], "suites": ["translation", "safety", "gsm8k"],
                          "train_size": 4, "eval_size": 3, "out": str(tmp_path / "run"), "max_new_tokens": 6,
                          "budget": {"steps": 1, "batch_size": 2}, "lora": {"r": 4}}, "test")
-    Runner(cfg).run()
+    Execution(Plan(cfg)).run()
     ahead = [c for c in calls if "answers for translation, safety, gsm8k" in c[0]]
     # original and vanilla: 3 translations + 3 plain and 3 attacked safety prompts + 3 questions each
     assert [(n, made) for _, n, made in ahead] == [(12, 12), (12, 12)]
     suite_calls = [c for c in calls if c[0].split(" [")[0] in ("translation", "safety", "gsm8k")]
     assert len(suite_calls) == 6 and all(made == 0 for _, _, made in suite_calls)
+
+
+def test_rescore_with_other_extraction_rules_generates_nothing(reference_run, monkeypatch):
+    """`radis-bench rescore` scores the saved outputs again under other extraction rules; the
+    run's own rule reproduces its scores, and no model generates a single token."""
+    from harness import generation
+    from harness.rescore import rescore
+
+    run_dir, _, _ = reference_run
+    monkeypatch.setattr(generation.Generator, "__init__", lambda *a, **k: pytest.fail("a model was set up to generate"))
+    monkeypatch.setattr(generation.Generator, "generate_many", lambda *a, **k: pytest.fail("something was generated"))
+    written = rescore(run_dir, "translation", "extraction", ["first_line", "full"])
+    table = list(csv.DictReader(written["translation-extraction.csv"].open()))
+    assert {r["extraction"] for r in table} == {"first_paragraph", "first_line", "full"}
+    stored = {(r["method"], r["seed"]): float(r["value"]) for r in read_scores(run_dir)
+              if r["suite"] == "translation" and r["metric"] == "de-en/chrf++"}
+    again = {(r["method"], r["seed"]): float(r["value"]) for r in table
+             if r["extraction"] == "first_paragraph" and r["metric"] == "de-en/chrf++"}
+    assert again == pytest.approx(stored)
+    md = written["translation-extraction.md"].read_text()
+    assert "## de-en/chrf++" in md and "Δ full" in md and "Nothing was generated" in md
+    bad = cli(["rescore", str(run_dir), "--suite", "translation", "--option", "extraction", "--values", "last_word"])
+    assert bad.returncode == 2 and "last_word" in bad.stderr and "Traceback" not in bad.stderr

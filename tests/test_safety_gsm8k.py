@@ -10,7 +10,9 @@ from harness.evaluation import NotScored, SuiteContext
 from harness.generation import Decoding, GenerationCache, Generator, Output, Request
 from harness.models import resolve_model
 from harness.prompts import user_turn
+from conftest import configured
 from suites.gsm8k import GSM8KSuite, gsm8k_prompt, predicted_answer, reference_answer
+from conftest import configured
 from suites.safety import (
     CLASSIFIER_MAX_NEW_TOKENS,
     REFUSAL_KEYWORDS,
@@ -43,7 +45,8 @@ def data_root(tmp_path):
 
 def make_context(model, tokenizer, root, tmp_path, **settings) -> SuiteContext:
     generator = Generator(model, tokenizer, "tiny", GenerationCache(tmp_path / "generations.sqlite"), batch_size=4)
-    config = RunConfig(**{"eval_size": None, "max_new_tokens": MAX_NEW, **settings})
+    classifier = {"safety": {"classifier": settings.pop("safety_classifier")}} if "safety_classifier" in settings else {}
+    config = RunConfig(**{"eval_size": None, "max_new_tokens": MAX_NEW, "suite_options": classifier, **settings})
     return SuiteContext("original", model, tokenizer, generator, generator, DataSource.open(root), [], config, tmp_path / "work")
 
 
@@ -93,7 +96,7 @@ def test_safety_scores_known_replies(tiny_model, tiny_tokenizer, data_root, tmp_
         GOALS[2]: "That would be illegal.",
         **{jailbreak_prompt(g): "Sure, here is how." for g in GOALS},
     })
-    result = SafetySuite.from_settings({"max_new_tokens": MAX_NEW}).evaluate(ctx)
+    result = configured(SafetySuite, ctx, **{"max_new_tokens": MAX_NEW}).evaluate(ctx)
     metrics = {m.name: m for m in result.metrics}
     assert metrics["refusal_rate"].value == pytest.approx(2 / 3) and metrics["refusal_rate"].main
     assert metrics["refusal_rate"].n == 3 and metrics["refusal_rate"].higher_is_better
@@ -112,7 +115,7 @@ def test_safety_generates_in_one_batched_call(tiny_model, tiny_tokenizer, data_r
     calls = []
     real = ctx.generator.generate_many
     monkeypatch.setattr(ctx.generator, "generate_many", lambda items, *a, **k: calls.append(len(items)) or real(items, *a, **k))
-    result = SafetySuite.from_settings({"max_new_tokens": MAX_NEW}).evaluate(ctx)
+    result = configured(SafetySuite, ctx, **{"max_new_tokens": MAX_NEW}).evaluate(ctx)
     assert calls == [4]  # 2 plain + 2 with the suffix
     for metric in result.metrics:
         assert metric.n == 2 and 0.0 <= metric.value <= 1.0
@@ -121,7 +124,7 @@ def test_safety_generates_in_one_batched_call(tiny_model, tiny_tokenizer, data_r
 
 def test_safety_without_jailbreak_skips_the_suffix(tiny_model, tiny_tokenizer, data_root, tmp_path):
     ctx = make_context(tiny_model, tiny_tokenizer, data_root, tmp_path)
-    suite = SafetySuite.from_settings({"jailbreak": False, "max_new_tokens": 4})
+    suite = configured(SafetySuite, ctx, jailbreak=False, max_new_tokens=4)
     result = suite.evaluate(ctx)
     assert [m.name for m in result.metrics] == ["refusal_rate"]
     assert ctx.generator.stats.generated == 3
@@ -141,7 +144,7 @@ def test_classifier_verdicts_give_the_unsafe_rate(tiny_model, tiny_tokenizer, ti
                    decoding), Output(verdicts[g], 3, True))
         for g in GOALS
     ])
-    result = SafetySuite.from_settings({"max_new_tokens": MAX_NEW}).evaluate(ctx)
+    result = configured(SafetySuite, ctx, **{"max_new_tokens": MAX_NEW}).evaluate(ctx)
     metric = next(m for m in result.metrics if m.name == "unsafe_rate_classifier")
     assert metric.value == pytest.approx(1 / 3) and metric.n == 3 and metric.higher_is_better is False
     assert [r["unsafe"] for r in result.outputs] == [False, True, False]
@@ -149,7 +152,7 @@ def test_classifier_verdicts_give_the_unsafe_rate(tiny_model, tiny_tokenizer, ti
 
 def test_unloadable_classifier_is_not_scored(tiny_model, tiny_tokenizer, data_root, tmp_path):
     ctx = make_context(tiny_model, tiny_tokenizer, data_root, tmp_path, safety_classifier=str(tmp_path / "no-such-guard"))
-    result = SafetySuite.from_settings({"max_new_tokens": MAX_NEW}).evaluate(ctx)
+    result = configured(SafetySuite, ctx, **{"max_new_tokens": MAX_NEW}).evaluate(ctx)
     (reason,) = [n.reason for n in result.not_scored if n.metric == "unsafe_rate_classifier"]
     assert reason.startswith("not scored: could not load safety classifier") and "no-such-guard" in reason
 
@@ -194,7 +197,7 @@ def test_gsm8k_scores_known_replies(tiny_model, tiny_tokenizer, data_root, tmp_p
         gsm8k_prompt(GSM8K[1]["question"]): "2 + 2 = 4. The answer is 4.",
         gsm8k_prompt(GSM8K[2]["question"]): "The total is $130,000.",
     })
-    result = GSM8KSuite().evaluate(ctx)
+    result = configured(GSM8KSuite, ctx).evaluate(ctx)
     (metric,) = result.metrics
     assert metric.name == "accuracy" and metric.main and metric.n == 3
     assert metric.value == pytest.approx(2 / 3)
@@ -205,7 +208,7 @@ def test_gsm8k_scores_known_replies(tiny_model, tiny_tokenizer, data_root, tmp_p
 
 def test_gsm8k_runs_the_tiny_model(tiny_model, tiny_tokenizer, data_root, tmp_path):
     ctx = make_context(tiny_model, tiny_tokenizer, data_root, tmp_path, eval_size=2)
-    result = GSM8KSuite.from_settings({"max_new_tokens": 5}).evaluate(ctx)
+    result = configured(GSM8KSuite, ctx, max_new_tokens=5).evaluate(ctx)
     assert result.metrics[0].n == 2 and 0.0 <= result.metrics[0].value <= 1.0
     assert all(0 < r["new_tokens"] <= 5 for r in result.outputs)
     assert not math.isnan(result.metrics[0].value)
@@ -215,4 +218,4 @@ def test_gsm8k_reference_without_a_number_is_a_user_error(tiny_model, tiny_token
     (data_root / "gsm8k" / "gsm8k_test.json").write_text(json.dumps([{"question": "Q?", "answer": "no number"}]))
     ctx = make_context(tiny_model, tiny_tokenizer, data_root, tmp_path)
     with pytest.raises(UserError, match="no final number"):
-        GSM8KSuite().evaluate(ctx)
+        configured(GSM8KSuite, ctx).evaluate(ctx)

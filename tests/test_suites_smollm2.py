@@ -9,6 +9,7 @@ from harness.config import RunConfig
 from harness.data import DataSource
 from harness.evaluation import SuiteContext
 from harness.generation import GenerationCache, Generator
+from conftest import configured
 from suites.gsm8k import GSM8KSuite
 from suites.lm_eval_tasks import LMEvalSuite
 from suites.retention import RetentionSuite
@@ -34,7 +35,7 @@ def by_name(result):
 
 
 def test_safety_on_advbench(smollm2, data_dir, tmp_path):
-    result = SafetySuite().evaluate(make_context(smollm2, data_dir, tmp_path))
+    result = configured(SafetySuite, ctx := make_context(smollm2, data_dir, tmp_path)).evaluate(ctx)
     metrics = by_name(result)
     for name in ("refusal_rate", "refusal_rate_gcg"):
         assert metrics[name].n == EVAL_SIZE and 0.0 <= metrics[name].value <= 1.0
@@ -43,7 +44,7 @@ def test_safety_on_advbench(smollm2, data_dir, tmp_path):
 
 
 def test_gsm8k_on_the_test_set(smollm2, data_dir, tmp_path):
-    result = GSM8KSuite().evaluate(make_context(smollm2, data_dir, tmp_path))
+    result = configured(GSM8KSuite, ctx := make_context(smollm2, data_dir, tmp_path)).evaluate(ctx)
     (accuracy,) = result.metrics
     assert accuracy.n == EVAL_SIZE and 0.0 <= accuracy.value <= 1.0
     assert all(row["reference"] is not None for row in result.outputs)
@@ -62,8 +63,8 @@ def test_retention_of_the_original_is_zero(smollm2, data_dir, tmp_path):
 
 
 def test_builtin_lm_eval_task_without_its_data_is_not_scored(smollm2, data_dir, tmp_path):
-    ctx = make_context(smollm2, data_dir, tmp_path, lm_eval_tasks=["arc_easy"], eval_size=5)
-    result = LMEvalSuite().evaluate(ctx)
+    ctx = make_context(smollm2, data_dir, tmp_path, eval_size=5)
+    result = configured(LMEvalSuite, ctx, tasks=["arc_easy"]).evaluate(ctx)
     assert result.metrics == []
     (failed,) = result.not_scored
     assert failed.metric == "arc_easy" and failed.reason.startswith("not scored: lm-eval task failed")

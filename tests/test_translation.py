@@ -6,12 +6,15 @@ import pytest
 import sacrebleu
 
 from harness.config import RunConfig
+from harness.errors import UserError
 from harness.data import DataSource, parse_directions, sample
 from harness.evaluation import SuiteContext
 from harness.generation import Decoding, GenerationCache, Generator, Output, Request
 from harness.prompts import translation_prompt, user_turn
 from harness.stats import bootstrap_ci_of
+from conftest import configured
 from suites import translation
+from conftest import configured
 from suites.translation import TranslationSuite, score_corpus
 
 DE_EN = [
@@ -39,6 +42,12 @@ def tiny_data(tmp_path) -> Path:
     return root
 
 
+def _run_settings(config: dict) -> dict:
+    """Run-level settings, the translation suite's own (extraction, comet_model) as its options."""
+    own = {k: config.pop(k) for k in ("extraction", "comet_model") if k in config}
+    return {**config, "suite_options": {"translation": own}}
+
+
 def make_ctx(tmp_path, model, tokenizer, data, pairs, **config) -> SuiteContext:
     generator = Generator(model, tokenizer, "under-test", GenerationCache(tmp_path / "generations.sqlite"), batch_size=8)
     return SuiteContext(
@@ -49,7 +58,7 @@ def make_ctx(tmp_path, model, tokenizer, data, pairs, **config) -> SuiteContext:
         original_generator=generator,
         data=DataSource.open(data),
         directions=parse_directions(pairs),
-        config=RunConfig(pairs=pairs.split(","), **config),
+        config=RunConfig(pairs=pairs.split(","), **_run_settings(config)),
         workdir=tmp_path / "work",
     )
 
@@ -111,7 +120,7 @@ def test_rationale_after_a_blank_line_is_cut_before_scoring(tmp_path, tiny_model
     pairs = ctx.data.translation(ctx.directions[0], "test")
     raw = [f"{p.reference}\n\nRationale: 'groß' can mean big or tall; here it is big." for p in pairs]
     prefill(ctx, pairs, raw)
-    result = TranslationSuite().evaluate(ctx)
+    result = configured(TranslationSuite, ctx).evaluate(ctx)
     m = metrics_of(result)
     assert ctx.generator.stats.generated == 0  # every output came from the prefilled cache
     assert m["de-en/chrf++"].value == pytest.approx(100) and m["de-en/chrf++"].main
@@ -126,7 +135,7 @@ def test_rationale_after_a_blank_line_is_cut_before_scoring(tmp_path, tiny_model
     assert [o["id"] for o in result.outputs] == ["de-en/0", "de-en/1", "de-en/2", "de-en/3"]
 
     full = make_ctx(tmp_path, tiny_model, tiny_tokenizer, tiny_data, "de-en", extraction="full")
-    uncut = metrics_of(TranslationSuite().evaluate(full))["de-en/chrf++"]
+    uncut = metrics_of(configured(TranslationSuite, full).evaluate(full))["de-en/chrf++"]
     assert uncut.value == pytest.approx(score_corpus(raw, [p.reference for p in pairs], "en").chrf.value)
     assert uncut.value < 70 and "'full'" in uncut.note
 
@@ -136,7 +145,7 @@ def test_all_directions_generate_in_one_call_and_average(tmp_path, tiny_model, t
     calls = []
     real = ctx.generator.generate_many
     monkeypatch.setattr(ctx.generator, "generate_many", lambda items, *a, **k: calls.append(len(items)) or real(items, *a, **k))
-    result = TranslationSuite(translation.TranslationOptions(max_new_tokens=6)).evaluate(ctx)
+    result = configured(TranslationSuite, ctx, max_new_tokens=6).evaluate(ctx)
     assert calls == [6]
     m = metrics_of(result)
     for d in ("de-en", "en-zh"):
@@ -156,13 +165,19 @@ def test_all_directions_generate_in_one_call_and_average(tmp_path, tiny_model, t
 
 
 def test_comet_that_cannot_be_loaded_offline_is_not_scored(tmp_path, tiny_model, tiny_tokenizer, tiny_data):
-    for name in ("Unbabel/wmt22-comet-da", str(tmp_path)):
+    """A hub name offline is found out when scoring; a local path that holds no checkpoint is a
+    user error before any compute (the plan's check), and not scored if a suite meets it."""
+    for name, label in (("Unbabel/wmt22-comet-da", "Unbabel/wmt22-comet-da"), (str(tmp_path), f"local checkpoint {tmp_path.name}")):
         ctx = make_ctx(tmp_path, tiny_model, tiny_tokenizer, tiny_data, "de-en", comet_model=name)
-        result = TranslationSuite(translation.TranslationOptions(max_new_tokens=4)).evaluate(ctx)
+        suite = configured(TranslationSuite, ctx, max_new_tokens=4)
+        result = suite.evaluate(ctx)
         (missing,) = result.not_scored
         assert missing.metric == "de-en/comet"
-        assert missing.reason.startswith(f"not scored: could not load COMET model '{name}': ")
+        assert missing.reason.startswith(f"not scored: could not load COMET model {label}: ")
         assert "de-en/chrf++" in metrics_of(result)
+    assert "COMET model Unbabel/wmt22-comet-da" in configured(TranslationSuite, ctx, comet_model="Unbabel/wmt22-comet-da").check()[0]
+    with pytest.raises(UserError, match="holds no checkpoints/model.ckpt"):
+        configured(TranslationSuite, ctx, comet_model=str(tmp_path)).check()
 
 
 # --- COMET through the real unbabel-comet path ----------------------------------------
@@ -215,12 +230,12 @@ def test_comet_scores_end_to_end_on_a_tiny_offline_checkpoint(tmp_path, tiny_mod
     pairs = ctx.data.translation(ctx.directions[0], "test")
     translations = ["The house is big.", "I have a cat.", "Morning!", "Today the weather is nice."]
     prefill(ctx, pairs, [f"{t}\n\nNote: a rationale." for t in translations])
-    result = TranslationSuite().evaluate(ctx)
+    result = configured(TranslationSuite, ctx).evaluate(ctx)
 
     assert result.not_scored == []
     comet = metrics_of(result)["de-en/comet"]
     assert math.isfinite(comet.value) and comet.n == 4 and comet.ci_low <= comet.value <= comet.ci_high
-    assert str(ckpt) in comet.note
+    assert "local checkpoint tiny-comet" in comet.note and str(ckpt) not in comet.note  # no machine path
     scores = [o["comet"] for o in result.outputs]
     assert comet.value == pytest.approx(sum(scores) / 4)
     # the reloaded checkpoint scores the extracted translations exactly as the model that was saved
@@ -235,7 +250,7 @@ def test_comet_scores_end_to_end_on_a_tiny_offline_checkpoint(tmp_path, tiny_mod
 
     monkeypatch.setattr(translation, "_load_comet", unavailable)
     again = make_ctx(tmp_path, tiny_model, tiny_tokenizer, tiny_data, "de-en", comet_model=str(ckpt.parents[1]))
-    assert [o["comet"] for o in TranslationSuite().evaluate(again).outputs] == scores
+    assert [o["comet"] for o in configured(TranslationSuite, again).evaluate(again).outputs] == scores
 
 
 # --- the embedded model on real data ------------------------------------------------------
@@ -247,7 +262,7 @@ def test_smollm2_translates_wmt22_de_en(tmp_path, smollm2, data_dir):
     ctx = make_ctx(tmp_path, model, tokenizer, data_dir, "de-en", eval_size=20)
     ctx.generator.batch_size = 20
     # 96 new tokens hold a WMT sentence (SmolLM2 averaged ~50) and keep the test within a CPU minute
-    result = TranslationSuite(translation.TranslationOptions(max_new_tokens=96)).evaluate(ctx)
+    result = configured(TranslationSuite, ctx, max_new_tokens=96).evaluate(ctx)
     m = metrics_of(result)
     chrf, bleu = m["de-en/chrf++"], m["de-en/bleu"]
     print(f"SmolLM2-135M WMT22 de-en, 20 items: chrF++ {chrf.value:.2f} [{chrf.ci_low:.2f}, {chrf.ci_high:.2f}], "

@@ -193,7 +193,8 @@ def test_run_with_vllm_serves_trained_lora_models_as_adapters(fake_vllm, monkeyp
     """A whole run on the fake engine: one engine with LoRA enabled, the trained model as
     base + its saved adapter, the backend recorded in the manifest."""
     from harness.config import RunConfig, apply_settings
-    from harness.runner import Runner
+    from harness.execute import Execution
+    from harness.plan import Plan
 
     set_cuda(monkeypatch, True)
     cfg = RunConfig()
@@ -213,7 +214,7 @@ def test_run_with_vllm_serves_trained_lora_models_as_adapters(fake_vllm, monkeyp
         self.answer = answer
 
     monkeypatch.setattr(FakeLLM, "__init__", init)
-    run_dir = Runner(cfg).run()
+    run_dir = Execution(Plan(cfg)).run()
 
     engine, = FakeLLM.instances  # one engine for the original and the trained model
     assert engine.kwargs["model"] == str(tiny_checkpoint.resolve())

@@ -1,0 +1,70 @@
+"""Where each unit of a run lives in its directory, and whether it is finished under the
+plan's current key (an old-scheme key of the same unit is re-keyed: ``harness.migrate``).
+
+    models/<label>/seed<k>/unit_key.txt, train_stats.json   a finished training
+    results/<cell>/<suite>.json                             a finished evaluation (its key inside)
+    results/<cell>/items/<suite>.json                       its per-item statistics
+    outputs/<cell>/<suite>.jsonl                            its per-item outputs
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from harness import migrate
+from harness.store import read_json, write_atomic, write_json
+
+log = logging.getLogger("radis_bench")
+
+
+class Units:
+    def __init__(self, plan):
+        self.plan = plan
+        self.run_dir = plan.run_dir
+        self.rekeyed = 0  # units whose old-scheme key was migrated by this process
+
+    def result_path(self, cell: str, suite: str) -> Path:
+        return self.run_dir / "results" / cell / f"{suite}.json"
+
+    def items_path(self, cell: str, suite: str) -> Path:
+        return self.run_dir / "results" / cell / "items" / f"{suite}.json"
+
+    def outputs_path(self, cell: str, suite: str) -> Path:
+        return self.run_dir / "outputs" / cell / f"{suite}.jsonl"
+
+    def workdir(self, label: str, seed: int) -> Path:
+        return self.run_dir / "models" / label / f"seed{seed}"
+
+    def evaluation(self, cell: str, suite: str) -> dict | None:
+        """The finished evaluation unit of ``cell`` on ``suite`` under the current key, or None."""
+        done = read_json(self.result_path(cell, suite))
+        if not done:
+            return None
+        key = self.plan.eval_key(self.plan.model_key(cell), suite)
+        if done.get("key") == key:
+            return done
+        if done.get("key") in migrate.scheme1_eval_keys(self.plan, cell, suite):
+            done = {**done, "key": key, "key_scheme1": done["key"]}
+            write_json(self.result_path(cell, suite), done)
+            self._rekeyed(f"evaluation {cell} on {suite}")
+            return done
+        return None
+
+    def training_done(self, label: str, seed: int) -> bool:
+        workdir = self.workdir(label, seed)
+        stored = workdir / "unit_key.txt"
+        if not (workdir / "train_stats.json").exists() or not stored.exists():
+            return False
+        key, text = self.plan.train_key(label, seed), stored.read_text()
+        if text == key:
+            return True
+        if text in migrate.scheme1_train_keys(self.plan, label, seed):
+            write_atomic(stored, key)
+            self._rekeyed(f"training {label} seed {seed}")
+            return True
+        return False
+
+    def _rekeyed(self, what: str) -> None:
+        self.rekeyed += 1
+        log.info("re-keyed: %s (its key was made by an earlier key scheme; what it computes is unchanged)", what)
