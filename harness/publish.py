@@ -18,11 +18,11 @@ from pathlib import Path
 
 from harness.plan import ORIGINAL
 from harness.progress import console
+from harness.report import SCORE_COLUMNS
 from harness.store import StateLock, read_json, read_jsonl, write_atomic, write_json
 
 log = logging.getLogger("radis_bench")
 
-SCORE_COLUMNS = ["model", "method", "seed", "suite", "metric", "value", "n", "ci_low", "ci_high", "higher_is_better", "main", "note"]
 
 
 def _versions() -> dict:

@@ -43,6 +43,7 @@ from harness.config import Budget, LoRASettings, launched_processes
 from harness.errors import UserError
 from harness.methods import TrainingExample
 from harness.progress import progress_bar
+from harness.store import write_json
 from harness.prompts import render_chat, turn_end_tokens
 
 log = logging.getLogger("radis_bench")
@@ -236,7 +237,7 @@ def _steps_for_tokens(items: list[TokenisedExample], budget: Budget, seed: int) 
     if budget.target_tokens is None:
         raise ValueError("budget.target_tokens must be set when equalise='tokens' (see target_tokens_in_steps)")
     if not any(item.target_count() for item in items):
-        raise UserError("No training example has a response token within --max-length; raise budget.max_length.")
+        raise UserError("No training example has a response token within budget.max_length; raise budget.max_length.")
     steps, done = 0, 0
     while done < budget.target_tokens:
         done += sum(items[i].target_count() for i in step_indices(steps, budget.batch_size, len(items), seed))
@@ -322,12 +323,6 @@ def _peak_mem_mb(device: torch.device) -> float:
 # --- atomic files and resumable state --------------------------------------------------------
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Swap a finished temp folder in; a crash in between leaves ``<target>.old`` to fall back on."""
     old = target.with_name(target.name + ".old")
@@ -358,7 +353,7 @@ def _save_state(workdir: Path, model, optimizer, step: int, batch_size: int, sig
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")
-    _write_json(tmp / "progress.json", {"step": step, "position": step * batch_size, "signature": signature, "stats": stats})
+    write_json(tmp / "progress.json", {"step": step, "position": step * batch_size, "signature": signature, "stats": stats})
     _replace_dir(tmp, workdir / STATE_DIR)
 
 
@@ -571,7 +566,7 @@ def train(
         model.save_pretrained(tmp)  # the adapter for LoRA, the whole model for full fine-tuning
         _replace_dir(tmp, workdir / FINAL_DIR)
         stats |= record or {}  # the caller's extra fields, e.g. who computed it
-        _write_json(workdir / STATS_FILE, stats)
+        write_json(workdir / STATS_FILE, stats)
         shutil.rmtree(workdir / STATE_DIR, ignore_errors=True)
     accelerator.wait_for_everyone()
     return TrainResult(model.to(device), stats)
