@@ -141,12 +141,12 @@ def run(
                 raise UserError(f"--sweep '{item}' must look like METHOD.option=v1,v2,..., e.g. radis.rationale_weight=0,0.5,1.")
             apply_settings(cfg, {"sweep": {axis.strip(): [v.strip() for v in values.split(",") if v.strip()]}}, "--sweep")
         validate(cfg)
-        from harness.plan import Plan
+        from harness.plan import Plan, print_plan
 
         plan = Plan(cfg, config_file=config, only=only)
         if dry_run:
             if launched_processes()[0] == 0:
-                plan.print()
+                print_plan(plan)
             return
         signal.signal(signal.SIGTERM, _on_sigterm)
         from harness.execute import Execution

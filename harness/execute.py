@@ -94,13 +94,14 @@ class Execution:
         self.models = Models(plan)
         self.counts = {"reused": 0, "computed": 0}
         self.publisher: Publisher | None = None
+        self.trainings = Trainings(self)
 
     def run(self) -> Path:
-        if self._distributed():
+        if distributed():
             import torch.distributed as dist
 
             if dist.get_rank() != 0:
-                return self._follow()
+                return follow(self.plan, self.models, self.units)
         self.plan.check()  # fail on bad input before any work; the manifest records the sizes
         self.models.backend  # an unusable generation_backend fails here too
         with contextlib.ExitStack() as locks:
@@ -113,7 +114,7 @@ class Execution:
             log.setLevel(logging.INFO)
             try:
                 run_dir = self._run()
-                self._tell(None)
+                tell(None)
                 return run_dir
             finally:
                 log.removeHandler(handler)
@@ -144,7 +145,7 @@ class Execution:
 
             def load(label=label, seed=seed, holder=holder):
                 if "model" not in holder:
-                    holder["model"] = self._trained_model(label, seed)
+                    holder["model"] = self.trainings.model(label, seed)
                 return holder["model"]
 
             pending = [s for s in plan.suites if self.units.evaluation(cell, s) is None]
@@ -176,7 +177,7 @@ class Execution:
             original_model_fn=lambda: contextlib.nullcontext(original_model), size=self.plan.cfg.suite_sizes.get(suite),
         )
 
-    def _method_context(self, label: str, seed: int, original) -> MethodContext:
+    def method_context(self, label: str, seed: int, original) -> MethodContext:
         return MethodContext(pairs=self.plan.train_pairs, original=original, data=self.plan.data,
                              budget=self.plan.budgets[label], seed=seed)
 
@@ -195,7 +196,7 @@ class Execution:
             why += pending
         for cell, label, seed in plan.trained_units():
             if plan.selected(cell) and not self.units.training_done(label, seed):
-                found = self.plan.methods[label].original_requests(self._method_context(label, seed, None))
+                found = self.plan.methods[label].original_requests(self.method_context(label, seed, None))
                 items += found
                 why += [f"{label} data"] if found else []
         if items:
@@ -210,8 +211,55 @@ class Execution:
         if items:
             load()[2].generate_many(items, label=f"{cell}: {len(items)} answers for {', '.join(pending)}")
 
-    # training -------------------------------------------------------------------------------
-    def _trained_model(self, label: str, seed: int):
+    # evaluation -----------------------------------------------------------------------------
+    def _evaluate(self, cell, label, seed, suite, load) -> None:
+        plan, units = self.plan, self.units
+        if units.evaluation(cell, suite) is not None:
+            log.info("reused: %s on %s", cell, suite)
+            self.counts["reused"] += 1
+            return
+        key = plan.eval_key(plan.model_key(cell), suite)
+        ctx = self._context(cell, suite, load)
+        self.say(f"evaluating: {cell} on {suite}")
+        t0, stamp = time.time(), self.publisher.stamp()
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        result = plan.suites[suite].evaluate(ctx)
+        write_jsonl(units.outputs_path(cell, suite), result.outputs)
+        self.publisher.write_item_stats(cell, suite, result.outputs)
+        write_json(units.result_path(cell, suite), {
+            "key": key, "label": cell, "method": label or ORIGINAL, "seed": seed, "suite": suite,
+            "metrics": [dataclasses.asdict(m) for m in result.metrics],
+            "not_scored": [dataclasses.asdict(n) for n in result.not_scored],
+            "seconds": round(time.time() - t0, 1),
+            "computed": stamp,
+        })
+        self.publisher.timings[f"eval {cell} {suite}"] = round(time.time() - t0, 1)
+        self.counts["computed"] += 1
+        self.publisher.computed(cell, stamp)
+        self.publisher.publish()
+
+
+class Trainings:
+    """The training units: reuse a finished one, copy an identical one, or train; then the
+    method's post-processing and a generator for the result."""
+
+    def __init__(self, execution: "Execution"):
+        self.x = execution
+        self.plan, self.units, self.models = execution.plan, execution.units, execution.models
+
+    @property
+    def publisher(self) -> Publisher:
+        return self.x.publisher
+
+    @property
+    def counts(self) -> dict:
+        return self.x.counts
+
+    def say(self, message: str) -> None:
+        self.x.say(message)
+
+    def model(self, label: str, seed: int):
+        """(model, tokenizer, generator) of a trained row: reused, copied from an identical training, or trained."""
         from harness.training import FINAL_DIR, STATS_FILE, load_trained
 
         plan, units = self.plan, self.units
@@ -228,7 +276,7 @@ class Execution:
                 shutil.rmtree(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
             write_atomic(workdir / "unit_key.txt", key)
-            ctx = self._method_context(label, seed, self.models.original[2])
+            ctx = self.x.method_context(label, seed, self.models.original[2])
             t0 = time.time()
             self.say(f"building training data: {label} seed {seed}")
             examples = method.build_training_examples(ctx)
@@ -273,7 +321,7 @@ class Execution:
 
         method = self.plan.methods[label]
         self.say(f"training: {label} seed {seed} ({budget.steps} steps x {budget.batch_size})")
-        self._tell((label, seed, examples, budget, method))
+        tell((label, seed, examples, budget, method))
         stamp = self.publisher.stamp()
         result = train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, extra_loss=method.extra_loss,
                        prepare=method.prepare_model, label=f"train {label} s{seed}", record={"computed": stamp})
@@ -296,7 +344,7 @@ class Execution:
 
     def _same_training(self, label: str, seed: int, examples: list[dict], budget) -> Path | None:
         """Another row's finished training in this run that computed exactly this one."""
-        if self._distributed():
+        if distributed():
             return None
         from harness.training import FINAL_DIR
 
@@ -324,72 +372,49 @@ class Execution:
         baseline = registry.baseline_method()
         if baseline is None:
             raise UserError("budget.equalise=tokens needs budget.target_tokens when no installed method is the baseline.")
-        examples = baseline().build_training_examples(self._method_context(label, seed, None))
+        examples = baseline().build_training_examples(self.x.method_context(label, seed, None))
         return dataclasses.replace(b, target_tokens=target_tokens_in_steps(tokenizer, examples, b, seed))
 
-    # evaluation -----------------------------------------------------------------------------
-    def _evaluate(self, cell, label, seed, suite, load) -> None:
-        plan, units = self.plan, self.units
-        if units.evaluation(cell, suite) is not None:
-            log.info("reused: %s on %s", cell, suite)
-            self.counts["reused"] += 1
-            return
-        key = plan.eval_key(plan.model_key(cell), suite)
-        ctx = self._context(cell, suite, load)
-        self.say(f"evaluating: {cell} on {suite}")
-        t0, stamp = time.time(), self.publisher.stamp()
-        ctx.workdir.mkdir(parents=True, exist_ok=True)
-        result = plan.suites[suite].evaluate(ctx)
-        write_jsonl(units.outputs_path(cell, suite), result.outputs)
-        self.publisher.write_item_stats(cell, suite, result.outputs)
-        write_json(units.result_path(cell, suite), {
-            "key": key, "label": cell, "method": label or ORIGINAL, "seed": seed, "suite": suite,
-            "metrics": [dataclasses.asdict(m) for m in result.metrics],
-            "not_scored": [dataclasses.asdict(n) for n in result.not_scored],
-            "seconds": round(time.time() - t0, 1),
-            "computed": stamp,
-        })
-        self.publisher.timings[f"eval {cell} {suite}"] = round(time.time() - t0, 1)
-        self.counts["computed"] += 1
-        self.publisher.computed(cell, stamp)
-        self.publisher.publish()
 
-    # multi-process launches -------------------------------------------------------------------
-    # Under `accelerate launch -m harness run ...` the main process (rank 0) does the whole run;
-    # the other processes only join each training, which it announces with the examples, the
-    # budget and the method (its options and any state it built), and wait in between.
-    def _distributed(self) -> bool:
-        from harness.config import launched_processes
+# multi-process launches ---------------------------------------------------------------------
+# Under `accelerate launch -m harness run ...` the main process (rank 0) does the whole run;
+# the other processes only join each training, which it announces with the examples, the
+# budget and the method (its options and any state it built), and wait in between.
+def distributed() -> bool:
+    from harness.config import launched_processes
 
-        if launched_processes()[1] <= 1:
-            return False
-        from datetime import timedelta
+    if launched_processes()[1] <= 1:
+        return False
+    from datetime import timedelta
 
-        import torch
-        from accelerate import PartialState
+    import torch
+    from accelerate import PartialState
 
-        # GPUs talk over NCCL, CPU processes over gloo; the waits span whole evaluations
-        PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=24))
-        return True
+    # GPUs talk over NCCL, CPU processes over gloo; the waits span whole evaluations
+    PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=24))
+    return True
 
-    def _tell(self, message) -> None:
-        """Announce a training to the other processes; None ends the run."""
-        import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.broadcast_object_list([message], src=0)
+def tell(message) -> None:
+    """Announce a training to the other processes; None ends the run."""
+    import torch.distributed as dist
 
-    def _follow(self) -> Path:
-        import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list([message], src=0)
 
-        from harness.training import train
 
-        while True:
-            message = [None]
-            dist.broadcast_object_list(message, src=0)
-            if message[0] is None:
-                return self.run_dir
-            label, seed, examples, budget, method = message[0]
-            base, tokenizer = self.models.load_base()
-            train(base, tokenizer, examples, budget, self.plan.loras[label], self.units.workdir(label, seed), seed,
-                  extra_loss=method.extra_loss, prepare=method.prepare_model, label=f"train {label} s{seed}")
+def follow(plan, models: Models, units: Units) -> Path:
+    """A process other than the main one: join every announced training until the run ends."""
+    import torch.distributed as dist
+
+    from harness.training import train
+
+    while True:
+        message = [None]
+        dist.broadcast_object_list(message, src=0)
+        if message[0] is None:
+            return plan.run_dir
+        label, seed, examples, budget, method = message[0]
+        base, tokenizer = models.load_base()
+        train(base, tokenizer, examples, budget, plan.loras[label], units.workdir(label, seed), seed,
+              extra_loss=method.extra_loss, prepare=method.prepare_model, label=f"train {label} s{seed}")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import registry
-from harness.config import Budget, LoRASettings, RunConfig, apply_settings, check_budget, check_lora
+from harness.config import RunConfig, apply_settings, check_budget, check_lora
 from harness.data import DataSource, Direction, MissingData, parse_directions, sample
 from harness.errors import UserError
 
@@ -125,12 +125,13 @@ def expand_sweeps(entries: list[Entry], sweep: dict[str, list], effective) -> li
             registry.get_method(row)  # an unknown name fails here with the known ones
             base = Entry(row, row)
         for combo in itertools.product(*[[(key, v) for v in values] for key, values in row_axes]):
+            # a swept variant runs at the run's seeds (a row's extra seeds are for its own contrasts)
             variant = Entry(row + "".join(f"@{key}={_value_text(v)}" for key, v in combo), base.method,
-                            dict(base.options), dict(base.budget), dict(base.lora), base.seeds,
+                            dict(base.options), dict(base.budget), dict(base.lora), None,
                             {key: _value_text(v) for key, v in combo}, row if row in by_label else None)
             for key, value in combo:
                 _route(variant, key, value, f"sweep {row}.{key}")
-            if row in by_label and effective(variant) == effective(base):
+            if row in by_label and effective(variant)[:4] == effective(base)[:4]:
                 continue  # the row itself
             out.append(variant)
     return out
@@ -284,72 +285,10 @@ class Plan:
     def selected(self, cell: str) -> bool:
         return self.only is None or cell in self.only
 
-    # --- checks before any compute --------------------------------------------------------------
     def check(self, missing_ok: bool = False) -> dict:
-        """Check everything the run needs and return every size it will use, read from the
-        real files. With ``missing_ok`` (the dry run) a direction or set whose data is
-        missing is listed under ``missing`` with the error a real run would stop with."""
-        from harness.models import check_model
-
-        self._check_out()
-        notes = [f"{name}: {note}" for name, suite in self.suites.items() for note in suite.check()]
-        translation, general, missing = {}, {}, {}
-        for d in self.directions:
-            try:
-                train, test = self.data.translation(d, "train"), self.data.translation(d, "test")
-            except MissingData as err:
-                if not missing_ok:
-                    raise
-                missing[d.name] = str(err)
-                continue
-            if not train or not test:
-                raise UserError(f"The {d.name} {'training' if not train else 'test'} data in {self.data.label} is empty; "
-                                "give it at least one pair.")
-            used = sample(train, self.cfg.train_size, self.cfg.data_seed)
-            translation[d.name] = {
-                "train_available": len(train), "train_used": len(used),
-                "train_chars_used": sum(len(p.source) + len(p.reference) for p in used),
-                "test_available": len(test), "test_used": len(sample(test, self.size(self._task_suite()), self.cfg.data_seed)),
-            }
-        readers: dict[str, tuple[Any, list[str]]] = {}
-        for name, suite in self.suites.items():
-            for spec in suite.uses_data():
-                readers.setdefault(spec.name, (spec, []))[1].append(name)
-        for label, method in self.methods.items():
-            for spec in method.uses_data():
-                readers.setdefault(spec.name, (spec, []))
-        for name, (spec, suites) in sorted(readers.items()):
-            try:
-                rows = self.data.general(spec)
-            except MissingData as err:
-                if not missing_ok:
-                    raise
-                missing[name] = str(err)
-                continue
-            if not rows:
-                raise UserError(f"The {name} set in {self.data.label} is empty; give it at least one row.")
-            sizes = [self.size(s) for s in suites]
-            general[name] = {"available": len(rows),
-                             "used": len(sample(rows, None if None in sizes else max(sizes), self.cfg.data_seed)) if suites else None}
-        sizes = {"model": check_model(self.cfg.model), "data": self.data.label, "pairs": translation, "general": general}
-        if missing:
-            sizes["missing"] = missing
-        if notes:
-            sizes["notes"] = notes
-        self.sizes = sizes
-        return sizes
-
-    def _check_out(self) -> None:
-        out = self.run_dir
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out} is a file, not a folder; give a run directory (it is created if missing).")
-        parent = next((p for p in [out, *out.parents] if p.exists()), None)
-        if parent is not None and not parent.is_dir():
-            raise UserError(f"--out {out}: {parent} is a file, so the run directory cannot be created there; choose another --out.")
-        import os
-
-        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
-            raise UserError(f"--out {out}: {parent} is not writable; choose another --out.")
+        """Check everything the run needs before any compute (``check_plan``); the sizes."""
+        self.sizes = check_plan(self, missing_ok)
+        return self.sizes
 
     def _task_suite(self) -> str | None:
         return next((n for n, s in self.suites.items() if s.uses_directions), None)
@@ -437,59 +376,129 @@ class Plan:
                          "budget_differs": self.budget_differs(label)})
         return rows
 
-    def print(self) -> None:
-        from rich.table import Table
 
-        from harness.estimate import estimate
-        from harness.progress import console
+def print_plan(plan: Plan) -> None:
+    """What a dry run prints: every size, the rows, the budget, notes, missing data and the cost estimate."""
+    from rich.table import Table
 
-        sizes = self.check(missing_ok=True)
-        out = console.__class__()
-        b = self.cfg.budget
-        out.print(f"[bold]Model:[/bold] {self.cfg.model} ({sizes['model']})")
-        out.print(f"[bold]Data:[/bold] {sizes['data']}")
-        table = Table(title="Translation data (pairs)")
-        for col in ("direction", "train available", "train used", "test available", "test used"):
-            table.add_column(col, justify="right" if col != "direction" else "left")
-        for name, row in sizes["pairs"].items():
-            table.add_row(name, f"{row['train_available']:,}", f"{row['train_used']:,}", f"{row['test_available']:,}", f"{row['test_used']:,}")
-        for name in sizes.get("missing", {}):
-            if name in [d.name for d in self.directions]:
-                table.add_row(name, *["[red]missing[/red]"] * 4)
-        out.print(table)
-        if sizes["general"]:
-            table = Table(title="General-ability data (items)")
-            for col in ("set", "available", "used"):
-                table.add_column(col)
-            for name, row in sizes["general"].items():
-                table.add_row(name, f"{row['available']:,}", "by the method" if row["used"] is None else f"{row['used']:,}")
-            out.print(table)
-        table = Table(title="Methods (rows of the leaderboard)")
-        for col in ("label", "method", "own settings", "seeds"):
+    from harness.estimate import estimate
+    from harness.progress import console
+
+    sizes = plan.check(missing_ok=True)
+    out = console.__class__()
+    b = plan.cfg.budget
+    out.print(f"[bold]Model:[/bold] {plan.cfg.model} ({sizes['model']})")
+    out.print(f"[bold]Data:[/bold] {sizes['data']}")
+    table = Table(title="Translation data (pairs)")
+    for col in ("direction", "train available", "train used", "test available", "test used"):
+        table.add_column(col, justify="right" if col != "direction" else "left")
+    for name, row in sizes["pairs"].items():
+        table.add_row(name, f"{row['train_available']:,}", f"{row['train_used']:,}", f"{row['test_available']:,}", f"{row['test_used']:,}")
+    for name in sizes.get("missing", {}):
+        if name in [d.name for d in plan.directions]:
+            table.add_row(name, *["[red]missing[/red]"] * 4)
+    out.print(table)
+    if sizes["general"]:
+        table = Table(title="General-ability data (items)")
+        for col in ("set", "available", "used"):
             table.add_column(col)
-        for row in self.describe_rows():
-            own = ", ".join(f"{k}={_value_text(v)}" for k, v in row["own_settings"].items()) or "—"
-            if row["budget_differs"]:
-                own += " [yellow](budget differs from the shared one)[/yellow]"
-            table.add_row(row["label"], row["method"], own, ",".join(map(str, row["seeds"])))
+        for name, row in sizes["general"].items():
+            table.add_row(name, f"{row['available']:,}", "by the method" if row["used"] is None else f"{row['used']:,}")
         out.print(table)
-        seeds = sorted({s for label in self.entries for s in self.seeds_of(label)})
-        out.print(f"[bold]Methods:[/bold] {', '.join(self.entries)}   [bold]Seeds:[/bold] {', '.join(map(str, seeds))}")
-        out.print(f"[bold]Suites:[/bold] {', '.join(self.suites)}")
-        lora = self.cfg.lora
-        adapter = "full fine-tuning" if lora.full_finetune else f"LoRA r={lora.r} alpha={lora.alpha} on {','.join(lora.target_modules)}"
-        out.print(
-            f"[bold]Shared budget:[/bold] {b.steps} steps x {b.batch_size} examples, lr {b.learning_rate:g} {b.schedule}, "
-            f"max length {b.max_length}, equalise {b.equalise}; {adapter}"
-        )
-        out.print(f"[bold]Run directory:[/bold] {self.run_dir}")
-        for note in sizes.get("notes", []):
-            out.print(f"[bold]Note:[/bold] {note}", soft_wrap=True)
-        if sizes.get("missing"):
-            out.print(f"[bold red]Missing data:[/bold red] {', '.join(sizes['missing'])}; a real run stops with:")
-            for message in sizes["missing"].values():
-                out.print(f"  - {message}", soft_wrap=True)
-        out.print("[bold]" + estimate(self, sizes).line().replace(":", ":[/bold]", 1) + (
-            " (directions and sets with missing data not counted)" if sizes.get("missing") else ""), soft_wrap=True)
-        if self.only is not None:
-            out.print(f"[bold]Cells (--only):[/bold] {', '.join(self.only)}")
+    table = Table(title="Methods (rows of the leaderboard)")
+    for col in ("label", "method", "own settings", "seeds"):
+        table.add_column(col)
+    for row in plan.describe_rows():
+        own = ", ".join(f"{k}={_value_text(v)}" for k, v in row["own_settings"].items()) or "—"
+        if row["budget_differs"]:
+            own += " [yellow](budget differs from the shared one)[/yellow]"
+        table.add_row(row["label"], row["method"], own, ",".join(map(str, row["seeds"])))
+    out.print(table)
+    seeds = sorted({s for label in plan.entries for s in plan.seeds_of(label)})
+    out.print(f"[bold]Methods:[/bold] {', '.join(plan.entries)}   [bold]Seeds:[/bold] {', '.join(map(str, seeds))}")
+    out.print(f"[bold]Suites:[/bold] {', '.join(plan.suites)}")
+    lora = plan.cfg.lora
+    adapter = "full fine-tuning" if lora.full_finetune else f"LoRA r={lora.r} alpha={lora.alpha} on {','.join(lora.target_modules)}"
+    out.print(
+        f"[bold]Shared budget:[/bold] {b.steps} steps x {b.batch_size} examples, lr {b.learning_rate:g} {b.schedule}, "
+        f"max length {b.max_length}, equalise {b.equalise}; {adapter}"
+    )
+    out.print(f"[bold]Run directory:[/bold] {plan.run_dir}")
+    for note in sizes.get("notes", []):
+        out.print(f"[bold]Note:[/bold] {note}", soft_wrap=True)
+    if sizes.get("missing"):
+        out.print(f"[bold red]Missing data:[/bold red] {', '.join(sizes['missing'])}; a real run stops with:")
+        for message in sizes["missing"].values():
+            out.print(f"  - {message}", soft_wrap=True)
+    out.print("[bold]" + estimate(plan, sizes).line().replace(":", ":[/bold]", 1) + (
+        " (directions and sets with missing data not counted)" if sizes.get("missing") else ""), soft_wrap=True)
+    if plan.only is not None:
+        out.print(f"[bold]Cells (--only):[/bold] {', '.join(plan.only)}")
+
+
+# --- checks before any compute ---------------------------------------------------------------
+
+def check_plan(plan: Plan, missing_ok: bool = False) -> dict:
+    """Check everything the run needs and return every size it will use, read from the
+    real files. With ``missing_ok`` (the dry run) a direction or set whose data is
+    missing is listed under ``missing`` with the error a real run would stop with."""
+    from harness.models import check_model
+
+    _check_out(plan)
+    notes = [f"{name}: {note}" for name, suite in plan.suites.items() for note in suite.check()]
+    translation, general, missing = {}, {}, {}
+    for d in plan.directions:
+        try:
+            train, test = plan.data.translation(d, "train"), plan.data.translation(d, "test")
+        except MissingData as err:
+            if not missing_ok:
+                raise
+            missing[d.name] = str(err)
+            continue
+        if not train or not test:
+            raise UserError(f"The {d.name} {'training' if not train else 'test'} data in {plan.data.label} is empty; "
+                            "give it at least one pair.")
+        used = sample(train, plan.cfg.train_size, plan.cfg.data_seed)
+        translation[d.name] = {
+            "train_available": len(train), "train_used": len(used),
+            "train_chars_used": sum(len(p.source) + len(p.reference) for p in used),
+            "test_available": len(test), "test_used": len(sample(test, plan.size(plan._task_suite()), plan.cfg.data_seed)),
+        }
+    readers: dict[str, tuple[Any, list[str]]] = {}
+    for name, suite in plan.suites.items():
+        for spec in suite.uses_data():
+            readers.setdefault(spec.name, (spec, []))[1].append(name)
+    for label, method in plan.methods.items():
+        for spec in method.uses_data():
+            readers.setdefault(spec.name, (spec, []))
+    for name, (spec, suites) in sorted(readers.items()):
+        try:
+            rows = plan.data.general(spec)
+        except MissingData as err:
+            if not missing_ok:
+                raise
+            missing[name] = str(err)
+            continue
+        if not rows:
+            raise UserError(f"The {name} set in {plan.data.label} is empty; give it at least one row.")
+        sizes = [plan.size(s) for s in suites]
+        general[name] = {"available": len(rows),
+                         "used": len(sample(rows, None if None in sizes else max(sizes), plan.cfg.data_seed)) if suites else None}
+    sizes = {"model": check_model(plan.cfg.model), "data": plan.data.label, "pairs": translation, "general": general}
+    if missing:
+        sizes["missing"] = missing
+    if notes:
+        sizes["notes"] = notes
+    return sizes
+
+def _check_out(plan: Plan) -> None:
+    out = plan.run_dir
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; give a run directory (it is created if missing).")
+    parent = next((p for p in [out, *out.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is a file, so the run directory cannot be created there; choose another --out.")
+    import os
+
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {parent} is not writable; choose another --out.")

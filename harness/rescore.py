@@ -18,7 +18,7 @@ import pandas as pd
 
 from harness import registry
 from harness.errors import UserError
-from harness.report import ORIGINAL, decimals, fmt, interval_text
+from harness.report import ORIGINAL, fmt, interval_text
 from harness.store import read_jsonl, write_atomic
 
 

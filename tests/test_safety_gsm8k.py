@@ -12,7 +12,6 @@ from harness.models import resolve_model
 from harness.prompts import user_turn
 from conftest import configured
 from suites.gsm8k import GSM8KSuite, gsm8k_prompt, predicted_answer, reference_answer
-from conftest import configured
 from suites.safety import (
     CLASSIFIER_MAX_NEW_TOKENS,
     REFUSAL_KEYWORDS,

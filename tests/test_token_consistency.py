@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from harness.config import Budget
 from harness.data import TranslationPair
-from harness.generation import Decoding, Output
+from harness.generation import Output
 from harness.methods import MethodContext, Segment, TrainingExample
 from harness.prompts import request_ids, turn_end_tokens, user_turn
 from harness.training import tokenise_example

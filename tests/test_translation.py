@@ -14,7 +14,6 @@ from harness.prompts import translation_prompt, user_turn
 from harness.stats import bootstrap_ci_of
 from conftest import configured
 from suites import translation
-from conftest import configured
 from suites.translation import TranslationSuite, score_corpus
 
 DE_EN = [
