@@ -331,6 +331,7 @@ def _baseline_name() -> str | None:
 def _rows(scores: pd.DataFrame, runs: list[_Run]) -> tuple[list[Row], dict[str, tuple[str, str]]]:
     """The original first for each model, then its rows in manifest order, extensions last."""
     info: dict[str, dict] = {}
+    renamed: dict[str, str] = {}  # prefixed label -> its label in its own run
     baseline = None
     for run in runs:
         for label, row in (run.manifest.get("methods") or {}).items():
@@ -338,8 +339,13 @@ def _rows(scores: pd.DataFrame, runs: list[_Run]) -> tuple[list[Row], dict[str, 
             full = run.prefix + label
             varies = row.get("varies")
             info.setdefault(full, {**row, "varies": run.prefix + varies if varies else None})
+            if run.prefix:
+                renamed[full] = label
             if row.get("baseline"):
                 baseline = baseline or full
+    for full, label in renamed.items():  # a prefixed row is compared with the same row of another run
+        if info[full]["varies"] is None and label in info:
+            info[full]["varies"] = label
     fallback = _baseline_name()
     described = {}
     ordered = [label for label, row in info.items() if not row.get("extension")] + [l for l, r in info.items() if r.get("extension")]

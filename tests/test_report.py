@@ -217,6 +217,10 @@ def test_conflicting_runs_are_refused_and_a_label_prefix_keeps_both(tmp_path):
     board = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
     chrf = board[board["metric"] == "de-en/chrf++"].set_index("method")["mean"].to_dict()
     assert chrf["radis"] == pytest.approx(49.0) and chrf["half-radis"] == pytest.approx(50.0)
+    # the prefixed row is compared with the same row of the other run, as a variant is
+    diffs = pd.read_csv(tmp_path / "out" / "differences.csv")
+    versus = diffs[(diffs["method"] == "half-radis") & (diffs["metric"] == "de-en/chrf++")].set_index("versus")
+    assert versus.loc["radis", "difference"] == pytest.approx(1.0)
     # the original is the same unit in both runs here: kept once
     assert (board["method"] == "original").sum() == len(board[board["method"] == "original"]["metric"].unique())
 
