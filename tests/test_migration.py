@@ -1,0 +1,49 @@
+"""Units of the published first-version run (key scheme 1): every unit whose computation is
+unchanged is re-keyed and reused, RaDis's are recomputed (its rationales' token ids and its
+cut-off rule changed on purpose). The old keys are those committed in
+reports/smollm2-135m-de-en/run before its RaDis units were recomputed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.config import RunConfig, apply_settings, read_config_file
+from harness.plan import Plan
+from harness.units import Units
+
+CONFIG = Path(__file__).resolve().parents[1] / "reports" / "smollm2-135m-de-en" / "config.yaml"
+# (label, seed) -> the scheme-1 training key, and (cell, suite) -> the scheme-1 evaluation key
+V1_TRAIN = {("vanilla", 0): "d12935fcc62d2b67", ("radis", 0): "bb27762c8d145ffd", ("radis", 1): "50955be63c5210cf"}
+V1_EVAL = {("vanilla-seed0", "translation"): "7e6633e43481f32f", ("radis-seed0", "translation"): "71a03dd8b1bbf365"}
+
+
+def published_plan(run_dir: Path, data_dir: Path) -> Plan:
+    cfg = RunConfig()
+    apply_settings(cfg, read_config_file(CONFIG), str(CONFIG))
+    apply_settings(cfg, {"out": str(run_dir), "data_dir": str(data_dir)}, "the test")
+    return Plan(cfg, config_file=CONFIG)
+
+
+def test_first_version_units_are_rekeyed_except_radis(tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    plan = published_plan(run_dir, data_dir)
+    units = Units(plan)
+    for (label, seed), key in V1_TRAIN.items():
+        workdir = units.workdir(label, seed)
+        workdir.mkdir(parents=True)
+        (workdir / "unit_key.txt").write_text(key)
+        (workdir / "train_stats.json").write_text("{}")
+    for (cell, suite), key in V1_EVAL.items():
+        path = units.result_path(cell, suite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "metrics": {}}))
+
+    assert units.training_done("vanilla", 0)
+    assert (units.workdir("vanilla", 0) / "unit_key.txt").read_text() == plan.train_key("vanilla", 0)
+    assert units.evaluation("vanilla-seed0", "translation")["key_scheme1"] == V1_EVAL[("vanilla-seed0", "translation")]
+    # RaDis computes something else now: recomputed, never silently reused
+    assert not units.training_done("radis", 0) and not units.training_done("radis", 1)
+    assert units.evaluation("radis-seed0", "translation") is None
+    assert (units.workdir("radis", 0) / "unit_key.txt").read_text() == V1_TRAIN[("radis", 0)]
+    assert units.rekeyed == 2
