@@ -22,6 +22,15 @@ def decode_attention(module, query, key, value, attention_mask, dropout: float =
     if query.shape[2] != 1 or query.device.type != "cpu" or dropout or kwargs.get("output_attentions"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
+    return single_query_attention(query, key, value, attention_mask, scaling), None
+
+
+def single_query_attention(query, key, value, attention_mask=None, scaling=None):
+    """softmax(q·kᵀ·scaling)·v for one query per sequence: ``query`` [batch, heads, 1, dim],
+    ``key``/``value`` [batch, kv_heads, width, dim], ``attention_mask`` None or [batch, 1, 1,
+    ≥ width] (boolean, True = attend, or additive); returns [batch, 1, heads, dim]."""
+    import torch
+
     batch, heads, _, dim = query.shape
     kv_heads = key.shape[1]
     q = query.reshape(batch, kv_heads, heads // kv_heads, dim)  # the query heads of each key/value head
@@ -30,7 +39,7 @@ def decode_attention(module, query, key, value, attention_mask, dropout: float =
         mask = attention_mask[:, :, :, : key.shape[-2]]
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     out = torch.matmul(torch.softmax(scores, dim=-1), value)  # [batch, kv_heads, group, dim]
-    return out.reshape(batch, 1, heads, dim), None
+    return out.reshape(batch, 1, heads, dim)
 
 
 def use_decode_attention(model) -> None:

@@ -102,6 +102,9 @@ class Generator:
     same surface, prompts and cache keys."""
 
     backend = "transformers"
+    # Decode steps of a plain Llama on a CPU run through ``harness.fast_llama`` (same
+    # logits, bit for bit, without transformers' per-layer overhead); False: always ``model(...)``.
+    FAST_DECODE = True
 
     def __init__(self, model, tokenizer, fingerprint: str, cache: GenerationCache | None = None, batch_size: int = 0):
         self.model = model
@@ -213,7 +216,7 @@ class Generator:
             longest = max(longest, len(p))
         return chunks + [current] if current else chunks
 
-    def _prefill(self, prompts: list[list[int]], prefix=(0, None)):
+    def _prefill(self, prompts: list[list[int]], prefix=(0, None), layout=None):
         """Forward passes over new prompts, length-bucketed and joined into one left-padded
         batch: (cache, mask, next positions, last logits). With a ``prefix`` (from ``_prefix``)
         only what follows it is computed; the mask then has a hole between prefix and prompt."""
@@ -222,8 +225,11 @@ class Generator:
         start, shared = prefix
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         device = self.model.device
+        chunks = self._chunks(prompts, start, self.PREFILL_TOKENS)
+        if layout is not None:
+            return self._prefill_in_place(prompts, start, shared, chunks, layout)
         parts, logits = [], []
-        for chunk in self._chunks(prompts, start, self.PREFILL_TOKENS):
+        for chunk in chunks:
             rest = [prompts[k][start:] for k in chunk]
             width = max(map(len, rest))
             ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=device)
@@ -240,6 +246,56 @@ class Generator:
             parts.append((cache, mask))
         cache, mask = self._merge(parts)
         return cache, mask, mask.sum(-1), torch.cat(logits)  # next position = real tokens so far
+
+    def _prefill_in_place(self, prompts, start, shared, chunks, layout):
+        """``_prefill`` for a model whose cache layout is known (``layout``: layers, key/value
+        heads, head size, dtype; the fast Llama path): every pass writes its keys and values
+        straight into its rows of one zeroed, left-padded cache with room for the next
+        ``CHUNK`` tokens, so nothing is grown, merged or copied afterwards (128 benchmark
+        prompts: 8.3 -> 7.7 s). The cache, mask, positions and logits equal those of
+        ``_prefill`` + ``_merge``."""
+        import torch
+        import torch.nn.functional as F
+
+        layers, kv_heads, head_dim, dtype = layout
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        device = self.model.device
+        rests = [[prompts[k][start:] for k in chunk] for chunk in chunks]
+        width = start + max(len(r) for rest in rests for r in rest)
+        layer_class = _growing_layer_class_cached()
+        room = torch.zeros((layers, 2, len(prompts), kv_heads, width + layer_class.CHUNK, head_dim), dtype=dtype, device=device)
+        masks, logits, row = [], [], 0
+        for rest in rests:
+            chunk_width = max(map(len, rest))
+            offset = width - start - chunk_width  # the pass's columns are right-aligned in the cache
+            ids = torch.tensor([[pad] * (chunk_width - len(r)) + r for r in rest], device=device)
+            mask = torch.tensor([[0] * (chunk_width - len(r)) + [1] * len(r) for r in rest], device=device)
+            cache = GrowingCache()
+            for index in range(layers):
+                keys, values = (room[index, which, row : row + len(rest), :, offset:] for which in (0, 1))
+                if start:
+                    keys[:, :, :start], values[:, :, :start] = shared[index]
+                layer = layer_class()
+                layer.lazy_initialization(keys)
+                layer.replace(keys, values, length=start)
+                cache.layers.append(layer)
+            if start:
+                mask = torch.cat([mask.new_ones(len(rest), start), mask], dim=1)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits.append(self.model(input_ids=ids, attention_mask=mask, position_ids=positions[:, start:],
+                                     past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :])
+            assert all(layer.keys.data_ptr() == room[index, 0, row].data_ptr() + offset * head_dim * room.element_size()
+                       for index, layer in enumerate(cache.layers)), "a prefill pass outgrew its cache rows"
+            masks.append(F.pad(mask, (width - mask.shape[1], 0)))
+            row += len(rest)
+        cache = GrowingCache()
+        for index in range(layers):
+            layer = layer_class()
+            layer.lazy_initialization(room[index, 0])
+            layer.replace(room[index, 0], room[index, 1], length=width)
+            cache.layers.append(layer)
+        mask = torch.cat(masks)
+        return cache, mask, mask.sum(-1), torch.cat(logits)
 
     @staticmethod
     def _merge(parts):
@@ -278,14 +334,22 @@ class Generator:
         generator = torch.Generator(device=model.device).manual_seed(seed) if decoding.do_sample else None
         queue = list(range(len(prompts)))
         prefix = self._prefix(prompts)
+        layout = None
         alive: list[int] = []
         out: dict[int, list[int]] = {}
         cache = mask = next_pos = logits = None
+        fast = None
+        if self.FAST_DECODE:
+            from harness.fast_llama import FastLlama
+
+            fast = FastLlama.of(model)
+            if fast is not None:
+                layout = (len(fast.layers), fast.kv_heads, fast.head_dim, fast.embed.dtype)
         while queue or alive:
             width = self.current_batch
             if queue and len(alive) <= width // 2:
                 take, queue = queue[: width - len(alive)], queue[width - len(alive) :]
-                new_cache, new_mask, new_pos, new_logits = self._prefill([prompts[j] for j in take], prefix)
+                new_cache, new_mask, new_pos, new_logits = self._prefill([prompts[j] for j in take], prefix, layout)
                 if alive:
                     cache, mask = self._merge([(cache, mask), (new_cache, new_mask)])
                     next_pos, logits = torch.cat([next_pos, new_pos]), torch.cat([logits, new_logits])
@@ -317,6 +381,10 @@ class Generator:
             if not alive:
                 continue
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+            if fast is not None:
+                logits = fast.decode(chosen, mask, next_pos, cache)
+                next_pos = next_pos + 1
+                continue
             logits = model(
                 input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos[:, None], past_key_values=cache, use_cache=True
             ).logits[:, -1, :]
@@ -445,13 +513,17 @@ def _growing_layer_class():
 _GROWING_LAYER = None
 
 
-def GrowingCache():
-    """A DynamicCache whose layers grow in place (see ``GrowingLayer``)."""
+def _growing_layer_class_cached():
     global _GROWING_LAYER
-    from transformers import DynamicCache
-
     if _GROWING_LAYER is None:
         _GROWING_LAYER = _growing_layer_class()
+    return _GROWING_LAYER
+
+
+def GrowingCache():
+    """A DynamicCache whose layers grow in place (see ``GrowingLayer``)."""
+    from transformers import DynamicCache
+
     cache = DynamicCache()
-    cache.layer_class_to_replicate = _GROWING_LAYER
+    cache.layer_class_to_replicate = _growing_layer_class_cached()
     return cache

@@ -1,4 +1,4 @@
-from harness.generation import Decoding, GenerationCache, Generator, Request
+from harness.generation import Decoding, GenerationCache, Generator, GrowingCache, Request
 from harness.prompts import user_turn
 
 
@@ -162,3 +162,115 @@ def test_leaving_rows_are_replaced_from_the_end():
     nxt = torch.randn(3, 2, 1, 4)
     got_k, _ = cache.update(nxt, nxt, 0)  # writes into the narrowed rows' spare room
     assert torch.equal(got_k, torch.cat([full_k[order], nxt], dim=-2))
+
+
+def _tiny_llama(tokenizer, tie: bool, seed: int = 3):
+    """A random Llama of another shape than the fixture's (4 query heads over 2 key/value heads)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie, rope_theta=5000.0)
+    model = LlamaForCausalLM(config).eval()
+    _varied_weights(model, seed)
+    return model
+
+
+def test_fast_decode_gives_the_transformers_logits_bit_for_bit(tiny_tokenizer):
+    """``FastLlama.decode`` against ``model(...)`` on the same left-padded cache, step by step."""
+    import torch
+
+    from harness.attention import use_decode_attention
+    from harness.fast_llama import FastLlama
+
+    for tie in (True, False):
+        model = _tiny_llama(tiny_tokenizer, tie)
+        use_decode_attention(model)
+        fast = FastLlama.of(model)
+        assert fast is not None
+        batch = 5
+        ids = torch.randint(0, len(tiny_tokenizer), (batch, 9))
+        mask = torch.ones(batch, 9, dtype=torch.long)
+        mask[0, :3] = 0
+        mask[2, :1] = 0
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            caches = []
+            for _ in range(2):
+                caches.append(GrowingCache())
+                model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=caches[-1], use_cache=True)
+            nxt, token = positions[:, -1] + 1, ids[:, -1]
+            for step in range(70):  # past a capacity chunk of the cache
+                mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+                want = model(input_ids=token[:, None], attention_mask=mask, position_ids=nxt[:, None],
+                             past_key_values=caches[0], use_cache=True).logits[:, -1]
+                got = fast.decode(token, mask, nxt, caches[1])
+                assert torch.equal(got, want), step
+                nxt, token = nxt + 1, want.argmax(-1)
+            for a, b in zip(caches[0].layers, caches[1].layers):
+                assert torch.equal(a._view()[0], b._view()[0]) and torch.equal(a._view()[1], b._view()[1])
+
+
+def test_fast_decode_gives_the_transformers_tokens(tiny_tokenizer, tmp_path):
+    """Greedy outputs of the Generator with and without the fast decode step: the same
+    tokens at every batch size, with a shared prompt start, refills and early stops."""
+    system = {"role": "system", "content": "You are a helpful assistant. Answer briefly and in German, please."}
+    questions = ["Hello", "How are you today? I am fine, thank you.", "Das Haus", "Guten Morgen", "The weather is nice",
+                 "Ich habe einen Hund und eine Katze, und du?", "Berlin", "Guten Morgen! Wie geht es dir heute?"]
+    reqs = [Request([system] + user_turn(q)) for q in questions]
+    model = _tiny_llama(tiny_tokenizer, tie=False)
+    slow = Generator(model, tiny_tokenizer, "x", GenerationCache(tmp_path / "slow.sqlite"), batch_size=8)
+    slow.FAST_DECODE = False
+    expected = slow.generate(reqs, Decoding(max_new_tokens=12))
+    ids = [o.token_ids for o in expected]
+    stop = max({t for seq in ids for t in seq}, key=lambda t: len({seq.index(t) if t in seq else 99 for seq in ids}))
+    for stop_ids in ([], [stop]):
+        slow = Generator(model, tiny_tokenizer, "x", GenerationCache(tmp_path / f"s{len(stop_ids)}.sqlite"), batch_size=8)
+        slow.FAST_DECODE = False
+        slow.stop_ids = slow.stop_ids + stop_ids
+        want = [o.token_ids for o in slow.generate(reqs, Decoding(max_new_tokens=12))]
+        for size in (1, 3, 8):
+            gen = Generator(model, tiny_tokenizer, "x", GenerationCache(tmp_path / f"{size}-{len(stop_ids)}.sqlite"), batch_size=size)
+            gen.stop_ids = gen.stop_ids + stop_ids
+            calls = []
+            from harness.fast_llama import FastLlama
+
+            original = FastLlama.decode
+
+            def counting(self, *args, original=original):
+                calls.append(1)
+                return original(self, *args)
+
+            FastLlama.decode = counting
+            try:
+                got = [o.token_ids for o in gen.generate(reqs, Decoding(max_new_tokens=12))]
+            finally:
+                FastLlama.decode = original
+            assert calls and got == want, (size, stop_ids)
+    assert len({tuple(t) for t in want}) > 1 and len({len(t) for t in want}) > 1
+
+
+def test_fast_decode_only_for_plain_llama(tiny_model, tiny_tokenizer):
+    """Adapters, hooks and other architectures keep the transformers path."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from harness.fast_llama import FastLlama
+
+    assert FastLlama.of(tiny_model) is not None
+    from peft import LoraConfig, get_peft_model
+
+    lora = get_peft_model(_tiny_llama(tiny_tokenizer, tie=False), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert FastLlama.of(lora) is None and FastLlama.of(lora.base_model.model) is None  # LoRA layers replace nn.Linear
+    assert FastLlama.of(lora.merge_and_unload()) is not None  # merged back: a plain Llama again
+    hooked = _tiny_llama(tiny_tokenizer, tie=True)
+    hooked.model.layers[0].mlp.register_forward_hook(lambda *a: None)
+    assert FastLlama.of(hooked) is None
+    half = _tiny_llama(tiny_tokenizer, tie=True).to(torch.bfloat16)
+    assert FastLlama.of(half) is None
+    mistral = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                               num_attention_heads=2, num_key_value_heads=1))
+    assert FastLlama.of(mistral.eval()) is None
