@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from baselines.seqkd import check_self_translation_options, self_translation_requests, self_translations
 from harness.errors import UserError
 from harness.generation import Decoding, Request
 from harness.methods import Method, MethodContext, Segment, TrainingExample
-from harness.prompts import EXTRACTION_RULES, extract_translation, translation_prompt, user_turn
+from harness.prompts import translation_prompt, user_turn
 
 JUDGES = ("chrf", "comet")
 
@@ -55,16 +56,12 @@ class S3FT(Method):
             raise UserError("s3ft.judge=comet needs s3ft.comet_model (a COMET checkpoint: hub name or local path); or use s3ft.judge=chrf.")
         if o.threshold < 0:
             raise UserError(f"s3ft.threshold must be 0 or more, got {o.threshold}.")
-        if o.extraction not in EXTRACTION_RULES:
-            raise UserError(f"s3ft.extraction '{o.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
-        if o.max_new_tokens <= 0:
-            raise UserError(f"s3ft.max_new_tokens must be positive, got {o.max_new_tokens}.")
+        check_self_translation_options(self.name, o)
         if o.comet_batch_size <= 0:
             raise UserError(f"s3ft.comet_batch_size must be positive, got {o.comet_batch_size}.")
 
     def original_requests(self, ctx: MethodContext) -> list[tuple[Request, Decoding]]:
-        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
-        return [(Request(user_turn(translation_prompt(p))), decoding) for p in ctx.pairs]
+        return self_translation_requests(ctx, self.options.max_new_tokens)
 
     def scores(self, ctx: MethodContext, translations: list[str]) -> list[float]:
         """The judge's score (0-100) of each self-translation against its reference."""
@@ -86,8 +83,7 @@ class S3FT(Method):
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         o = self.options
         decoding = Decoding(max_new_tokens=o.max_new_tokens)
-        outputs = ctx.original.generate_many(self.original_requests(ctx), label="s3ft: self-translations")
-        translations = [extract_translation(out.text, o.extraction) for out in outputs]
+        translations = self_translations(self, ctx)
         scores = self.scores(ctx, translations)
         examples, kept, empty = [], [], 0
         for pair, translation, score in zip(ctx.pairs, translations, scores):

@@ -25,24 +25,39 @@ class SeqKD(Method):
     generation_in_target = "replaces"
 
     def check(self) -> None:
-        if self.options.extraction not in EXTRACTION_RULES:
-            raise UserError(f"seqkd.extraction '{self.options.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
-        if self.options.max_new_tokens <= 0:
-            raise UserError(f"seqkd.max_new_tokens must be positive, got {self.options.max_new_tokens}.")
+        check_self_translation_options(self.name, self.options)
 
     def original_requests(self, ctx: MethodContext) -> list[tuple[Request, Decoding]]:
-        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
-        return [(Request(user_turn(translation_prompt(p))), decoding) for p in ctx.pairs]
+        return self_translation_requests(ctx, self.options.max_new_tokens)
 
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
-        messages = [user_turn(translation_prompt(p)) for p in ctx.pairs]
-        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
-        outputs = ctx.original.generate_many(self.original_requests(ctx), label="seqkd: self-translations")
+        translations = self_translations(self, ctx)
         examples, fallbacks = [], 0
-        for pair, turn, output in zip(ctx.pairs, messages, outputs):
-            target = extract_translation(output.text, self.options.extraction)
+        for pair, target in zip(ctx.pairs, translations):
             if not target:
                 target, fallbacks = pair.reference, fallbacks + 1
-            examples.append(TrainingExample(turn, [Segment(target)]))
-        ctx.stats.update(decoding=decoding.key(), empty_outputs_replaced_by_reference=fallbacks)
+            examples.append(TrainingExample(user_turn(translation_prompt(pair)), [Segment(target)]))
+        ctx.stats.update(decoding=Decoding(max_new_tokens=self.options.max_new_tokens).key(),
+                         empty_outputs_replaced_by_reference=fallbacks)
         return examples
+
+
+def check_self_translation_options(name: str, options) -> None:
+    """The options every self-translating method has: ``max_new_tokens`` and ``extraction``."""
+    if options.extraction not in EXTRACTION_RULES:
+        raise UserError(f"{name}.extraction '{options.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
+    if options.max_new_tokens <= 0:
+        raise UserError(f"{name}.max_new_tokens must be positive, got {options.max_new_tokens}.")
+
+
+def self_translation_requests(ctx: MethodContext, max_new_tokens: int) -> list[tuple[Request, Decoding]]:
+    """The original model's greedy translation request for every training source."""
+    decoding = Decoding(max_new_tokens=max_new_tokens)
+    return [(Request(user_turn(translation_prompt(p))), decoding) for p in ctx.pairs]
+
+
+def self_translations(method: Method, ctx: MethodContext) -> list[str]:
+    """The original model's translation of every training source, cut by ``method.options.extraction``
+    ("" where nothing is left)."""
+    outputs = ctx.original.generate_many(method.original_requests(ctx), label=f"{method.name}: self-translations")
+    return [extract_translation(out.text, method.options.extraction) for out in outputs]

@@ -9,12 +9,13 @@ with continuous batching; finished sequences stop at the end-of-turn token.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.paths import cache_dir
@@ -223,29 +224,36 @@ class Generator:
         import torch
 
         start, shared = prefix
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        device = self.model.device
         chunks = self._chunks(prompts, start, self.PREFILL_TOKENS)
         if layout is not None:
             return self._prefill_in_place(prompts, start, shared, chunks, layout)
         parts, logits = [], []
         for chunk in chunks:
             rest = [prompts[k][start:] for k in chunk]
-            width = max(map(len, rest))
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=device)
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rest], device=device)
+            ids, mask, positions = self._pass_inputs(rest, start)
             cache = GrowingCache()
             if start:
-                mask = torch.cat([mask.new_ones(len(rest), start), mask], dim=1)
                 for index, (keys, values) in enumerate(shared):
                     cache.update(keys.expand(len(rest), -1, -1, -1).contiguous(),
                                  values.expand(len(rest), -1, -1, -1).contiguous(), index)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits.append(self.model(input_ids=ids, attention_mask=mask, position_ids=positions[:, start:],
                                      past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :])
             parts.append((cache, mask))
         cache, mask = self._merge(parts)
         return cache, mask, mask.sum(-1), torch.cat(logits)  # next position = real tokens so far
+
+    def _pass_inputs(self, rest: list[list[int]], start: int):
+        """One prefill pass's left-padded ids, its mask (with ``start`` shared-prefix columns in
+        front) and each column's position."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width, device = max(map(len, rest)), self.model.device
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rest], device=device)
+        if start:
+            mask = torch.cat([mask.new_ones(len(rest), start), mask], dim=1)
+        return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
     def _prefill_in_place(self, prompts, start, shared, chunks, layout):
         """``_prefill`` for a model whose cache layout is known (``layout``: layers, key/value
@@ -258,18 +266,15 @@ class Generator:
         import torch.nn.functional as F
 
         layers, kv_heads, head_dim, dtype = layout
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         device = self.model.device
         rests = [[prompts[k][start:] for k in chunk] for chunk in chunks]
         width = start + max(len(r) for rest in rests for r in rest)
-        layer_class = _growing_layer_class_cached()
+        layer_class = _growing_layer_class()
         room = torch.zeros((layers, 2, len(prompts), kv_heads, width + layer_class.CHUNK, head_dim), dtype=dtype, device=device)
         masks, logits, row = [], [], 0
         for rest in rests:
-            chunk_width = max(map(len, rest))
-            offset = width - start - chunk_width  # the pass's columns are right-aligned in the cache
-            ids = torch.tensor([[pad] * (chunk_width - len(r)) + r for r in rest], device=device)
-            mask = torch.tensor([[0] * (chunk_width - len(r)) + [1] * len(r) for r in rest], device=device)
+            ids, mask, positions = self._pass_inputs(rest, start)
+            offset = width - start - ids.shape[1]  # the pass's columns are right-aligned in the cache
             cache = GrowingCache()
             for index in range(layers):
                 keys, values = (room[index, which, row : row + len(rest), :, offset:] for which in (0, 1))
@@ -279,9 +284,6 @@ class Generator:
                 layer.lazy_initialization(keys)
                 layer.replace(keys, values, length=start)
                 cache.layers.append(layer)
-            if start:
-                mask = torch.cat([mask.new_ones(len(rest), start), mask], dim=1)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits.append(self.model(input_ids=ids, attention_mask=mask, position_ids=positions[:, start:],
                                      past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :])
             assert all(layer.keys.data_ptr() == room[index, 0, row].data_ptr() + offset * head_dim * room.element_size()
@@ -449,6 +451,7 @@ def auto_batch_size(model, requests: int, tokens_per_sequence: int) -> int:
     return max(1, min(MAX_BATCH.get(device.type, 64), requests, fits))
 
 
+@functools.cache
 def _growing_layer_class():
     from transformers.cache_utils import DynamicLayer
 
@@ -510,14 +513,8 @@ def _growing_layer_class():
     return GrowingLayer
 
 
-_GROWING_LAYER = None
 
 
-def _growing_layer_class_cached():
-    global _GROWING_LAYER
-    if _GROWING_LAYER is None:
-        _GROWING_LAYER = _growing_layer_class()
-    return _GROWING_LAYER
 
 
 def GrowingCache():
@@ -525,5 +522,5 @@ def GrowingCache():
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    cache.layer_class_to_replicate = _growing_layer_class_cached()
+    cache.layer_class_to_replicate = _growing_layer_class()
     return cache
