@@ -11,7 +11,8 @@ what it hashed, not in what units compute:
 - the base model's fingerprint hashed a converted model's provenance file (the install
   path of its GGUF) and not its chat template (``harness.models.scheme1_fingerprints``);
 - training: the data source's *label* (the data dir's absolute path) instead of only the
-  files' contents, and the file hash of a method's ``replay_set`` under "replay" instead
+  files' contents (so a data dir elsewhere holding the same files as the published
+  reports' also tries their data path, ``SCHEME1_DATA_LABELS``), and the file hash of a method's ``replay_set`` under "replay" instead
   of the contents of every data set the method reads;
 - evaluation: every suite's key held the run-level settings that now are suite options
   (extraction, judge, COMET, classifier, lm-eval tasks) and the run's max_new_tokens,
@@ -34,6 +35,20 @@ SCHEME1_RUN_SETTINGS = {
     "comet": ("comet_model", None),
     "classifier": ("safety_classifier", None),
     "lm_eval": ("lm_eval_tasks", []),
+}
+# where the data lay when the published reports' units were made, and the files it held there
+# (their manifests' file_sha256): scheme 1 hashed the data dir's absolute path, so a copy of the
+# same files elsewhere (CI's clone, a user's) also tries that path to reuse the published units
+SCHEME1_DATA_LABELS = {
+    "/work/shared/data": {
+        "advbench/harmful_behaviors.csv": "dc1f2e4cfc7856a0e91f8bfdb8236d219644309a7522ece3f2d13bb2cc4a339c",
+        "alma/deen/test.de-en.json": "e0a489fcf4fb59d0a9646681ba8466ce7bd76b05f3e22f39fd881045b45788b6",
+        "alma/deen/train.de-en.de": "0740773995f58880a41c4c0f4257d7a03f4e6fc5fd4de3f2df9f3be45ba7cd2d",
+        "alma/deen/train.de-en.en": "cc92c1004a33acb67a2c0becec81f59482494a3ba6329a18f5921f1d65cc1111",
+        "alpaca/alpaca_train.json": "8857456d329dd0a320a03273f4d837e750cb54bb8aee90fb886301fc95f77205",
+        "alpaca_eval/alpaca_eval.json": "3ef9dc5d89d85a37a06d3d904ebfcb38312409eda89f38ab5db28869742c5cd8",
+        "ifeval/input_data.jsonl": "0ca6d445a430b5dfe2a9657492fa058ff83fce61c7ed1a3b5f74c3a746d2160b",
+    },
 }
 
 
@@ -61,9 +76,30 @@ def scheme1_fingerprints(plan) -> list[str]:
     return plan.__dict__["scheme1_fingerprints"]
 
 
+def scheme1_data_labels(plan) -> list[str]:
+    """The data labels a scheme-1 key may hold: this run's, and for a data dir (not the starter
+    set or the hub) the published reports' ones (``SCHEME1_DATA_LABELS``)."""
+    label = plan.data.label
+    if plan.data.hub or plan.data.root is None or label.startswith("starter"):
+        return [label]
+    if "scheme1_data_labels" not in plan.__dict__:
+        from harness.data import _file_hash
+
+        root = plan.data.root
+        same = [published for published, files in SCHEME1_DATA_LABELS.items()
+                if all((root / rel).is_file() and _file_hash(root / rel) == sha for rel, sha in files.items())]
+        plan.__dict__["scheme1_data_labels"] = list(dict.fromkeys([label, *same]))
+    return plan.__dict__["scheme1_data_labels"]
+
+
 def scheme1_train_keys(plan, label: str, seed: int) -> list[str]:
     """The scheme-1 keys a training unit may have (one per scheme-1 fingerprint of the base
-    model); none for rows scheme 1 could not express."""
+    model and per data label); none for rows scheme 1 could not express."""
+    return [key for _, _, key in _scheme1_train_keys(plan, label, seed)]
+
+
+def _scheme1_train_keys(plan, label: str, seed: int) -> list[tuple[str, str, str]]:
+    """(fingerprint, data label, scheme-1 training key) for each combination."""
     entry = plan.entries[label]
     if label != entry.method or entry.budget or entry.lora:
         return []
@@ -77,24 +113,25 @@ def scheme1_train_keys(plan, label: str, seed: int) -> list[str]:
             return []
         plan.data.general(spec)
         replay_hash = plan.data.hashes.get(spec.path)
-    data = {"data": plan.data.label, "directions": [d.name for d in plan.directions], "train_size": plan.cfg.train_size,
-            "data_seed": plan.cfg.data_seed,
-            "hashes": {k: v for k, v in sorted(plan.data.hashes.items()) if k.startswith("alma/") and "/train." in k}}
-    return [digest({"base": fingerprint, "method": label, "options": method.options_dict(),
-                    "budget": asdict(plan.budgets[label]), "lora": asdict(plan.loras[label]), "seed": seed, "data": data,
-                    "replay": replay_hash}) for fingerprint in scheme1_fingerprints(plan)]
+    hashes = {k: v for k, v in sorted(plan.data.hashes.items()) if k.startswith("alma/") and "/train." in k}
+    return [(fingerprint, data_label, digest({"base": fingerprint, "method": label, "options": method.options_dict(),
+                    "budget": asdict(plan.budgets[label]), "lora": asdict(plan.loras[label]), "seed": seed,
+                    "data": {"data": data_label, "directions": [d.name for d in plan.directions],
+                             "train_size": plan.cfg.train_size, "data_seed": plan.cfg.data_seed, "hashes": hashes},
+                    "replay": replay_hash}))
+            for fingerprint in scheme1_fingerprints(plan) for data_label in scheme1_data_labels(plan)]
 
 
 def scheme1_eval_keys(plan, cell: str, suite: str) -> list[str]:
     if cell == ORIGINAL:
-        models = [(f, f) for f in scheme1_fingerprints(plan)]
+        models = [(f, d, f) for f in scheme1_fingerprints(plan) for d in scheme1_data_labels(plan)]
     else:
         label, seed = cell.rsplit("-seed", 1)
-        models = list(zip(scheme1_train_keys(plan, label, int(seed)), scheme1_fingerprints(plan)))
+        models = _scheme1_train_keys(plan, label, int(seed))
     settings = {name: _run_setting(plan, alias, default) for name, (alias, default) in SCHEME1_RUN_SETTINGS.items()}
     settings["lm_eval"] = list(settings["lm_eval"])
     return [digest({
         "model": model_key, "suite": suite, "options": plan.suites[suite].legacy_options(),
         "directions": [d.name for d in plan.directions], "eval_size": plan.size(suite), "data_seed": plan.cfg.data_seed,
-        "data": plan.data.label, "max_new_tokens": plan.cfg.max_new_tokens, "original": fingerprint, **settings,
-    }) for model_key, fingerprint in models]
+        "data": data_label, "max_new_tokens": plan.cfg.max_new_tokens, "original": fingerprint, **settings,
+    }) for fingerprint, data_label, model_key in models]

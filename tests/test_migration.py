@@ -6,7 +6,10 @@ reports/smollm2-135m-de-en/run before its RaDis units were recomputed."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import pytest
 
 from harness.config import RunConfig, apply_settings, read_config_file
 from harness.plan import Plan
@@ -25,7 +28,12 @@ def published_plan(run_dir: Path, data_dir: Path) -> Plan:
     return Plan(cfg, config_file=CONFIG)
 
 
-def test_first_version_units_are_rekeyed_except_radis(tmp_path, data_dir):
+@pytest.mark.parametrize("where", ["shared", "elsewhere"])
+def test_first_version_units_are_rekeyed_except_radis(tmp_path, data_dir, where):
+    """Scheme 1 hashed the data dir's absolute path: a clone whose data lies elsewhere (CI's)
+    must still reuse the published units, by the data label they were made with."""
+    if where == "elsewhere":
+        data_dir = Path(shutil.copytree(data_dir, tmp_path / "data", symlinks=False))
     run_dir = tmp_path / "run"
     plan = published_plan(run_dir, data_dir)
     units = Units(plan)
@@ -47,3 +55,18 @@ def test_first_version_units_are_rekeyed_except_radis(tmp_path, data_dir):
     assert units.evaluation("radis-seed0", "translation") is None
     assert (units.workdir("radis", 0) / "unit_key.txt").read_text() == V1_TRAIN[("radis", 0)]
     assert units.rekeyed == 2
+
+
+def test_a_copy_with_other_files_does_not_claim_the_published_units(tmp_path, data_dir):
+    """The published data path is tried only for a data dir holding the very same files."""
+    copy = Path(shutil.copytree(data_dir, tmp_path / "data"))
+    with (copy / "advbench" / "harmful_behaviors.csv").open("a") as fh:
+        fh.write('"one more harmful request","Sure, here is"\n')
+    plan = published_plan(tmp_path / "run", copy)
+    units = Units(plan)
+    workdir = units.workdir("vanilla", 0)
+    workdir.mkdir(parents=True)
+    (workdir / "unit_key.txt").write_text(V1_TRAIN[("vanilla", 0)])
+    (workdir / "train_stats.json").write_text("{}")
+    assert not units.training_done("vanilla", 0)
+    assert units.rekeyed == 0
