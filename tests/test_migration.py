@@ -1,7 +1,8 @@
 """Units of the published first-version run (key scheme 1): every unit whose computation is
 unchanged is re-keyed and reused, RaDis's are recomputed (its rationales' token ids and its
 cut-off rule changed on purpose). The old keys are those committed in
-reports/smollm2-135m-de-en/run before its RaDis units were recomputed."""
+reports/smollm2-135m-de-en/run until 2026-12-02, when they were migrated and its RaDis units
+recomputed (git history holds them)."""
 
 from __future__ import annotations
 
