@@ -66,6 +66,23 @@ def _hardware() -> dict:
     return info
 
 
+def portable(value: str | None) -> str | None:
+    """A path as the manifest may publish it: under radis-bench's cache as ``<radis-bench
+    cache>/...``, under the home folder as ``~/...``, any other absolute path relative to the
+    working directory (``../shared/data``); anything else unchanged."""
+    if not value or not os.path.isabs(value):
+        return value
+    from harness.paths import cache_dir
+
+    path = Path(value)
+    for root, name in ((cache_dir(), "<radis-bench cache>"), (Path.home(), "~")):
+        try:
+            return str(Path(name) / path.relative_to(root))
+        except ValueError:
+            continue
+    return os.path.relpath(path)
+
+
 class Publisher:
     def __init__(self, plan, units, backend: str):
         self.plan, self.units, self.backend = plan, units, backend
@@ -81,12 +98,14 @@ class Publisher:
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.manifest = {
             "name": self.run_dir.name, "created": now, "updated": now,
-            "command": [Path(sys.argv[0]).name] + sys.argv[1:],
-            "config": cfg.to_dict(),
-            "config_file": {"path": str(plan.config_file), "text": cfg_text} if plan.config_file else None,
-            "model": dataclasses.asdict(plan.spec),
+            "command": [Path(sys.argv[0]).name] + [portable(a) for a in sys.argv[1:]],
+            "config": {k: portable(v) if isinstance(v, str) else v for k, v in cfg.to_dict().items()},
+            "config_file": {"path": portable(str(plan.config_file)), "text": cfg_text} if plan.config_file else None,
+            "model": {**dataclasses.asdict(plan.spec), "path": portable(plan.spec.path)},
             "versions": _versions(), "git": git_commit(), "hardware": _hardware(), "seeds": cfg.seeds,
-            "data": {"source": plan.data.label, "plan": plan.sizes, "file_sha256": dict(sorted(plan.data.hashes.items()))},
+            "data": {"source": portable(plan.data.label),
+                     "plan": {**(plan.sizes or {}), "data": portable(plan.data.label)} if plan.sizes else plan.sizes,
+                     "file_sha256": dict(sorted(plan.data.hashes.items()))},
             "budget": asdict(cfg.budget), "lora": asdict(cfg.lora),
             "methods": {row.pop("label"): row for row in plan.describe_rows()},
             "suites": {n: {"description": s.description, "role": s.role, "options": s.options_dict(),

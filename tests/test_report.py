@@ -284,11 +284,25 @@ def test_no_published_file_names_a_path_of_the_machine(tmp_path):
     assert "<local path>" in written["leaderboard.md"].read_text()
 
 
-def test_no_committed_report_under_reports_names_a_path_of_the_machine():
+def test_no_committed_report_or_manifest_under_reports_names_a_path_of_the_machine():
     root = Path(__file__).resolve().parent.parent / "reports"
-    found = [p for p in root.rglob("*") if p.suffix in (".md", ".csv", ".html") and "report" in p.parts
+    found = [p for p in root.rglob("*") if (p.suffix in (".md", ".csv", ".html") and "report" in p.parts
+                                            or p.name == "manifest.json")
              and ABSOLUTE.search(p.read_text(encoding="utf-8"))]
     assert not found, found
+
+
+def test_the_manifest_publishes_paths_relative_to_the_cache_home_or_working_dir(tmp_path, monkeypatch):
+    from harness.publish import portable
+
+    monkeypatch.setenv("RADIS_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "cache").mkdir()
+    monkeypatch.chdir(tmp_path / "cache")
+    assert portable(str(tmp_path / "cache" / "models" / "m")) == "<radis-bench cache>/models/m"
+    assert portable(str(tmp_path / "home" / "data")) == "~/data"
+    assert portable(str(tmp_path / "shared" / "data")) == "../shared/data"
+    assert portable("../shared/data") == "../shared/data" and portable("hub") == "hub" and portable(None) is None
 
 
 def test_user_errors_name_the_input(tmp_path):
