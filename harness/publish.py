@@ -67,7 +67,8 @@ def _hardware() -> dict:
 
 
 def portable(value: str | None) -> str | None:
-    """A path as the manifest may publish it: under radis-bench's cache as ``<radis-bench
+    """A path as the manifest may publish it (the model, the data dir, the config file and the
+    command line; the config itself stays as given): under radis-bench's cache as ``<radis-bench
     cache>/...``, under the home folder as ``~/...``, any other absolute path relative to the
     working directory (``../shared/data``); anything else unchanged."""
     if not value or not os.path.isabs(value):
@@ -99,7 +100,7 @@ class Publisher:
         self.manifest = {
             "name": self.run_dir.name, "created": now, "updated": now,
             "command": [Path(sys.argv[0]).name] + [portable(a) for a in sys.argv[1:]],
-            "config": {k: portable(v) if isinstance(v, str) else v for k, v in cfg.to_dict().items()},
+            "config": cfg.to_dict(),  # as the user gave it: a re-run reads it back
             "config_file": {"path": portable(str(plan.config_file)), "text": cfg_text} if plan.config_file else None,
             "model": {**dataclasses.asdict(plan.spec), "path": portable(plan.spec.path)},
             "versions": _versions(), "git": git_commit(), "hardware": _hardware(), "seeds": cfg.seeds,
