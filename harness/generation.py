@@ -513,10 +513,6 @@ def _growing_layer_class():
     return GrowingLayer
 
 
-
-
-
-
 def GrowingCache():
     """A DynamicCache whose layers grow in place (see ``GrowingLayer``)."""
     from transformers import DynamicCache
