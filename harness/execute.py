@@ -200,7 +200,8 @@ class Execution:
                 items += found
                 why += [f"{label} data"] if found else []
         if items:
-            self.models.original[2].generate_many(items, label=f"original: {len(items)} answers for {', '.join(dict.fromkeys(why))}")
+            why_text = ", ".join(dict.fromkeys(why))
+            self._generate(self.models.original[2], items, f"original for {why_text}", f"original: {len(items)} answers for {why_text}")
 
     def _generate_ahead(self, cell: str, load) -> None:
         """What every pending suite will ask of a trained model, in one batched call."""
@@ -209,7 +210,18 @@ class Execution:
         for suite in pending:
             items += self.plan.suites[suite].requests(self._context(cell, suite, load))
         if items:
-            load()[2].generate_many(items, label=f"{cell}: {len(items)} answers for {', '.join(pending)}")
+            self._generate(load()[2], items, cell, f"{cell}: {len(items)} answers for {', '.join(pending)}")
+
+    def _generate(self, generator, items, key: str, label: str) -> None:
+        """One batched call; what it generated anew (answers, tokens, seconds) goes to the
+        manifest's ``generated`` under ``key`` (outputs found in the cache cost nothing)."""
+        stats = generator.stats
+        before = (stats.generated, stats.new_tokens, stats.seconds)
+        generator.generate_many(items, label=label)
+        answers = stats.generated - before[0]
+        if answers:
+            self.publisher.generated[key] = {"answers": answers, "new_tokens": stats.new_tokens - before[1],
+                                             "seconds": round(stats.seconds - before[2], 1)}
 
     # evaluation -----------------------------------------------------------------------------
     def _evaluate(self, cell, label, seed, suite, load) -> None:

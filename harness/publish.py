@@ -89,6 +89,7 @@ class Publisher:
         self.plan, self.units, self.backend = plan, units, backend
         self.run_dir = plan.run_dir
         self.timings: dict[str, float] = {}
+        self.generated: dict[str, dict] = {}  # cell (or the original's work) -> answers, new tokens, seconds
         self.computed_cells: dict[str, dict] = {}  # cell -> stamp of the last unit this process computed
         self.manifest: dict = {}
 
@@ -111,7 +112,7 @@ class Publisher:
             "methods": {row.pop("label"): row for row in plan.describe_rows()},
             "suites": {n: {"description": s.description, "role": s.role, "options": s.options_dict(),
                            "metrics": [m.to_dict() for m in s.metrics()]} for n, s in plan.suites.items()},
-            "training": {}, "method_stats": {}, "timings": {}, "cells": {},
+            "training": {}, "method_stats": {}, "timings": {}, "generated": {}, "cells": {},
             "generation": {
                 "backend_setting": cfg.generation_backend, "backend": self.backend, "greedy_answers": True,
                 "note": "vllm: the original and trained LoRA models (base + adapter) generate with vLLM; fully fine-tuned "
@@ -153,6 +154,7 @@ class Publisher:
                 m["method_stats"].setdefault(label, {})[str(seed)] = read_json(workdir / "method_stats.json") or {}
                 m["keys"].setdefault(label, {})[str(seed)] = self.plan.train_key(label, seed)
         m["timings"] = {**old.get("timings", {}), **self.timings}
+        m["generated"] = {**old.get("generated", {}), **self.generated}
         # which process and code last computed a unit of each cell; a run that only reuses keeps the old entries
         m["cells"] = {**old.get("cells", {}), **self.computed_cells}
         write_json(self.run_dir / "manifest.json", m)

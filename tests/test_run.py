@@ -102,6 +102,12 @@ def test_run_writes_every_artefact(reference_run):
     # provenance: every unit and every cell names the process and the code that computed it
     assert set(manifest["cells"]) == {"original", "radis-seed0", "vanilla-seed0", "sdft-seed0"}
     assert {c["git"]["commit"] for c in manifest["cells"].values()} == {manifest["git"]["commit"]}
+    # what each model generated anew: the original's batch (its answers, retention's, the methods' data) and each row's
+    generated = manifest["generated"]
+    assert {"radis-seed0", "vanilla-seed0", "sdft-seed0"} <= set(generated)
+    original_work = [k for k in generated if k.startswith("original for ")]
+    assert len(original_work) == 1 and "radis data" in original_work[0] and "sdft data" in original_work[0]
+    assert all(g["answers"] > 0 and g["new_tokens"] >= g["answers"] and g["seconds"] > 0 for g in generated.values())
     units = [json.loads(p.read_text()) for p in (run_dir / "results").glob("*/*.json")]
     units += [json.loads(p.read_text()) for p in (run_dir / "models").rglob("train_stats.json")]
     assert len(units) == 4 * len(SUITES.split(",")) + 3
@@ -115,6 +121,7 @@ def test_rerun_reuses_everything(reference_run):
     items_before = {p: p.stat().st_mtime_ns for p in (run_dir / "results").glob("*/items/*.json")}
     scores = (run_dir / "scores.csv").read_text()
     cells = json.loads((run_dir / "manifest.json").read_text())["cells"]
+    generated = json.loads((run_dir / "manifest.json").read_text())["generated"]
     again = cli(run_args(Path(json.loads((run_dir / "manifest.json").read_text())["config"]["model"]), run_dir), env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert unit_mtimes(run_dir) == before
@@ -122,6 +129,7 @@ def test_rerun_reuses_everything(reference_run):
     assert (run_dir / "scores.csv").read_text() == scores
     assert "0 units computed" in again.stderr
     assert json.loads((run_dir / "manifest.json").read_text())["cells"] == cells  # a re-render computed nothing
+    assert json.loads((run_dir / "manifest.json").read_text())["generated"] == generated  # and generated nothing
     assert "reused: training radis seed 0" not in again.stderr  # nothing even loaded
     log = (run_dir / "run.log").read_text()
     assert "reused: original on translation" in log
