@@ -108,6 +108,16 @@ def test_run_writes_every_artefact(reference_run):
     original_work = [k for k in generated if k.startswith("original for ")]
     assert len(original_work) == 1 and "radis data" in original_work[0] and "sdft data" in original_work[0]
     assert all(g["answers"] > 0 and g["new_tokens"] >= g["answers"] and g["seconds"] > 0 for g in generated.values())
+    # the compute record reads all of it back: every row's tokens, training and what its model generated
+    record = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "compute_record.py"), str(run_dir)],
+                            capture_output=True, text=True, check=True).stdout
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in record.splitlines()[2:]]
+    rows = {c[0].split(" (training of")[0]: c for c in cells}
+    assert set(rows) == {"original", "radis", "vanilla", "sdft", "all"}
+    own = [b for b in budgets.values() if not b.get("shared_with")]  # a shared training (here blank rationales) counts once
+    assert rows["all"][3] == f"{sum(b['total_tokens'] for b in own):,} ({sum(b['target_tokens'] for b in own):,})"
+    assert sum("(training of" in c[0] for c in cells) == len(budgets) - len(own)
+    assert all(rows[r][5] == "1/1" and int(rows[r][7].replace(",", "")) > 0 for r in ("original", "radis", "vanilla", "sdft"))
     units = [json.loads(p.read_text()) for p in (run_dir / "results").glob("*/*.json")]
     units += [json.loads(p.read_text()) for p in (run_dir / "models").rglob("train_stats.json")]
     assert len(units) == 4 * len(SUITES.split(",")) + 3
