@@ -44,11 +44,14 @@ INTERVALS = ("95% intervals: a bootstrap over test items (2000 draws, the same d
              "paired by seed where two rows have the same seeds; harness/intervals.py).")
 _FLAGS = {"true": True, "1": True, "false": False, "0": False, "": None}
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.+@=-]+/)+[\w.+@=-]*")
+_WRITTEN_TO = re.compile(r",? written to " + _ABSOLUTE_PATH.pattern)
 
 
 def public(text: str) -> str:
-    """A note as it may be published: no absolute path of the machine that wrote it."""
-    return _ABSOLUTE_PATH.sub("<local path>", text)
+    """A note as it may be published: no absolute path of the machine that wrote it. A clause
+    saying where a file was written names only that machine's cache and is dropped, so units
+    made before and after a suite stopped saying it share one note."""
+    return _ABSOLUTE_PATH.sub("<local path>", _WRITTEN_TO.sub("", text))
 
 
 @dataclass(frozen=True)

@@ -276,12 +276,13 @@ ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?:root|home|tmp|work|Users|var|opt|srv|m
 
 
 def test_no_published_file_names_a_path_of_the_machine(tmp_path):
-    run = write_run(tmp_path / "run", note="punkt_tab written to /root/.cache/radis-bench/nltk_data/tokenizers/punkt_tab")
+    run = write_run(tmp_path / "run", note="judge /root/models/judge, punkt_tab written to /root/.cache/radis-bench/nltk_data/punkt_tab")
     written = render_report([run], tmp_path / "out")
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "differences.csv"):
         text = written[name].read_text()
         assert not ABSOLUTE.search(text) and str(tmp_path) not in text, name
-    assert "<local path>" in written["leaderboard.md"].read_text()
+    board = written["leaderboard.md"].read_text()
+    assert "judge <local path>" in board and "written to" not in board  # where a cache was written is not published
 
 
 def test_no_committed_report_or_manifest_under_reports_names_a_path_of_the_machine():
