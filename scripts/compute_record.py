@@ -26,11 +26,11 @@ def record(manifest: dict) -> list[dict]:
     labels = ["original"] + [label for label in manifest.get("methods", {}) if label != "original"]
     for label in labels:
         trained = manifest.get("training", {}).get(label, {})
+        if label != "original" and not trained:
+            continue
         cells = ["original"] if label == "original" else [f"{label}-seed{s}" for s in trained]
         evals = [v for k, v in timings.items() if (m := re.fullmatch(r"eval (\S+) \S+", k)) and m.group(1) in cells]
         gen_keys = [k for k in generated if k in cells or (label == "original" and k.startswith("original for "))]
-        if label != "original" and not trained:
-            continue
         own = [t for t in trained.values() if not t.get("shared_with")]  # a shared training counts once, at its donor
         donors = sorted({t["shared_with"].split(" seed ")[0] for t in trained.values() if t.get("shared_with")})
         rows.append({
