@@ -226,7 +226,7 @@ def ablation_plots(board: Leaderboard) -> dict[str, bytes]:
             continue
         numeric = all(_number(x) is not None for x, _, _ in points)
         categories = list(dict.fromkeys(x for x, _, _ in points))
-        fig = Figure(figsize=(4.2 * len(columns), 3.9))
+        fig = Figure(figsize=(4.2 * len(columns), 3.9), layout="constrained")  # y labels clear of the next panel
         axes = fig.subplots(1, len(columns), squeeze=False)[0]
         for ax, column in zip(axes, columns):
             series: dict[tuple, list] = {}
