@@ -76,20 +76,27 @@ def _chrf_stats(rng, q, ref_chars, hyp_chars):
     return np.stack(np.broadcast_arrays(*out), axis=-1).astype(float)
 
 
-def simulate(rng, kind: str, experiments: int, seeds: int, design: str, params: dict | None = None):
-    """Per-item statistics of A [experiments, seeds, N, F] and B [experiments, seeds or 1, N, F].
+def simulate(rng, kind: str, experiments: int, seeds: int, design: str, params: dict | None = None,
+             seeds_b: int | None = None):
+    """Per-item statistics of A [experiments, seeds, N, F] and B [experiments, seeds_b or 1, N, F].
     design: ``paired`` (B's seed effects correlated rho with A's, the same seeds), ``welch``
-    (independent seeds), ``fixed`` (B one model, seed effect 0); ``cell`` simulates as welch."""
+    (independent seeds), ``fixed`` (B one model, seed effect 0); ``cell`` simulates as welch.
+    Welch only: ``seeds_b`` (default ``seeds``), B's seed sd ``s_b`` in params (default ``s``),
+    and ``rho_shared`` in params: A's seed effects correlated that much with B's first
+    ``seeds`` (A computed from those seeds of B, as merge and wise are from vanilla's)."""
     p = params or (MEAN if kind == "mean" else CHRF_PARAMS)
     shape_seed = (experiments, seeds, 1)
     s_a = p["s"] * rng.standard_normal(shape_seed)
-    seeds_b = 1 if design == "fixed" else seeds
+    seeds_b = 1 if design == "fixed" else (seeds_b or seeds)
     if design == "paired":
         s_b = p["rho"] * s_a + math.sqrt(1 - p["rho"] ** 2) * p["s"] * rng.standard_normal(shape_seed)
     elif design == "fixed":
         s_b = np.zeros((experiments, 1, 1))
     else:
-        s_b = p["s"] * rng.standard_normal(shape_seed)
+        sd_b, rho = p.get("s_b", p["s"]), p.get("rho_shared", 0.0)
+        s_b = sd_b * rng.standard_normal((experiments, seeds_b, 1))
+        if rho:
+            s_b[:, :seeds] = rho * s_a * (sd_b / p["s"]) + math.sqrt(1 - rho ** 2) * sd_b * rng.standard_normal(shape_seed)
     u = p["u"] * rng.standard_normal((experiments, 1, N_ITEMS))
     z_a = p["delta"] + s_a + u + p["w"] * rng.standard_normal((experiments, 1, N_ITEMS)) \
         + p["e"] * rng.standard_normal((experiments, seeds, N_ITEMS))
@@ -161,22 +168,6 @@ def test_95_percent_interval_covers_the_truth(kind, seeds, design):
     assert 0.93 <= covered <= 0.97, f"{kind} {seeds} seeds {design}: coverage {covered:.3f}"
 
 
-def _unbalanced(rng, experiments: int, ka: int, kb: int, s_a: float, s_b: float, rho: float):
-    """``mean`` statistics of A (ka seeds) and B (kb seeds) with seed sd s_a and s_b; with
-    rho > 0, A's seed effects are correlated rho with B's first ka (A computed from those
-    seeds of B, as merge and wise are from vanilla's)."""
-    p = MEAN
-    sa = s_a * rng.standard_normal((experiments, ka, 1))
-    sb = s_b * rng.standard_normal((experiments, kb, 1))
-    if rho:
-        sb[:, :ka] = rho * sa * (s_b / s_a) + math.sqrt(1 - rho ** 2) * s_b * rng.standard_normal((experiments, ka, 1))
-    u = p["u"] * rng.standard_normal((experiments, 1, N_ITEMS))
-    za = p["delta"] + sa + u + p["w"] * rng.standard_normal((experiments, 1, N_ITEMS)) \
-        + p["e"] * rng.standard_normal((experiments, ka, N_ITEMS))
-    zb = sb + u + p["w"] * rng.standard_normal((experiments, 1, N_ITEMS)) + p["e"] * rng.standard_normal((experiments, kb, N_ITEMS))
-    return tuple(np.stack([z, np.ones_like(z)], axis=-1) for z in (za, zb))
-
-
 @pytest.mark.parametrize("s_a, s_b, rho", [(1.0, 1.0, 0.0), (2.0, 1.0, 0.0), (0.5, 2.0, 0.0), (1.0, 1.0, 0.9)])
 def test_welch_with_unequal_seed_counts_covers_the_truth(s_a, s_b, rho):
     """A 3-seed row against a 16-seed row (v2's 3-seed methods against vanilla) has other
@@ -188,7 +179,7 @@ def test_welch_with_unequal_seed_counts_covers_the_truth(s_a, s_b, rho):
     rng = np.random.default_rng(int(100 * s_a + 10 * s_b + 1000 * rho))
     hits = 0
     for start in range(0, EXPERIMENTS, CHUNK):
-        A, B = _unbalanced(rng, CHUNK, 3, 16, s_a, s_b, rho)
+        A, B = simulate(rng, "mean", CHUNK, 3, "welch", params=dict(MEAN, s=s_a, s_b=s_b, rho_shared=rho), seeds_b=16)
         for e in range(CHUNK):
             iv = difference_interval(per_seed("mean", A[e], "seed"), per_seed("mean", B[e], "seed"),
                                      n_boot=N_BOOT, seed=start + e)
