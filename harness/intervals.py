@@ -317,10 +317,16 @@ def difference_interval(a: dict[str, dict], b: dict[str, dict], *, b_fixed: bool
 
 
 def _power(delta: float, se: float, df: float, level: float) -> float:
-    """Two-sided power of the t test at noncentrality |delta|/se."""
+    """Two-sided power of the t test at noncentrality |delta|/se. scipy's noncentral t
+    returns NaN for the wrong-sign tail P(T < -crit) once the noncentrality is large
+    (from about 10); that tail lies between 0 and P(T < crit), which is tiny there, so it
+    counts as 0."""
     crit = sps.t.ppf(0.5 + level / 2, df)
     ncp = abs(delta) / se
-    return float(sps.nct.sf(crit, df, ncp) + sps.nct.cdf(-crit, df, ncp))
+    wrong_sign = float(sps.nct.cdf(-crit, df, ncp))
+    if not math.isfinite(wrong_sign):
+        wrong_sign = 0.0
+    return float(sps.nct.sf(crit, df, ncp)) + wrong_sign
 
 
 def seeds_for_power(iv: Interval, *, power: float = 0.8, level: float = 0.95, max_seeds: int = 1000) -> int | None:

@@ -318,6 +318,18 @@ def test_seeds_for_power_is_monotone_and_knows_its_limits():
     assert seeds_for_power(_interval(1.0, 0.0, 0.0)) == 2
 
 
+
+@pytest.mark.parametrize("df", [2.0, 5.0, 16.0, 50.0, 300.0])
+def test_power_is_a_probability_at_any_noncentrality(df):
+    """scipy's noncentral t gives NaN for the wrong-sign tail from a noncentrality of about
+    10 (radis - vanilla delta NLL has t of about 25); a NaN power would compare as "reached"
+    in seeds_for_power by accident."""
+    powers = [intervals._power(ncp, 1.0, df, 0.95) for ncp in (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 25.0, 40.0, 60.0)]
+    assert all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in powers), powers
+    assert powers == sorted(powers)
+    assert powers[-4] > 0.99 and powers[-1] > 0.999999
+    assert intervals._power(0.0, 1.0, df, 0.95) == pytest.approx(0.05, abs=1e-9)  # no effect: the test's level
+
 POWER = dict(delta=1.2, s=1.0, rho=0.5, u=3.0, w=1.0, e=2.0)
 
 
