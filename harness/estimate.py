@@ -116,9 +116,10 @@ class Estimate:
                 f"model {self.params / 1e9:.2f}B parameters ({self.params_source})")
 
 
-def estimate(plan, sizes: dict) -> Estimate:
+def estimate(plan, sizes: dict, status: dict | None = None) -> Estimate:
     """Tokens to train and to generate, from the plan's declarations and the checked
-    ``sizes`` (``Plan.check``), and the GPU hours they take."""
+    ``sizes`` (``Plan.check``), and the GPU hours they take: for the units ``status``
+    (``Plan.unit_status``) lists as to compute, every unit of the plan without it."""
     from harness.data import sample
     from harness.evaluation import SuiteContext
     from harness.methods import MethodContext
@@ -134,10 +135,13 @@ def estimate(plan, sizes: dict) -> Estimate:
     missing = sizes.get("missing", {})
     directions = [d for d in plan.directions if d.name not in missing]
     train_pairs = [p for d in directions for p in sample(plan.data.translation(d, "train"), cfg.train_size, cfg.data_seed)]
+    if status is None:
+        status = {"todo_train": [(label, seed) for _, label, seed in plan.trained_units()],
+                  "todo_eval": {cell: list(plan.suites) for cell in plan.cells()}}
     train_tokens = gen_tokens = 0
     generated: set[str] = set()  # the original model writes each distinct request once (cached across seeds)
     for label, method in plan.methods.items():
-        b, seeds = plan.budgets[label], plan.seeds_of(label)
+        b, seeds = plan.budgets[label], [seed for other, seed in status["todo_train"] if other == label]
         limits = []
         for seed in seeds:
             if any(spec.name in missing for spec in method.uses_data()):
@@ -150,13 +154,13 @@ def estimate(plan, sizes: dict) -> Estimate:
                     gen_tokens += decoding.max_new_tokens
         extra = sum(limits) / len(limits) if limits and method.generation_in_target == "appended" else 0
         train_tokens += b.steps * b.batch_size * min(b.max_length, pair_tokens + extra) * len(seeds)
-    # evaluation: every model answers every planned item at its suite's generation limit
-    trained_models = sum(len(plan.seeds_of(label)) for label in plan.entries)
+    # evaluation: every model to evaluate answers every planned item at its suite's generation limit
     for name, suite in plan.suites.items():
-        if any(spec.name in missing for spec in suite.uses_data()):
+        models = sum(name in suites for suites in status["todo_eval"].values())
+        if not models or any(spec.name in missing for spec in suite.uses_data()):
             continue
         ctx = SuiteContext(label="original", data=plan.data, directions=directions, config=cfg, size=cfg.suite_sizes.get(name))
-        gen_tokens += sum(suite.planned_generations(ctx)) * (1 + trained_models)
+        gen_tokens += sum(suite.planned_generations(ctx)) * models
         gen_tokens += sum(d.max_new_tokens for _, d in suite.original_requests(ctx))
     params, source = model_params(cfg.model)
     if params is None:

@@ -174,8 +174,9 @@ def _gguf_parsed_once():
         gguf.GGUFReader = real
 
 
-def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSpec:
-    """Turn ``--model`` into a local checkpoint folder and a content fingerprint."""
+def resolve_model(name: str, trust_remote_code: bool = False, offline: bool = False) -> ModelSpec:
+    """Turn ``--model`` into a local checkpoint folder and a content fingerprint; ``offline``:
+    a hub model from the local hub cache only (a UserError when it is not there)."""
     if name in EMBEDDED:
         folder = convert_embedded(name)
         return ModelSpec(name, str(folder), _checkpoint_fingerprint(folder), EMBEDDED[name]["about"], False)
@@ -190,7 +191,8 @@ def resolve_model(name: str, trust_remote_code: bool = False) -> ModelSpec:
     try:
         from huggingface_hub import snapshot_download
 
-        folder = Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+        folder = Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+                                        local_files_only=offline))
     except Exception as err:
         raise UserError(
             f"Model '{name}' is neither a local folder nor an embedded model, and the hub could not provide it "

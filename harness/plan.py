@@ -302,14 +302,43 @@ class Plan:
         """The base model: where its checkpoint is and its content fingerprint (with the dtype
         when it is not float32: other weights give other outputs, so every key changes)."""
         if self._spec is None:
-            from harness.models import resolve_model, resolve_placement
-
-            spec = resolve_model(self.cfg.model, self.cfg.trust_remote_code)
-            _, dtype = resolve_placement(self.cfg.device, self.cfg.dtype)
-            if dtype != "float32":
-                spec = dataclasses.replace(spec, fingerprint=f"{spec.fingerprint}@{dtype}")
-            self._spec = spec
+            self._resolve_spec(offline=False)
         return self._spec
+
+    def _resolve_spec(self, offline: bool) -> None:
+        from harness.models import resolve_model, resolve_placement
+
+        spec = resolve_model(self.cfg.model, self.cfg.trust_remote_code, offline=offline)
+        _, dtype = resolve_placement(self.cfg.device, self.cfg.dtype)
+        if dtype != "float32":
+            spec = dataclasses.replace(spec, fingerprint=f"{spec.fingerprint}@{dtype}")
+        self._spec = spec
+
+    def unit_status(self) -> dict:
+        """What a dry run says of the selected cells: the trainings and evaluations to compute
+        (``todo_train``: (label, seed); ``todo_eval``: cell -> suites) and how many are
+        finished under the current keys (read only: an old-scheme key is not rewritten).
+        ``known`` is False when that cannot be told without fetching the model (a hub model
+        not in the local cache); then everything selected is listed as to compute."""
+        from harness.units import Units
+
+        cells = [c for c in self.cells() if self.selected(c)]
+        trained = [(label, seed) for cell, label, seed in self.trained_units() if self.selected(cell)]
+        status = {"known": True, "why": "", "done_train": 0, "done_eval": 0,
+                  "todo_train": trained, "todo_eval": {c: list(self.suites) for c in cells}}
+        if not any((self.run_dir / d).is_dir() for d in ("models", "results")):
+            return status  # a new run directory: nothing is finished
+        if self._spec is None:
+            try:
+                self._resolve_spec(offline=True)
+            except UserError:
+                return {**status, "known": False, "why": f"{self.cfg.model} is not in the local hub cache"}
+        units = Units(self, readonly=True)
+        todo_train = [(label, seed) for label, seed in trained if not units.training_done(label, seed)]
+        todo_eval = {c: pending for c in cells if (pending := [s for s in self.suites if units.evaluation(c, s) is None])}
+        return {**status, "done_train": len(trained) - len(todo_train),
+                "done_eval": len(cells) * len(self.suites) - sum(len(v) for v in todo_eval.values()),
+                "todo_train": todo_train, "todo_eval": todo_eval}
 
     @property
     def train_pairs(self):
@@ -430,10 +459,28 @@ def print_plan(plan: Plan) -> None:
         out.print(f"[bold red]Missing data:[/bold red] {', '.join(sizes['missing'])}; a real run stops with:")
         for message in sizes["missing"].values():
             out.print(f"  - {message}", soft_wrap=True)
-    out.print("[bold]" + estimate(plan, sizes).line().replace(":", ":[/bold]", 1) + (
-        " (directions and sets with missing data not counted)" if sizes.get("missing") else ""), soft_wrap=True)
     if plan.only is not None:
         out.print(f"[bold]Cells (--only):[/bold] {', '.join(plan.only)}")
+    status = plan.unit_status()
+    out.print(f"[bold]To compute:[/bold] {_todo_text(status)}", soft_wrap=True)
+    out.print("[bold]" + estimate(plan, sizes, status).line().replace(":", ":[/bold]", 1) + (
+        " (directions and sets with missing data not counted)" if sizes.get("missing") else "") + (
+        "" if status["todo_train"] or status["todo_eval"] else " (nothing to compute)"), soft_wrap=True)
+
+
+def _todo_text(status: dict, shown: int = 8) -> str:
+    """One line: how many trainings and evaluations a run would compute and reuse, and for which cells."""
+    trainings, evaluations = len(status["todo_train"]), sum(len(v) for v in status["todo_eval"].values())
+    if not status["known"]:
+        return (f"every selected unit is listed ({trainings} trainings, {evaluations} evaluations): which are finished "
+                f"cannot be told without the model ({status['why']})")
+    if not trainings and not evaluations:
+        return (f"nothing: all {status['done_train']} trainings and {status['done_eval']} evaluations are finished "
+                "under the current keys and would be reused")
+    cells = list(dict.fromkeys(list(status["todo_eval"]) + [f"{label}-seed{seed}" for label, seed in status["todo_train"]]))
+    which = ", ".join(cells[:shown]) + (f" and {len(cells) - shown} more" if len(cells) > shown else "")
+    return (f"{trainings} trainings and {evaluations} evaluations ({which}); "
+            f"{status['done_train']} trainings and {status['done_eval']} evaluations finished, reused")
 
 
 # --- checks before any compute ---------------------------------------------------------------

@@ -166,6 +166,7 @@ def score_answers(model, original_model_fn, tokenizer, sequences: list[tuple[lis
     The original's side comes from ``OriginalHidden`` (stored in ``shared``, the run's folder
     for this suite; in memory without one). Only one batch of full-vocabulary distributions is
     held at a time."""
+    import numpy as np
     import torch
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -185,8 +186,9 @@ def score_answers(model, original_model_fn, tokenizer, sequences: list[tuple[lis
                 evaluated = [torch.log_softmax(head(h).float(), dim=-1) for h in scored_hidden(model, batch, pad_id)]
                 with original_model_fn() as original:
                     reference_head = original.get_output_embeddings()
-                    reference = [torch.log_softmax(reference_head(torch.as_tensor(cache.rows[i]).to(head.weight.device,
-                                                                                                  head.weight.dtype)).float(), dim=-1)
+                    # np.array copies the read-only memory-mapped rows: torch cannot wrap them writable
+                    reference = [torch.log_softmax(reference_head(torch.from_numpy(np.array(cache.rows[i])).to(
+                                     head.weight.device, head.weight.dtype)).float(), dim=-1)
                                  for i in rows]
             else:
                 with original_model_fn() as original:

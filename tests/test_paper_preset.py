@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 
@@ -50,3 +51,25 @@ def test_params_from_config_matches_the_measured_model():
     mistral = {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336, "vocab_size": 32000,
                "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False}
     assert params_from_config(mistral) == MEASURED_PARAMS
+
+
+def test_the_estimate_counts_only_the_units_to_compute(tiny_checkpoint, tmp_path):
+    from harness.config import RunConfig, apply_settings
+    from harness.estimate import estimate
+    from harness.plan import Plan
+
+    cfg = RunConfig()
+    apply_settings(cfg, {"model": str(tiny_checkpoint), "methods": ["vanilla", "radis"], "seeds": [0, 1],
+                         "out": str(tmp_path / "run")}, "test")
+    plan = Plan(cfg)
+    sizes = plan.check(missing_ok=True)
+    everything = estimate(plan, sizes)
+    assert everything.train_tokens > 0 and everything.gen_tokens > 0
+    assert estimate(plan, sizes, plan.unit_status()).train_tokens == everything.train_tokens  # a new run directory
+    suites = list(plan.suites)
+    half = estimate(plan, sizes, {"todo_train": [("vanilla", 1), ("radis", 1)],
+                                  "todo_eval": {"vanilla-seed1": suites, "radis-seed1": suites}})
+    assert half.train_tokens * 2 == pytest.approx(everything.train_tokens, rel=1e-6)
+    assert 0 < half.gen_tokens < everything.gen_tokens
+    nothing = estimate(plan, sizes, {"todo_train": [], "todo_eval": {}})
+    assert (nothing.train_tokens, nothing.gen_tokens) == (0, 0)

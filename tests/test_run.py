@@ -145,6 +145,27 @@ def test_rerun_reuses_everything(reference_run):
     assert "reused: original on translation" in log
 
 
+def test_dry_run_says_what_is_finished_and_what_is_to_compute(reference_run, tiny_checkpoint):
+    run_dir, env, _ = reference_run
+    before, keys = unit_mtimes(run_dir), {p: p.read_text() for p in run_dir.rglob("*.json")}
+    same = cli(run_args(tiny_checkpoint, run_dir) + ["--dry-run"], {**env, "COLUMNS": "400"})
+    assert same.returncode == 0, same.stderr[-3000:]
+    out = " ".join(same.stdout.split())
+    # 3 trained models and the original, 4 suites each
+    assert "To compute: nothing: all 3 trainings and 16 evaluations are finished under the current keys" in out, out
+    assert "0.0M tokens trained, 0.0M tokens generated" in out and "(nothing to compute)" in out
+    more = cli(run_args(tiny_checkpoint, run_dir, seeds="0,1") + ["--dry-run"], {**env, "COLUMNS": "400"})
+    assert more.returncode == 0, more.stderr[-3000:]
+    out = " ".join(more.stdout.split())
+    assert "To compute: 3 trainings and 12 evaluations (radis-seed1, vanilla-seed1, sdft-seed1); " \
+           "3 trainings and 16 evaluations finished, reused" in out, out
+    other = cli(run_args(tiny_checkpoint, run_dir) + ["--steps", "5", "--dry-run"], {**env, "COLUMNS": "400"})
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "3 trainings and 12 evaluations" in " ".join(other.stdout.split())  # another budget: every trained unit anew
+    # a dry run reads: no unit or key file changed
+    assert unit_mtimes(run_dir) == before and {p: p.read_text() for p in run_dir.rglob("*.json")} == keys
+
+
 def test_killed_during_training_and_evaluation_resumes_to_the_same_scores(reference_run, tiny_checkpoint, tmp_path):
     ref_dir, _, _ = reference_run
     env = {"RADIS_BENCH_CACHE": str(tmp_path / "cache")}
