@@ -10,22 +10,13 @@ from typing import List, Optional
 
 import typer
 
-from harness.errors import UserError
+from harness.errors import Terminated, UserError, interruption, on_sigint, on_sigterm
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Benchmark forgetting-mitigation methods (RaDis, vanilla FT, SDFT, self-KD, replay) for teaching chat LLMs translation.",
 )
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a batch system's cancel or time limit, `kill`) turned into the same orderly
-    stop as Ctrl-C: the message below instead of a silent death."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -148,17 +139,22 @@ def run(
             if launched_processes()[0] == 0:
                 print_plan(plan)
             return
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, on_sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell ignores it (`nohup ... &`)
+            signal.signal(signal.SIGINT, on_sigint)
         from harness.execute import Execution
 
         Execution(plan).run()
-    except UserError as err:
-        _fail(str(err))
-    except KeyboardInterrupt as stop:
+    except (UserError, KeyboardInterrupt, Exception) as err:
         # SIGINT reaches here as Ctrl-C only when it is not ignored: a job started in the
         # background by a non-interactive shell (`nohup ... &`) ignores it; stop that with SIGTERM.
-        how, code = ("stopped (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
-        _fail(f"{how}; finished stages are saved, run the same command again to resume.", code=code)
+        stop = interruption(err)  # also a library error raised while a stop unwound through it
+        if stop is not None:
+            how, code = ("stopped (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+            _fail(f"{how}; finished stages are saved, run the same command again to resume.", code=code)
+        if isinstance(err, UserError):
+            _fail(str(err))
+        raise
 
 
 def _apply_set(cfg, item: str) -> None:

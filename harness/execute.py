@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+from harness.errors import raise_if_stopping
 from harness.methods import Method, MethodContext
 from harness.plan import ORIGINAL, digest
 from harness.progress import console
@@ -97,6 +98,12 @@ class Execution:
         self.trainings = Trainings(self)
 
     def run(self) -> Path:
+        try:
+            return self._run_this_process()
+        finally:
+            leave_process_group()
+
+    def _run_this_process(self) -> Path:
         if distributed():
             import torch.distributed as dist
 
@@ -236,6 +243,7 @@ class Execution:
         t0, stamp = time.time(), self.publisher.stamp()
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         result = plan.suites[suite].evaluate(ctx)
+        raise_if_stopping()
         write_jsonl(units.outputs_path(cell, suite), result.outputs)
         self.publisher.write_item_stats(cell, suite, result.outputs)
         write_json(units.result_path(cell, suite), {
@@ -292,6 +300,7 @@ class Trainings:
             t0 = time.time()
             self.say(f"building training data: {label} seed {seed}")
             examples = method.build_training_examples(ctx)
+            raise_if_stopping()
             ctx.stats["build_s"] = round(time.time() - t0, 1)
             ctx.stats["examples"] = len(examples)
             rows = [{"messages": e.messages, "response": [dataclasses.asdict(s) for s in e.response], "source": e.source,
@@ -405,6 +414,20 @@ def distributed() -> bool:
     # GPUs talk over NCCL, CPU processes over gloo; the waits span whole evaluations
     PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=24))
     return True
+
+
+def leave_process_group() -> None:
+    """This process's end of a multi-process launch. A process group left to the
+    interpreter's exit can abort the process after the run finished ("terminate called
+    without an active exception", exit -6)."""
+    import sys
+
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def tell(message) -> None:

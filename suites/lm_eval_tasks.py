@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.errors import UserError, interruption
 from harness.evaluation import Metric, NotScored, Suite, SuiteContext, SuiteResult
 
 Z_95 = 1.96
@@ -103,6 +103,8 @@ class LMEvalSuite(Suite):
                     apply_chat_template=opts.apply_chat_template, bootstrap_iters=opts.bootstrap_iters,
                 )
             except Exception as err:  # unknown task, data not reachable offline, a task's own bug: skip that task
+                if interruption(err):  # a stop that surfaced as a library's error is no failed task
+                    raise
                 first_line = (str(err).splitlines() or [""])[0]
                 result.not_scored.append(NotScored(task, f"not scored: lm-eval task failed ({type(err).__name__}: {first_line})"))
                 logging.getLogger(__name__).debug("lm-eval task %s failed", task, exc_info=True)

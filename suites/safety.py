@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.data import DataSet, HarmfulPrompt, load_harmful, sample
-from harness.errors import UserError
+from harness.errors import UserError, interruption
 from harness.evaluation import ItemStats, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Generator, Request
 from harness.models import looks_like_path
@@ -183,6 +183,8 @@ def classify(ctx: SuiteContext, name: str | None, pairs: list[tuple[str, str]]) 
         spec = resolve_model(name)
         model, tokenizer = load_model(spec)
     except Exception as err:  # offline hub, missing files, no chat template: all mean "no classifier"
+        if interruption(err):
+            raise
         first_line = (str(err).splitlines() or [""])[0]
         return None, f"not scored: could not load safety classifier {name!r} ({type(err).__name__}: {first_line})"
     judge = Generator(model, tokenizer, f"safety-classifier:{spec.fingerprint}", ctx.generator.cache,

@@ -26,7 +26,7 @@ import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
 from harness.data import Direction, TranslationPair, parse_directions, sample
-from harness.errors import UserError
+from harness.errors import UserError, interruption
 from harness.evaluation import ItemStats, Metric, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Output, Request
 from harness.models import looks_like_path
@@ -358,6 +358,8 @@ class TranslationSuite(Suite):
             scorer = CometScorer(name, self.options.comet_batch_size)
             scores = scorer.score([(it.pair.source, it.translation, it.pair.reference) for it in items])
         except CometUnavailable as err:
+            if interruption(err):
+                raise
             return f"not scored: could not load COMET model {comet_label(name)}: {err}"
         for it, score in zip(items, scores):
             it.comet = score

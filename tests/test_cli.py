@@ -170,3 +170,32 @@ def test_real_process_prints_one_line_and_exits_2(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
 
+
+
+def test_a_library_error_raised_while_a_stop_unwinds_is_that_stop():
+    from harness.errors import Terminated, interruption
+
+    def unwinds_badly():
+        try:
+            raise Terminated()
+        finally:
+            raise RuntimeError("clean-up failed")
+
+    with pytest.raises(RuntimeError) as info:
+        unwinds_badly()
+    assert isinstance(interruption(info.value), Terminated)
+    try:  # re-raised as another error "from None": still a stop
+        try:
+            unwinds_badly()
+        except RuntimeError:
+            raise ValueError("wrapped") from None
+    except ValueError as err:
+        assert isinstance(interruption(err), Terminated)
+    assert interruption(RuntimeError("a real failure")) is None
+    try:
+        try:
+            raise OSError("disk")
+        except OSError:
+            raise RuntimeError("handled")
+    except RuntimeError as err:
+        assert interruption(err) is None

@@ -192,3 +192,75 @@ def test_a_third_party_suite_and_method_run_in_a_real_run(tiny_checkpoint, tmp_p
     assert "What has 8 legs?" in examples
     md = (run_dir / "report" / "leaderboard.md").read_text()
     assert "riddles hit_rate ↑" in md
+
+
+STOPPER = '''
+"""A careless third-party suite: its evaluation is stopped (SIGTERM) while it runs, and it
+either swallows the stop or lets a library's clean-up replace it with its own error."""
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from harness.evaluation import ItemStats, MetricSpec, Suite, SuiteResult
+
+
+@dataclass
+class StopperOptions:
+    mode: str = "swallow"
+
+
+class StopperSuite(Suite):
+    name = "stopper"
+    description = "plugin test: stopped while it evaluates"
+    Options = StopperOptions
+
+    def metrics(self):
+        return [MetricSpec("score", "always 1", True, main=True)]
+
+    def requests(self, ctx):
+        return []
+
+    def evaluate(self, ctx):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(60)
+        except BaseException:
+            if self.options.mode == "swallow":
+                pass  # e.g. a retry loop with a bare except
+            else:  # torch's vmap fails an internal assert when a stop unwinds through it
+                raise RuntimeError("!dynamicLayerStack.empty() INTERNAL ASSERT FAILED")
+        result = SuiteResult()
+        result.add_mean("score", [1.0], main=True)
+        result.outputs = [{"id": "0", "score": 1.0}]
+        return result
+
+    def item_stats(self, outputs):
+        return {"score": ItemStats.mean([r["id"] for r in outputs], [r["score"] for r in outputs])}
+'''
+
+
+@pytest.mark.parametrize("mode", ["swallow", "library_error"])
+def test_a_stop_inside_a_suite_stops_the_run_and_saves_no_unit(tiny_checkpoint, tmp_path, mode):
+    """SIGTERM while a suite evaluates ends the run as a stop (143, one line, no traceback)
+    even when the suite's code swallows it or a library turns it into its own error on the
+    way out (the CI failure: torch's vmap inside transformers' attention masks); and the
+    half-done evaluation is not saved as a finished unit."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "stopper_plugin.py").write_text(STOPPER)
+    dist = site / "stopper_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: stopper-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[radis_bench.suites]\nstopper = stopper_plugin:StopperSuite\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "RADIS_BENCH_CACHE": str(tmp_path / "cache")}
+    run_dir = tmp_path / "run"
+    result = cli(["run", "--model", str(tiny_checkpoint), "--methods", "vanilla", "--suites", "stopper",
+                  "--train-size", "8", "--eval-size", "4", "--steps", "2", "--batch-size", "4", "--out", str(run_dir),
+                  "--set", f"stopper.mode={mode}"], env)
+    lines = [line for line in result.stderr.splitlines() if line.strip().startswith("error:")]
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert lines == ["error: stopped (SIGTERM); finished stages are saved, run the same command again to resume."]
+    assert "Traceback" not in result.stderr and "INTERNAL ASSERT" not in result.stderr
+    assert not list(run_dir.glob("results/*/stopper.json"))
