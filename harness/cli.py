@@ -145,7 +145,7 @@ def run(
         from harness.execute import Execution
 
         Execution(plan).run()
-    except (UserError, KeyboardInterrupt, Exception) as err:
+    except (KeyboardInterrupt, Exception) as err:  # a UserError is an Exception
         # SIGINT reaches here as Ctrl-C only when it is not ignored: a job started in the
         # background by a non-interactive shell (`nohup ... &`) ignores it; stop that with SIGTERM.
         stop = interruption(err)  # also a library error raised while a stop unwound through it

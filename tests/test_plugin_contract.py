@@ -155,15 +155,16 @@ class RiddleReplay(Method):
 '''
 
 
-def install_plugin(site: Path) -> dict:
+def install_plugin(site: Path, module: str = "riddle_plugin", source: str = PLUGIN,
+                   entry_points: str = "[radis_bench.suites]\nriddles = riddle_plugin:RiddleSuite\n\n"
+                                       "[radis_bench.methods]\nriddle_replay = riddle_plugin:RiddleReplay\n") -> dict:
     """Install the package as pip would, by its files and metadata, into a folder put on the path."""
     site.mkdir()
-    (site / "riddle_plugin.py").write_text(PLUGIN)
-    dist = site / "riddle_plugin-0.1.dist-info"
+    (site / f"{module}.py").write_text(source)
+    dist = site / f"{module}-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: riddle-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[radis_bench.suites]\nriddles = riddle_plugin:RiddleSuite\n\n"
-                                           "[radis_bench.methods]\nriddle_replay = riddle_plugin:RiddleReplay\n")
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(entry_points)
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
@@ -246,14 +247,8 @@ def test_a_stop_inside_a_suite_stops_the_run_and_saves_no_unit(tiny_checkpoint, 
     even when the suite's code swallows it or a library turns it into its own error on the
     way out (the CI failure: torch's vmap inside transformers' attention masks); and the
     half-done evaluation is not saved as a finished unit."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "stopper_plugin.py").write_text(STOPPER)
-    dist = site / "stopper_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: stopper-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[radis_bench.suites]\nstopper = stopper_plugin:StopperSuite\n")
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    env = {**install_plugin(tmp_path / "site", "stopper_plugin", STOPPER,
+                            "[radis_bench.suites]\nstopper = stopper_plugin:StopperSuite\n"),
            "RADIS_BENCH_CACHE": str(tmp_path / "cache")}
     run_dir = tmp_path / "run"
     result = cli(["run", "--model", str(tiny_checkpoint), "--methods", "vanilla", "--suites", "stopper",
