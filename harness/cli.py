@@ -19,6 +19,19 @@ app = typer.Typer(
 )
 
 
+def _end_launched_process() -> None:
+    """End a process of a multi-process launch whose run finished: everything is saved and
+    the locks are released, so skip the interpreter's teardown, where one of torch's C++
+    threads now and then aborts the finished process ("terminate called without an active
+    exception", SIGABRT), and the launcher then reports the whole launch as failed."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _fail(message: str, code: int = 2) -> None:
     from harness.config import launched_processes
 
@@ -145,6 +158,8 @@ def run(
         from harness.execute import Execution
 
         Execution(plan).run()
+        if launched_processes()[1] > 1:
+            _end_launched_process()
     except (KeyboardInterrupt, Exception) as err:  # a UserError is an Exception
         # SIGINT reaches here as Ctrl-C only when it is not ignored: a job started in the
         # background by a non-interactive shell (`nohup ... &`) ignores it; stop that with SIGTERM.

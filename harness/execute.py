@@ -98,12 +98,6 @@ class Execution:
         self.trainings = Trainings(self)
 
     def run(self) -> Path:
-        try:
-            return self._run_this_process()
-        finally:
-            leave_process_group()
-
-    def _run_this_process(self) -> Path:
         if distributed():
             import torch.distributed as dist
 
@@ -414,20 +408,6 @@ def distributed() -> bool:
     # GPUs talk over NCCL, CPU processes over gloo; the waits span whole evaluations
     PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=24))
     return True
-
-
-def leave_process_group() -> None:
-    """This process's end of a multi-process launch. A process group left to the
-    interpreter's exit can abort the process after the run finished ("terminate called
-    without an active exception", exit -6)."""
-    import sys
-
-    if "torch.distributed" not in sys.modules:
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def tell(message) -> None:
