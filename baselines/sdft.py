@@ -5,6 +5,9 @@ is trained on the rewrites. Not the on-policy SDFT of Shenfeld et al. (TRL's SDF
 The rewrite prompt is sail-sg/sdft's ``alpaca_distill_using`` template, sent as one user
 turn so it works with any chat template. Rewrites are rejected (the reference is kept) as
 in its ``eval/gen_distilled_data.py``, plus a recorded chrF floor as the translation check.
+The rewrites are sampled as the reference code samples them (it passes no decoding flags, so
+LLaMA-Factory's defaults apply: temperature 0.95, top-p 0.7, top-k 50), seeded by the
+training seed; ``do_sample: false`` gives the greedy rewrites of radis-bench before issue 30.
 """
 
 from __future__ import annotations
@@ -30,8 +33,14 @@ REJECTED_PHRASES = ("reference answer", "your response", "my response", "your ow
 @dataclass
 class SDFTOptions:
     chrf_floor: float = field(default=50.0, metadata={"help": "Keep a rewrite only if its chrF against the reference reaches this."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Generation limit of the rewrites (greedy)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Generation limit of the rewrites."})
     extraction: str = field(default="first_paragraph", metadata={"help": "How the translation is cut from a rewrite: first_paragraph, first_line or full."})
+    # sail-sg/sdft generates its rewrites with LLaMA-Factory's default decoding (GeneratingArguments:
+    # do_sample, temperature 0.95, top-p 0.7, top-k 50); seeded by the training seed here
+    do_sample: bool = field(default=True, metadata={"help": "Sample the rewrites (the reference code's decoding); false: greedy."})
+    temperature: float = field(default=0.95, metadata={"help": "Sampling temperature (with do_sample)."})
+    top_p: float = field(default=0.7, metadata={"help": "Nucleus sampling mass (with do_sample)."})
+    top_k: int = field(default=50, metadata={"help": "Top-k filter (with do_sample; 0 = off)."})
 
 
 def mentions_reference(text: str) -> bool:
@@ -46,8 +55,23 @@ class SDFT(Method):
     Options = SDFTOptions
     generation_in_target = "replaces"
 
+    def options_before_versions(self) -> dict | None:
+        # until issue 30 the rewrites were greedy and these four options did not exist
+        out = self.options_dict()
+        for name in ("do_sample", "temperature", "top_p", "top_k"):
+            out.pop(name)
+        return None if self.options.do_sample else out
+
+    def decoding(self, ctx: MethodContext) -> Decoding:
+        o = self.options
+        return Decoding(max_new_tokens=o.max_new_tokens, do_sample=o.do_sample, temperature=o.temperature, top_p=o.top_p,
+                        top_k=o.top_k, seed=ctx.seed)
+
     def check(self) -> None:
         o = self.options
+        if o.do_sample and (o.temperature <= 0 or not 0.0 < o.top_p <= 1.0 or o.top_k < 0):
+            raise UserError(f"sdft sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0, got {o.temperature}, "
+                            f"{o.top_p} and {o.top_k}.")
         if o.extraction not in EXTRACTION_RULES:
             raise UserError(f"sdft.extraction '{o.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
         if not 0.0 <= o.chrf_floor <= 100.0:
@@ -56,14 +80,14 @@ class SDFT(Method):
             raise UserError(f"sdft.max_new_tokens must be positive, got {o.max_new_tokens}.")
 
     def original_requests(self, ctx: MethodContext) -> list[tuple[Request, Decoding]]:
-        decoding = Decoding(max_new_tokens=self.options.max_new_tokens)
+        decoding = self.decoding(ctx)
         return [(Request(user_turn(DISTILL_PROMPT.format(instruction=translation_prompt(pair), reference=pair.reference))), decoding)
                 for pair in ctx.pairs]
 
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         o = self.options
         prompts = [translation_prompt(p) for p in ctx.pairs]
-        decoding = Decoding(max_new_tokens=o.max_new_tokens)
+        decoding = self.decoding(ctx)
         outputs = ctx.original.generate_many(self.original_requests(ctx), label="sdft: rewrites")
         chrf = CHRF()
         examples, by_phrase, by_chrf, kept_scores = [], 0, 0, []

@@ -96,6 +96,7 @@ class RunConfig:
     lora: LoRASettings = field(default_factory=LoRASettings)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-method settings."})
     suite_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-suite settings."})
+    require_clean_code: bool = field(default=False, metadata={"help": "Refuse to compute any unit while radis-bench's source checkout has uncommitted changes (for published runs: every unit is then tied to a commit)."})
     sweep: dict[str, list] = field(
         default_factory=dict,
         metadata={"help": "Ablation grid: {'radis.rationale_weight': [0, 0.5, 1]} adds a variant per value (the product of "
@@ -178,6 +179,20 @@ def apply_settings(obj: Any, settings: dict[str, Any], where: str) -> None:
             setattr(obj, name, [i.strip() if isinstance(i, str) else i for i in items if i != ""])
         else:
             setattr(obj, name, _coerce(value, str(known[name].type), key))
+
+
+def options_before_versions(options) -> dict | None:
+    """An options dataclass as unit keys hashed it before code versions existed (key schemes
+    1 and 2, ``harness.migrate``): without the fields added since, which declare in their
+    metadata (``before``) the value that does what the code did without them. None when a
+    field holds another value: no unit made before then computed this."""
+    out = dataclasses.asdict(options)
+    for f in fields(options):
+        if "before" in f.metadata:
+            if out[f.name] != f.metadata["before"]:
+                return None
+            out.pop(f.name)
+    return out
 
 
 PRESETS = Path(__file__).resolve().parent / "presets"

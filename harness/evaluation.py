@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness.config import RunConfig, apply_settings
+from harness.config import RunConfig, apply_settings, options_before_versions
 from harness.data import DataSet, DataSource, Direction
 from harness.generation import Decoding, Generator, Request
 from harness.stats import bootstrap_ci
@@ -132,6 +132,9 @@ class Suite:
     role: ClassVar[str] = "general"
     uses_directions: ClassVar[bool] = False  # reads the run's translation directions
     compares_with_original: ClassVar[bool] = False  # its scores depend on the original model too
+    # the version of this suite's code, in its evaluation keys: bump it when a change moves its
+    # scores on purpose (``harness.versions``)
+    version: ClassVar[int] = 1
 
     def __init__(self, options: Any = None, defaults: dict | None = None):
         """``defaults``: the run settings that options left unset and naming a ``run_default``
@@ -156,11 +159,21 @@ class Suite:
     def options_dict(self) -> dict:
         return dataclasses.asdict(self.options)
 
-    def legacy_options(self) -> dict:
+    def options_before_versions(self) -> dict | None:
+        """The options as evaluation keys hashed them before code versions existed, or None
+        when no unit made then computed what these options compute (``harness.migrate``)."""
+        return options_before_versions(self.options)
+
+    def legacy_options(self) -> dict | None:
         """The options as the first key scheme hashed them (run-level settings not yet moved
-        into suites, defaults not yet resolved), to migrate run directories made by it."""
-        out = self.options_dict()
+        into suites, defaults not yet resolved), to migrate run directories made by it; None
+        as for ``options_before_versions``."""
+        out = self.options_before_versions()
+        if out is None:
+            return None
         for f in dataclasses.fields(self.options):
+            if f.name not in out:
+                continue
             if f.metadata.get("alias"):
                 out.pop(f.name)
             elif f.name in self.defaulted:

@@ -25,6 +25,7 @@ from harness.progress import console
 from harness.publish import Publisher
 from harness.store import CellLock, RunLock, read_json, read_jsonl, write_atomic, write_json, write_jsonl
 from harness.units import Units
+from harness.versions import TRAINER, evaluation_code, training_code
 
 log = logging.getLogger("radis_bench")
 
@@ -104,6 +105,8 @@ class Execution:
             if dist.get_rank() != 0:
                 return follow(self.plan, self.models, self.units)
         self.plan.check()  # fail on bad input before any work; the manifest records the sizes
+        if self.plan.cfg.require_clean_code:
+            self.plan.refuse_uncommitted_code(self.plan.unit_status())
         self.models.backend  # an unusable generation_backend fails here too
         with contextlib.ExitStack() as locks:
             locks.enter_context(RunLock(self.run_dir, shared=self.plan.only is not None))
@@ -161,6 +164,9 @@ class Execution:
         self.publisher.publish(report=True)
         self.publisher.summary()
         rekeyed = f", {self.units.rekeyed} re-keyed from an earlier key scheme" if self.units.rekeyed else ""
+        warning = self.units.unversioned_warning()
+        if warning:
+            self.say(f"[bold yellow]Warning:[/bold yellow] {warning}.")
         self.say(f"Done in {time.time() - started:.0f}s: {self.counts['computed']} units computed, {self.counts['reused']} reused"
                  f"{rekeyed}. Report: {self.run_dir / 'report' / 'leaderboard.html'}")
         return self.run_dir
@@ -245,7 +251,7 @@ class Execution:
             "metrics": [dataclasses.asdict(m) for m in result.metrics],
             "not_scored": [dataclasses.asdict(n) for n in result.not_scored],
             "seconds": round(time.time() - t0, 1),
-            "computed": stamp,
+            "computed": stamp, "code": evaluation_code(plan.suites[suite]),
         })
         self.publisher.timings[f"eval {cell} {suite}"] = round(time.time() - t0, 1)
         self.counts["computed"] += 1
@@ -279,11 +285,15 @@ class Trainings:
         plan, units = self.plan, self.units
         method, key, workdir = plan.methods[label], plan.train_key(label, seed), units.workdir(label, seed)
         base, tokenizer = self.models.load_base()
-        trained = load_trained(base, workdir) if units.training_done(label, seed) else None
+        done = units.training_done(label, seed)
+        trained = load_trained(base, workdir) if done else None
         if trained is not None:
             self.say(f"reused: training {label} seed {seed} ({workdir})")
             self.counts["reused"] += 1
         else:
+            if done:  # e.g. a published run directory, which keeps statistics but no weights
+                self.say(f"training {label} seed {seed} is finished but its weights are not in {workdir}; training it again")
+                (workdir / STATS_FILE).unlink()
             stored = workdir / "unit_key.txt"
             if stored.exists() and stored.read_text() != key:  # the same key: a resumable training state
                 self.say(f"settings changed for {label} seed {seed}: discarding its old training")
@@ -298,7 +308,7 @@ class Trainings:
             ctx.stats["build_s"] = round(time.time() - t0, 1)
             ctx.stats["examples"] = len(examples)
             rows = [{"messages": e.messages, "response": [dataclasses.asdict(s) for s in e.response], "source": e.source,
-                     "end_of_turn": e.end_of_turn} for e in examples]
+                     "end_of_turn": e.end_of_turn, "end_weight": e.end_weight} for e in examples]
             write_jsonl(workdir / "examples.jsonl", rows)
             write_json(workdir / "method_stats.json", ctx.stats)
             budget = self._budget_for(label, tokenizer, seed)
@@ -339,7 +349,8 @@ class Trainings:
         tell((label, seed, examples, budget, method))
         stamp = self.publisher.stamp()
         result = train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, extra_loss=method.extra_loss,
-                       prepare=method.prepare_model, label=f"train {label} s{seed}", record={"computed": stamp})
+                       prepare=method.prepare_model, label=f"train {label} s{seed}",
+                       record={"computed": stamp, "code": training_code(method)})
         self.counts["computed"] += 1
         self.publisher.computed(f"{label}-seed{seed}", stamp)
         return result.model
@@ -351,9 +362,9 @@ class Trainings:
         m = self.plan.methods[label]
         hooked = m.extra_loss is not None or type(m).prepare_model is not Method.prepare_model
         return digest({
-            "base": self.plan.spec.fingerprint, "seed": seed, "budget": dataclasses.asdict(budget),
+            "base": self.plan.spec.fingerprint, "seed": seed, "budget": dataclasses.asdict(budget), "trainer": TRAINER,
             "lora": dataclasses.asdict(self.plan.loras[label]),
-            "examples": [[e["messages"], e["response"], e.get("end_of_turn", True)] for e in examples],
+            "examples": [[e["messages"], e["response"], e.get("end_of_turn", True), e.get("end_weight")] for e in examples],
             "hooks": [self.plan.entries[label].method, m.options_dict()] if hooked else None,
         })
 

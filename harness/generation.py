@@ -32,11 +32,14 @@ class Decoding:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
+    top_k: int = 0  # 0: no top-k filter
 
     def key(self) -> dict:
         d = asdict(self)
         if not self.do_sample:
             d.update(temperature=None, top_p=None, seed=None)
+        if not self.do_sample or not self.top_k:
+            d.pop("top_k")  # keys of decodings without it stay what they were before it existed
         return d
 
 
@@ -128,16 +131,22 @@ class Generator:
     def prompt_text(self, request: Request) -> str:
         return render_chat(self.tokenizer, request.messages, request.assistant_prefix)
 
-    def generate(self, requests: list[Request], decoding: Decoding = Decoding(), label: str = "generating") -> list[Output]:
+    def generate(self, requests: list[Request], decoding: Decoding = Decoding(), label: str = "generating",
+                 require_ids: bool = False) -> list[Output]:
         """Outputs in the order of ``requests``; only cache misses are generated."""
-        return self.generate_many([(r, decoding) for r in requests], label)
+        return self.generate_many([(r, decoding) for r in requests], label, require_ids)
 
-    def generate_many(self, items: list[tuple[Request, Decoding]], label: str = "generating") -> list[Output]:
+    def generate_many(self, items: list[tuple[Request, Decoding]], label: str = "generating",
+                      require_ids: bool = False) -> list[Output]:
         """Like ``generate`` with a decoding per request: requests that differ only in
-        ``max_new_tokens`` decode in one batch (e.g. every suite's questions to one model)."""
+        ``max_new_tokens`` decode in one batch (e.g. every suite's questions to one model).
+        ``require_ids``: a cached output without its token ids (a cache row older than them)
+        counts as missing and is generated again."""
         texts = [self.prompt_text(r) for r, _ in items]
         keys = [self.key(t, d, bool(r.assistant_prefix)) for t, (r, d) in zip(texts, items)]
         results: list[Output | None] = [self.cache.get(k) for k in keys]
+        if require_ids:
+            results = [r if r is not None and r.token_ids is not None else None for r in results]
         todo = [i for i, r in enumerate(results) if r is None]
         # the same prompt twice in one call is generated once
         first_of: dict[str, int] = {}
@@ -398,7 +407,12 @@ class Generator:
 
         if not decoding.do_sample:
             return logits.argmax(-1)
-        probs = torch.softmax(logits.float() / max(decoding.temperature, 1e-6), dim=-1)
+        # temperature, then top-k, then top-p on what is left (transformers' order)
+        logits = logits.float() / max(decoding.temperature, 1e-6)
+        if 0 < decoding.top_k < logits.shape[-1]:
+            kth = logits.topk(decoding.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
         if decoding.top_p < 1.0:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             outside = sorted_probs.cumsum(-1) - sorted_probs > decoding.top_p

@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from harness.config import Budget, apply_settings
+from harness.config import Budget, apply_settings, options_before_versions
 from harness.data import DataSet, DataSource, TranslationPair
 from harness.generation import Decoding, Generator, Request
 
@@ -44,13 +44,15 @@ class TrainingExample:
     """Chat turns before the trained response, then the response as weighted spans.
 
     The trainer masks the prompt, tokenises the response, and appends the chat template's
-    end-of-turn marker with the weight of the last span unless ``end_of_turn`` is False.
+    end-of-turn marker unless ``end_of_turn`` is False, with the weight ``end_weight`` (by
+    default the last span's).
     """
 
     messages: list[dict]
     response: list[Segment]
     source: str = "task"
     end_of_turn: bool = True
+    end_weight: float | None = None  # the end-of-turn tokens' loss weight; None: the last span's
 
     @property
     def response_text(self) -> str:
@@ -85,6 +87,9 @@ class Method:
     # how the original model's generations enter the training targets, for the cost estimate:
     # "none", "replaces" (the reference) or "appended" (after the reference)
     generation_in_target: ClassVar[str] = "none"
+    # the version of this method's code, in its training keys: bump it when a change moves the
+    # examples it builds or its hooks' effect on purpose (``harness.versions``)
+    version: ClassVar[int] = 1
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
@@ -97,6 +102,15 @@ class Method:
 
     def options_dict(self) -> dict:
         return dataclasses.asdict(self.options)
+
+    def options_before_versions(self) -> dict | None:
+        """The options as training keys hashed them before code versions existed, or None when
+        no unit made then computed what these options compute (``harness.migrate``)."""
+        return options_before_versions(self.options)
+
+    def generates_with_original(self) -> bool:
+        """Whether the method builds its data with the original model's generations."""
+        return type(self).original_requests is not Method.original_requests
 
     def check(self) -> None:
         """Raise ``UserError`` for options that cannot work; called before any compute."""

@@ -6,6 +6,18 @@ scheme gives for the same settings: ``harness.units`` then rewrites it with the 
 key and reuses the unit. Units whose computation changed on purpose (their options or
 code changed) get a different old-scheme key too, and are recomputed.
 
+Scheme 3 (issue 30, the current one) adds the versions of the code that computes a unit
+(``harness.versions``). Schemes 1 and 2 hashed none, so which code made such a unit is
+unknown: it is taken for version-1 code, the versions that existed when versions began,
+and reused with a warning (``harness.units`` marks it ``unversioned``); once any version
+that applies to a unit has moved past 1 its old keys are not tried and it is recomputed.
+Options added since then declare the value that does what the code did without them
+(field metadata ``before``, ``harness.config.options_before_versions``); a unit whose
+options hold another value has no old key either.
+
+Scheme 2 (2026-11 to issue 30) is scheme 3 without the code versions (``Plan.train_inputs``,
+``Plan.eval_inputs``).
+
 Scheme 1 (radis-bench up to 2026-11, issue 18 changed it) differs from the current one in
 what it hashed, not in what units compute:
 - the base model's fingerprint hashed a converted model's provenance file (the install
@@ -26,6 +38,7 @@ from dataclasses import asdict
 
 from harness import registry
 from harness.plan import ORIGINAL, digest
+from harness.versions import all_first, evaluation_code, training_code
 
 # scheme-1 run-level settings (name in its evaluation keys -> the RunConfig field, which is now an
 # alias that sets suite options, and the old default)
@@ -92,14 +105,38 @@ def scheme1_data_labels(plan) -> list[str]:
     return plan.__dict__["scheme1_data_labels"]
 
 
-def scheme1_train_keys(plan, label: str, seed: int) -> list[str]:
-    """The scheme-1 keys a training unit may have (one per scheme-1 fingerprint of the base
-    model and per data label); none for rows scheme 1 could not express."""
-    return [key for _, _, key in _scheme1_train_keys(plan, label, seed)]
+def unversioned_train_keys(plan, label: str, seed: int) -> list[str]:
+    """The keys a training unit made before code versions existed may hold (schemes 2 and 1);
+    none once a version that applies to it has moved past 1, or for options that no such unit
+    computed."""
+    method = plan.methods[label]
+    options = method.options_before_versions()
+    if options is None or not all_first(training_code(method)):
+        return []
+    return [digest(plan.train_inputs(label, seed, options))] + [key for _, _, key in _scheme1_train_keys(plan, label, seed, options)]
 
 
-def _scheme1_train_keys(plan, label: str, seed: int) -> list[tuple[str, str, str]]:
-    """(fingerprint, data label, scheme-1 training key) for each combination."""
+def unversioned_eval_keys(plan, cell: str, suite: str) -> list[str]:
+    """The keys an evaluation unit made before code versions existed may hold (schemes 2 and
+    1), under the same conditions as ``unversioned_train_keys`` for the suite and the model."""
+    s = plan.suites[suite]
+    options = s.options_before_versions()
+    if options is None or not all_first(evaluation_code(s)):
+        return []
+    if cell == ORIGINAL:
+        model_key = plan.spec.fingerprint
+    else:
+        label, seed = cell.rsplit("-seed", 1)
+        found = unversioned_train_keys(plan, label, int(seed))
+        if not found:
+            return []
+        model_key = found[0]
+    return [digest(plan.eval_inputs(model_key, suite, options))] + _scheme1_eval_keys(plan, cell, suite)
+
+
+def _scheme1_train_keys(plan, label: str, seed: int, options: dict) -> list[tuple[str, str, str]]:
+    """(fingerprint, data label, scheme-1 training key) for each combination; none for rows
+    scheme 1 could not express."""
     entry = plan.entries[label]
     if label != entry.method or entry.budget or entry.lora:
         return []
@@ -114,7 +151,7 @@ def _scheme1_train_keys(plan, label: str, seed: int) -> list[tuple[str, str, str
         plan.data.general(spec)
         replay_hash = plan.data.hashes.get(spec.path)
     hashes = {k: v for k, v in sorted(plan.data.hashes.items()) if k.startswith("alma/") and "/train." in k}
-    return [(fingerprint, data_label, digest({"base": fingerprint, "method": label, "options": method.options_dict(),
+    return [(fingerprint, data_label, digest({"base": fingerprint, "method": label, "options": options,
                     "budget": asdict(plan.budgets[label]), "lora": asdict(plan.loras[label]), "seed": seed,
                     "data": {"data": data_label, "directions": [d.name for d in plan.directions],
                              "train_size": plan.cfg.train_size, "data_seed": plan.cfg.data_seed, "hashes": hashes},
@@ -122,16 +159,20 @@ def _scheme1_train_keys(plan, label: str, seed: int) -> list[tuple[str, str, str
             for fingerprint in scheme1_fingerprints(plan) for data_label in scheme1_data_labels(plan)]
 
 
-def scheme1_eval_keys(plan, cell: str, suite: str) -> list[str]:
+def _scheme1_eval_keys(plan, cell: str, suite: str) -> list[str]:
+    options = plan.suites[suite].legacy_options()
+    if options is None:
+        return []
     if cell == ORIGINAL:
         models = [(f, d, f) for f in scheme1_fingerprints(plan) for d in scheme1_data_labels(plan)]
     else:
         label, seed = cell.rsplit("-seed", 1)
-        models = _scheme1_train_keys(plan, label, int(seed))
+        train_options = plan.methods[label].options_before_versions()
+        models = [] if train_options is None else _scheme1_train_keys(plan, label, int(seed), train_options)
     settings = {name: _run_setting(plan, alias, default) for name, (alias, default) in SCHEME1_RUN_SETTINGS.items()}
     settings["lm_eval"] = list(settings["lm_eval"])
     return [digest({
-        "model": model_key, "suite": suite, "options": plan.suites[suite].legacy_options(),
+        "model": model_key, "suite": suite, "options": options,
         "directions": [d.name for d in plan.directions], "eval_size": plan.size(suite), "data_seed": plan.cfg.data_seed,
         "data": data_label, "max_new_tokens": plan.cfg.max_new_tokens, "original": fingerprint, **settings,
     }) for fingerprint, data_label, model_key in models]

@@ -12,10 +12,12 @@ Units and their keys (a unit is redone only when its key changes; see ``harness.
 for keys made by earlier versions):
 - training of (row, seed): base-model fingerprint, method name and options, the row's
   budget and adapter, the training data's content and sample, the data sets the method
-  reads, the seed;
+  reads, the seed, and the versions of the trainer, the method and (for a method that
+  generates with the original) the generator;
 - evaluation of (model, suite): the model's key, the suite's resolved options, its
   sample size and seed, the content of the data it reads, the directions (only for a
-  suite that reads them) and the original model (only for a suite that compares with it).
+  suite that reads them), the original model (only for a suite that compares with it),
+  and the versions of the suite and the generator (``harness.versions``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from harness import registry
 from harness.config import RunConfig, apply_settings, check_budget, check_lora
 from harness.data import DataSource, Direction, MissingData, parse_directions, sample
 from harness.errors import UserError
+from harness.versions import evaluation_code, training_code
 
 ORIGINAL = "original"
 SAFE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@=-]{0,99}")
@@ -338,7 +341,20 @@ class Plan:
         todo_eval = {c: pending for c in cells if (pending := [s for s in self.suites if units.evaluation(c, s) is None])}
         return {**status, "done_train": len(trained) - len(todo_train),
                 "done_eval": len(cells) * len(self.suites) - sum(len(v) for v in todo_eval.values()),
-                "todo_train": todo_train, "todo_eval": todo_eval}
+                "todo_train": todo_train, "todo_eval": todo_eval, "unversioned": units.unversioned_warning()}
+
+    def refuse_uncommitted_code(self, status: dict) -> None:
+        """With ``require_clean_code``, stop before any compute when a unit is to be computed
+        while radis-bench's source has uncommitted changes (reused units are fine)."""
+        if not self.cfg.require_clean_code or not (status["todo_train"] or status["todo_eval"]):
+            return
+        from harness.versions import source_changes
+
+        changes = source_changes()
+        if changes:
+            shown = ", ".join(line[3:] for line in changes[:3]) + (f" and {len(changes) - 3} more" if len(changes) > 3 else "")
+            raise UserError(f"require_clean_code is set and radis-bench's source has uncommitted changes ({shown}); "
+                            "commit or stash them before computing units, or unset require_clean_code.")
 
     @property
     def train_pairs(self):
@@ -358,14 +374,19 @@ class Plan:
     def train_key(self, label: str, seed: int) -> str:
         if ("train", label, seed) not in self._keys:
             method = self.methods[label]
-            for spec in method.uses_data():
-                self.data.general(spec)
-            self._keys["train", label, seed] = digest({
-                "base": self.spec.fingerprint, "method": self.entries[label].method, "options": method.options_dict(),
-                "budget": asdict(self.budgets[label]), "lora": asdict(self.loras[label]), "seed": seed,
-                "data": self.data_key(), "data_sets": self.data.content_key([f"set:{s.name}" for s in method.uses_data()]),
-            })
+            self._keys["train", label, seed] = digest({**self.train_inputs(label, seed, method.options_dict()),
+                                                       "code": training_code(method)})
         return self._keys["train", label, seed]
+
+    def train_inputs(self, label: str, seed: int, options: dict) -> dict:
+        """What a training unit's key hashes besides the code versions: the base model, the
+        method and its ``options``, budget, adapter, seed and the data it reads (key scheme 2)."""
+        method = self.methods[label]
+        for spec in method.uses_data():
+            self.data.general(spec)
+        return {"base": self.spec.fingerprint, "method": self.entries[label].method, "options": options,
+                "budget": asdict(self.budgets[label]), "lora": asdict(self.loras[label]), "seed": seed,
+                "data": self.data_key(), "data_sets": self.data.content_key([f"set:{s.name}" for s in method.uses_data()])}
 
     def model_key(self, cell: str) -> str:
         """The key of the model a cell evaluates: the base fingerprint for the original."""
@@ -377,19 +398,26 @@ class Plan:
     def eval_key(self, model_key: str, suite: str) -> str:
         if ("eval", model_key, suite) not in self._keys:
             s = self.suites[suite]
-            reads = [f"set:{spec.name}" for spec in s.uses_data()]
-            for spec in s.uses_data():
-                self.data.general(spec)
-            inputs = {"size": self.size(suite), "data_seed": self.cfg.data_seed, "data": self.data.content_key(reads)}
-            if s.uses_directions:
-                for d in self.directions:
-                    self.data.translation(d, "test")
-                inputs["directions"] = [d.name for d in self.directions]
-                inputs["test"] = self.data.content_key([f"{d.name}/test" for d in self.directions])
-            if s.compares_with_original:
-                inputs["original"] = self.spec.fingerprint
-            self._keys["eval", model_key, suite] = digest({"model": model_key, "suite": suite, "options": s.options_dict(), **inputs})
+            self._keys["eval", model_key, suite] = digest({**self.eval_inputs(model_key, suite, s.options_dict()),
+                                                           "code": evaluation_code(s)})
         return self._keys["eval", model_key, suite]
+
+    def eval_inputs(self, model_key: str, suite: str, options: dict) -> dict:
+        """What an evaluation unit's key hashes besides the code versions: the model's key, the
+        suite and its ``options``, its sample and the content of what it reads (key scheme 2)."""
+        s = self.suites[suite]
+        reads = [f"set:{spec.name}" for spec in s.uses_data()]
+        for spec in s.uses_data():
+            self.data.general(spec)
+        inputs = {"size": self.size(suite), "data_seed": self.cfg.data_seed, "data": self.data.content_key(reads)}
+        if s.uses_directions:
+            for d in self.directions:
+                self.data.translation(d, "test")
+            inputs["directions"] = [d.name for d in self.directions]
+            inputs["test"] = self.data.content_key([f"{d.name}/test" for d in self.directions])
+        if s.compares_with_original:
+            inputs["original"] = self.spec.fingerprint
+        return {"model": model_key, "suite": suite, "options": options, **inputs}
 
     # --- the printout ----------------------------------------------------------------------
     def describe_rows(self) -> list[dict]:
@@ -462,7 +490,10 @@ def print_plan(plan: Plan) -> None:
     if plan.only is not None:
         out.print(f"[bold]Cells (--only):[/bold] {', '.join(plan.only)}")
     status = plan.unit_status()
+    plan.refuse_uncommitted_code(status)
     out.print(f"[bold]To compute:[/bold] {_todo_text(status)}", soft_wrap=True)
+    if status.get("unversioned"):
+        out.print(f"[bold yellow]Warning:[/bold yellow] {status['unversioned']}.", soft_wrap=True)
     out.print("[bold]" + estimate(plan, sizes, status).line().replace(":", ":[/bold]", 1) + (
         " (directions and sets with missing data not counted)" if sizes.get("missing") else "") + (
         "" if status["todo_train"] or status["todo_eval"] else " (nothing to compute)"), soft_wrap=True)

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from harness import versions
 from harness.plan import ORIGINAL
 from harness.progress import console
 from harness.report import SCORE_COLUMNS
@@ -108,6 +109,9 @@ class Publisher:
             "data": {"source": portable(plan.data.label),
                      "plan": {**(plan.sizes or {}), "data": portable(plan.data.label)} if plan.sizes else plan.sizes,
                      "file_sha256": dict(sorted(plan.data.hashes.items()))},
+            "code": {"trainer": versions.TRAINER, "generator": versions.GENERATOR,
+                     "methods": {label: type(m).version for label, m in plan.methods.items()},
+                     "suites": {name: type(s).version for name, s in plan.suites.items()}},
             "budget": asdict(cfg.budget), "lora": asdict(cfg.lora),
             "methods": {row.pop("label"): row for row in plan.describe_rows()},
             "suites": {n: {"description": s.description, "role": s.role, "options": s.options_dict(),
@@ -133,8 +137,8 @@ class Publisher:
         """Rewrite manifest.json and scores.csv (and the report) from what is on disk now,
         under the short state lock, so concurrent cells never drop each other's units."""
         with StateLock(self.run_dir):
-            self._write_manifest()
             self._write_scores()
+            self._write_manifest()  # after the scores: reading every unit found the unversioned ones
             if report:
                 from harness.report import render_report
 
@@ -157,6 +161,7 @@ class Publisher:
         m["generated"] = {**old.get("generated", {}), **self.generated}
         # which process and code last computed a unit of each cell; a run that only reuses keeps the old entries
         m["cells"] = {**old.get("cells", {}), **self.computed_cells}
+        m["unversioned_units"] = sorted(self.units.unversioned)
         write_json(self.run_dir / "manifest.json", m)
 
     # scores --------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from harness.errors import UserError
 from harness.methods import TrainingExample
 from harness.progress import progress_bar
 from harness.store import write_json
+from harness.versions import TRAINER
 from harness.prompts import render_chat, turn_end_tokens
 
 log = logging.getLogger("radis_bench")
@@ -119,8 +120,8 @@ def tokenise_example(tokenizer, example: TrainingExample, max_length: int) -> To
         last = example.response[-1]
         end = turn_end_tokens(tokenizer)
         ids.extend(end)
-        weights.extend([float(last.weight)] * len(end))
-        kinds.extend([last.kind] * len(end))
+        weights.extend([float(last.weight if example.end_weight is None else example.end_weight)] * len(end))
+        kinds.extend(["end"] * len(end))
     return TokenisedExample(ids[:max_length], weights[:max_length], kinds[:max_length])
 
 
@@ -335,7 +336,8 @@ def _replace_dir(tmp: Path, target: Path) -> None:
 
 def _signature(items: list[TokenisedExample], budget: Budget, lora: LoRASettings, seed: int) -> str:
     """What a saved state belongs to: the exact data, budget, adapter settings and seed."""
-    blob = json.dumps([[i.input_ids, i.weights] for i in items] + [asdict(budget), asdict(lora), seed], default=list)
+    blob = json.dumps([[i.input_ids, i.weights] for i in items] + [asdict(budget), asdict(lora), seed] + (
+        [TRAINER] if TRAINER > 1 else []), default=list)  # a state saved by another trainer version is not resumed
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -382,12 +384,15 @@ def _load_state(workdir: Path, model, optimizer, signature: str) -> tuple[int, d
 
 
 def load_trained(model, workdir: Path):
-    """The trained model if ``workdir`` holds a finished training, else None.
+    """The trained model if ``workdir`` holds a finished training with its weights, else None
+    (a published run directory keeps a training's statistics but not its weights).
 
     ``model`` must be a fresh copy of the base model; a LoRA result is attached to it."""
     workdir = Path(workdir)
     final = workdir / FINAL_DIR
     if not (workdir / STATS_FILE).exists():
+        return None
+    if not (final / "adapter_config.json").exists() and not any(final.glob("*.safetensors")):
         return None
     if (final / "adapter_config.json").exists():
         from peft import PeftModel

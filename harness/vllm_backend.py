@@ -99,6 +99,8 @@ class VLLMGenerator(Generator):
         if not decoding.do_sample:
             return SamplingParams(temperature=0.0, **common)
         # one seed per request, from its cache key and the decoding seed: reproducible whatever the batch
+        if decoding.top_k:
+            common["top_k"] = decoding.top_k
         return SamplingParams(temperature=decoding.temperature, top_p=decoding.top_p,
                               seed=int(key[:8], 16) ^ decoding.seed, **common)
 

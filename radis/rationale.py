@@ -3,7 +3,10 @@ on the reference followed by that rationale (Wu et al., ACL Findings 2025).
 
 The reference, then a separator, is put into the assistant turn as a prefix; the frozen
 original model's continuation is the rationale. The target is y ⊕ separator ⊕ r, with
-weight λ on the rationale tokens (the separator counts as rationale).
+weight λ on the rationale tokens (the separator counts as rationale). The end-of-turn token
+after the rationale has its own weight (``end_of_turn_weight``, default 1 like the
+translation's): when it took λ, as until issue 30, λ also scaled how strongly the model
+learns to stop, and λ 0 never learnt to stop after the translation at all.
 
 Token consistency: the rationale is generated from exactly the ids the trainer puts before
 it, the prompt's and the reference-plus-separator's tokenised on its own
@@ -36,6 +39,9 @@ CUTOFF_DEFAULT = "no_end"
 @dataclass
 class RaDisOptions:
     rationale_weight: float = field(default=1.0, metadata={"help": "Loss weight λ of rationale tokens (reference tokens weigh 1)."})
+    end_of_turn_weight: float = field(default=1.0, metadata={"help": "Loss weight of the end-of-turn token after a rationale (default 1, the "
+                                                             "translation's), so λ scales the rationale's tokens only, not how strongly "
+                                                             "the model learns to stop."})
     rationale_fraction: float = field(default=1.0, metadata={"help": "Share of training pairs (seeded draw) that get a rationale; the rest train on the reference only."})
     separator: str = field(default="\n\n", metadata={"help": "Text between the reference and the rationale (part of the generation prefix and of the rationale span)."})
     max_new_tokens: int = field(default=256, metadata={"help": "Longest rationale, in tokens."})
@@ -63,8 +69,15 @@ class RaDis(Method):
     Options = RaDisOptions
     generation_in_target = "appended"
 
+    def options_before_versions(self) -> dict | None:
+        # until issue 30 the end of turn after a rationale took the rationale's weight λ
+        out = self.options_dict()
+        return out if out.pop("end_of_turn_weight") == self.options.rationale_weight else None
+
     def check(self) -> None:
         o = self.options
+        if o.end_of_turn_weight < 0:
+            raise UserError(f"radis.end_of_turn_weight must be 0 or more, got {o.end_of_turn_weight}.")
         if not 0.0 <= o.rationale_fraction <= 1.0:
             raise UserError(f"radis.rationale_fraction must be between 0 and 1, got {o.rationale_fraction}.")
         if o.rationale_weight < 0:
@@ -115,7 +128,8 @@ class RaDis(Method):
             # the reference and separator are the generation's prefix; the rationale is its exact tokens
             response = [Segment(pair.reference, 1.0, "target"), Segment(o.separator, o.rationale_weight, "rationale"),
                         Segment(out.text, o.rationale_weight, "rationale", ids=out.token_ids)]
-            examples.append(TrainingExample(turn, response, end_of_turn=not (i in cut and o.cutoff == "no_end")))
+            examples.append(TrainingExample(turn, response, end_of_turn=not (i in cut and o.cutoff == "no_end"),
+                                            end_weight=o.end_of_turn_weight))
 
         trained = [out.text for i, out in kept.items() if not (i in cut and o.cutoff == "drop")]
         ctx.stats.update(

@@ -19,7 +19,7 @@ from importlib.metadata import version
 
 from harness.data import DataSet, Instruction, sample
 from harness.errors import UserError
-from harness.evaluation import ItemStats, MetricSpec, Suite, SuiteContext, SuiteResult
+from harness.evaluation import ItemStats, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Request
 from harness.paths import cache_dir
 from harness.prompts import user_turn
@@ -129,6 +129,7 @@ class IFEvalSuite(Suite):
     description = "IFEval verifiable instructions: prompt/instruction-level strict and loose accuracy (lm-eval's checkers)."
     Options = IFEvalOptions
     data_sets = (IFEVAL,)
+    version = 2  # 2: finished share with per-item statistics, prompt_strict_finished (issue 30)
 
     def metrics(self) -> list[MetricSpec]:
         return [
@@ -136,7 +137,9 @@ class IFEvalSuite(Suite):
             MetricSpec("inst_strict", "IFEval instruction-level strict accuracy", True, shown=True),
             MetricSpec("prompt_loose", "IFEval prompt-level loose accuracy", True),
             MetricSpec("inst_loose", "IFEval instruction-level loose accuracy", True),
-            MetricSpec("finished", "share of answers that ended before the limit", None),
+            MetricSpec("finished", "share of answers that ended before the limit", None, shown=True),
+            MetricSpec("prompt_strict_finished", "IFEval prompt-level strict accuracy of the answers that ended before "
+                                                 "the limit", True, shown=True),
         ]
 
     def check(self) -> list[str]:
@@ -153,6 +156,10 @@ class IFEvalSuite(Suite):
         stats = {name: ItemStats.mean(ids, [r[name] for r in outputs]) for name in ("prompt_strict", "prompt_loose")}
         for name in ("inst_strict", "inst_loose"):  # instruction level: followed / given, summed over prompts
             stats[name] = ItemStats("mean", [str(i) for i in ids], [[float(sum(r[name])), float(len(r[name]))] for r in outputs])
+        stats["finished"] = ItemStats.mean(ids, [float(r["finished"]) for r in outputs])
+        # a ratio over the answers that finished: correct and finished / finished
+        stats["prompt_strict_finished"] = ItemStats("mean", [str(i) for i in ids], [
+            [float(r["prompt_strict"] and r["finished"]), float(r["finished"])] for r in outputs])
         return stats
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
@@ -170,6 +177,11 @@ class IFEvalSuite(Suite):
         ):
             result.add_mean(name, values, main=name == "prompt_strict").note = note
         result.add_mean("finished", [o.finished for o in outputs], higher_is_better=None)
+        done = [s.prompt_strict for s, o in zip(scores, outputs) if o.finished]
+        if done:
+            result.add_mean("prompt_strict_finished", done).note = f"{len(done)} of {len(outputs)} answers ended before the limit"
+        else:
+            result.not_scored.append(NotScored("prompt_strict_finished", "no answer ended before the limit"))
         for item, out, score in zip(items, outputs, scores):
             result.outputs.append({
                 "id": item.id,
@@ -182,5 +194,6 @@ class IFEvalSuite(Suite):
                 "inst_loose": score.inst_loose,
                 "finished": out.finished,
                 "new_tokens": out.new_tokens,
+                "token_ids": out.token_ids,  # the answer at any shorter limit is a prefix of these (greedy)
             })
         return result

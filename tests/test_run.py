@@ -286,9 +286,9 @@ def test_each_model_answers_every_suite_in_one_batched_call(tiny_checkpoint, tmp
     calls = []
     real = Generator.generate_many
 
-    def counting(self, items, label="generating"):
+    def counting(self, items, label="generating", require_ids=False):
         before = self.stats.generated
-        out = real(self, items, label)
+        out = real(self, items, label, require_ids)
         calls.append((label, len(items), self.stats.generated - before))
         return out
 

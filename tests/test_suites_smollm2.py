@@ -57,7 +57,11 @@ def test_retention_of_the_original_is_zero(smollm2, data_dir, tmp_path):
     result = suite.evaluate(make_context(smollm2, data_dir, tmp_path))
     metrics = by_name(result)
     assert metrics["kl"].value == 0.0 and metrics["delta_nll"].value == 0.0
+    assert metrics["kl_stop"].value == 0.0 and metrics["kl_content"].value == 0.0
     assert all(m.n == EVAL_SIZE and not math.isnan(m.value) for m in metrics.values())
+    # the original's own answers are the ones it is scored on: the same finished share
+    assert metrics["finished"].value == sum(row["finished"] for row in result.outputs) / EVAL_SIZE
+    assert metrics["length"].value == pytest.approx(sum(row["own_tokens"] for row in result.outputs) / EVAL_SIZE)
     nll = [row["nll"] for row in result.outputs]
     assert 0.0 < metrics["nll"].value < 5.0 and len(set(nll)) == EVAL_SIZE
 

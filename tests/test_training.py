@@ -97,7 +97,8 @@ def test_training_lowers_loss_and_accounts_tokens(tiny_model, tiny_tokenizer, tm
     order = [i for s in range(12) for i in step_indices(s, 4, len(examples), 0)]
     expected_targets = sum(sum(w > 0 for w in tokenised[i][1]) for i in order)
     assert stats["target_tokens"] == expected_targets
-    assert stats["target_tokens_by_kind"] == {"target": expected_targets}
+    # every example ends with one end-of-turn token, counted apart from the response's own
+    assert stats["target_tokens_by_kind"] == {"target": expected_targets - 12 * 4, "end": 12 * 4}
     assert stats["total_tokens"] == sum(len(tokenised[i][0]) for i in order)
     assert stats["padding_share"] == pytest.approx(stats["padded_tokens"] / (stats["padded_tokens"] + stats["total_tokens"]))
     assert 0 < stats["padding_share"] < 0.5
