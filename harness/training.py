@@ -351,10 +351,7 @@ def _save_state(workdir: Path, model, optimizer, step: int, batch_size: int, sig
     tmp.mkdir(parents=True)
     torch.save({n: p.detach().cpu() for n, p in _trainable(model).items()}, tmp / "trainable.pt")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
+    write_json(tmp / "rng.json", rng_state())
     write_json(tmp / "progress.json", {"step": step, "position": step * batch_size, "signature": signature, "stats": stats})
     _replace_dir(tmp, workdir / STATE_DIR)
 
@@ -364,23 +361,47 @@ def _load_state(workdir: Path, model, optimizer, signature: str) -> tuple[int, d
     folder = next((d for d in (workdir / STATE_DIR, workdir / (STATE_DIR + ".old")) if (d / "progress.json").exists()), None)
     if folder is None:
         return None
-    progress = json.loads((folder / "progress.json").read_text())
     params = _trainable(model)
-    saved = torch.load(folder / "trainable.pt", map_location="cpu")
-    if progress["signature"] != signature or set(saved) != set(params):
+    try:
+        progress = json.loads((folder / "progress.json").read_text())
+        # run directories are shared and published: tensors and JSON only, nothing that could run code
+        saved = torch.load(folder / "trainable.pt", map_location="cpu", weights_only=True)
+        optimizer_state = torch.load(folder / "optimizer.pt", map_location=next(iter(params.values())).device,
+                                     weights_only=True)
+        rng = json.loads((folder / "rng.json").read_text())
+    except Exception as err:  # any unreadable, damaged or foreign file: the state is not used, training starts over
+        log.warning("%s is not a readable training state (%s); starting over", folder, str(err).splitlines()[0][:200])
+        return None
+    if progress.get("signature") != signature or set(saved) != set(params):
         log.warning("%s holds the state of a different training (data, budget or adapter changed); starting over", folder)
         return None
     with torch.no_grad():
         for name, tensor in saved.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=next(iter(params.values())).device))
-    rng = torch.load(folder / "rng.pt", weights_only=False)  # our own file: python and numpy RNG tuples
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    optimizer.load_state_dict(optimizer_state)
+    set_rng_state(rng)
     return progress["step"], progress["stats"]
+
+
+def rng_state() -> dict:
+    """Python's, numpy's and torch's random states as JSON (a resumed training continues them)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss], "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def load_trained(model, workdir: Path):

@@ -165,7 +165,7 @@ class OriginalHidden:
         path = self.folder / f"original-hidden-{self.key}.npy" if self.folder else None
         index_path = path.with_suffix(".json") if path else None
         if path is not None and path.exists() and index_path.exists():
-            found = np.load(path, mmap_mode="r")
+            found = np.load(path, mmap_mode="r", allow_pickle=False)
             offsets = json.loads(index_path.read_text())
             self.rows = {int(i): found[a:b] for i, (a, b) in offsets.items()}
             return

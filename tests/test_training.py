@@ -281,3 +281,43 @@ def test_loss_without_prompt_logits_is_the_same(tiny_model, tiny_tokenizer):
         part = weighted_nll(kept, batch["input_ids"][:, start:], batch["weights"][:, start:])
     assert kept.shape[1] == batch["input_ids"].shape[1] - start
     assert torch.allclose(full[0], part[0], rtol=1e-5) and torch.equal(full[1], part[1])
+
+
+class _Planted:
+    """A pickle that, if unpickled, creates a file: a run directory must never execute it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("planted", ["trainable.pt", "optimizer.pt", "rng.json"])
+def test_a_planted_pickle_in_a_saved_state_runs_nothing_and_training_starts_over(tiny_tokenizer, tmp_path, planted,
+                                                                                  monkeypatch):
+    import harness.training as training
+
+    real_save = training._save_state
+
+    def save_then_stop(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt  # killed right after the state of step 2 was saved
+
+    workdir = tmp_path / "run"
+    with monkeypatch.context() as patched:
+        patched.setattr(training, "_save_state", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(save_every=2),
+                  LoRASettings(r=4), workdir, seed=0)
+    assert (workdir / "state" / "progress.json").exists() and (workdir / "state" / "rng.json").exists()
+    marker = tmp_path / "ran"
+    torch.save(_Planted(marker), workdir / "state" / planted)
+
+    result = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(save_every=2),
+                   LoRASettings(r=4), workdir, seed=0)
+    assert not marker.exists()
+    assert result.stats["resumed_from_step"] is None and result.stats["steps"] == 6
+    fresh = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(save_every=2),
+                  LoRASettings(r=4), tmp_path / "fresh", seed=0)
+    assert result.stats["losses"] == pytest.approx(fresh.stats["losses"], abs=1e-6)
