@@ -217,6 +217,10 @@ def read_config_file(path: str | Path, _seen: tuple = ()) -> dict[str, Any]:
     path = resolve_config_path(path)
     if not path.exists():
         raise UserError(f"Config file {path} does not exist; check --config (presets: {', '.join(presets())}).")
+    if not path.is_file():
+        raise UserError(f"Config file {path} is a folder, not a file; give the YAML or TOML file itself.")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"Config file {path} is not readable; check its permissions.")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".toml":

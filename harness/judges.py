@@ -46,10 +46,14 @@ class JudgeUnavailable(Exception):
 
 def import_alpaca_eval():
     """Import alpaca-eval, undoing its import-time switch of the root logger to INFO, which
-    would flood the run's console."""
+    would flood the run's console, and without its deprecation warning."""
+    import warnings
+
     root = logging.getLogger()
     level = root.level
-    import alpaca_eval
+    with warnings.catch_warnings():  # its `import pkg_resources` warns of setuptools' deprecation on every run
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        import alpaca_eval
 
     root.setLevel(level)
     return alpaca_eval

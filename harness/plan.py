@@ -71,7 +71,11 @@ def _route(entry: Entry, key: str, value: Any, where: str) -> None:
     elif dot and head in ("budget", "lora"):
         getattr(entry, head)[rest] = value
     elif key == "seeds":
-        entry.seeds = [int(s) for s in (value.split("+") if isinstance(value, str) else value)]
+        seeds = value.split("+") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+        try:
+            entry.seeds = [int(str(s).strip()) for s in seeds]
+        except ValueError:
+            raise UserError(f"{where}: seeds {value!r} must be whole numbers, e.g. seeds=0+1+2 (seeds: [0, 1, 2] in a config file).") from None
     elif key in ("budget", "lora") and isinstance(value, dict):
         getattr(entry, key).update(value)
     elif dot:

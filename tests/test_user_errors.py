@@ -85,6 +85,12 @@ MISTAKES = [
     (["--only", "method=nope"], "'nope' is not one of this run's methods"),
     (["--backend", "tensorrt"], "generation_backend 'tensorrt' is unknown"),
     (["--set", "device=tpu"], "device must be auto, cpu or cuda"),
+    (["--config", "{tmp}"], "is a folder, not a file"),
+    (["--methods", "vanilla@seeds=a+b"], "seeds 'a+b' must be whole numbers"),
+    (["--set", "radis.end_of_turn_weight=-1"], "end_of_turn_weight must be 0 or more"),
+    (["--set", "sdft.top_k=-1"], "top_k >= 0"),
+    (["--set", "sdft.temperature=0"], "temperature > 0"),
+    (["--set", "task_kl.batch_size=0", "--suites", "task_kl"], "task_kl.max_new_tokens and task_kl.batch_size must be positive"),
 ]
 
 
