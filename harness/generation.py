@@ -13,7 +13,6 @@ import functools
 import hashlib
 import json
 import os
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from harness.paths import cache_dir
 from harness.prompts import end_of_turn_ids, render_chat, request_ids
 from harness.progress import progress_bar
+from harness.store import CacheDB
 
 
 @dataclass(frozen=True)
@@ -65,30 +65,33 @@ class GenerationCache:
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path) if path else cache_dir() / "generations.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, text TEXT, new_tokens INT, finished INT, ids TEXT)"
-        )
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(generations)")}
-        if "ids" not in columns:  # a cache written before the token ids were kept
-            self.db.execute("ALTER TABLE generations ADD COLUMN ids TEXT")
-        self.db.commit()
+        self.db = CacheDB(self.path, "CREATE TABLE IF NOT EXISTS generations "
+                                     "(key TEXT PRIMARY KEY, text TEXT, new_tokens INT, finished INT, ids TEXT)",
+                          migrate=_add_ids_column)
 
     def get(self, key: str) -> Output | None:
-        row = self.db.execute("SELECT text, new_tokens, finished, ids FROM generations WHERE key=?", (key,)).fetchone()
+        row = self.db.run(lambda db: db.execute("SELECT text, new_tokens, finished, ids FROM generations WHERE key=?",
+                                                (key,)).fetchone())
         if not row:
             return None
         return Output(row[0], row[1], bool(row[2]), cached=True, token_ids=json.loads(row[3]) if row[3] else None)
 
     def put_many(self, items: list[tuple[str, Output]]) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO generations (key, text, new_tokens, finished, ids) VALUES (?, ?, ?, ?, ?)",
-            [(k, o.text, o.new_tokens, int(o.finished), None if o.token_ids is None else json.dumps(o.token_ids))
-             for k, o in items],
-        )
-        self.db.commit()
+        rows = [(k, o.text, o.new_tokens, int(o.finished), None if o.token_ids is None else json.dumps(o.token_ids))
+                for k, o in items]
+
+        def put(db):
+            db.executemany("INSERT OR REPLACE INTO generations (key, text, new_tokens, finished, ids) VALUES (?, ?, ?, ?, ?)",
+                           rows)
+            db.commit()
+
+        self.db.run(put)
+
+
+def _add_ids_column(db) -> None:
+    """A cache written before the token ids were kept gets their column (empty for old rows)."""
+    if "ids" not in {row[1] for row in db.execute("PRAGMA table_info(generations)")}:
+        db.execute("ALTER TABLE generations ADD COLUMN ids TEXT")
 
 
 @dataclass

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import sqlite3
 import time
 import urllib.error
 import urllib.parse
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.paths import cache_dir
+from harness.store import CacheDB
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -183,14 +183,15 @@ class _JudgmentCache:
     """SQLite table of judge replies keyed by endpoint, model, messages and limits."""
 
     def __init__(self):
-        self.db = sqlite3.connect(cache_dir() / "judgments.sqlite", timeout=60)
-        self.db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, reply TEXT)")
-        self.db.commit()
+        self.db = CacheDB(cache_dir() / "judgments.sqlite", "CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, reply TEXT)")
 
     def get(self, key: str) -> str | None:
-        row = self.db.execute("SELECT reply FROM judgments WHERE key=?", (key,)).fetchone()
+        row = self.db.run(lambda db: db.execute("SELECT reply FROM judgments WHERE key=?", (key,)).fetchone())
         return row[0] if row else None
 
     def put_many(self, replies: dict[str, str]) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO judgments VALUES (?, ?)", list(replies.items()))
-        self.db.commit()
+        def put(db):
+            db.executemany("INSERT OR REPLACE INTO judgments VALUES (?, ?)", list(replies.items()))
+            db.commit()
+
+        self.db.run(put)

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import sqlite3
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +134,53 @@ class StateLock(_Flock):
 
     def __init__(self, run_dir: Path):
         super().__init__(run_dir / ".state.lock", wait=True)
+
+
+DAMAGED = ("file is not a database", "database disk image is malformed", "malformed database schema")
+
+
+class CacheDB:
+    """The SQLite file of one content-addressed cache (generations, judge replies, COMET
+    scores): values are plain columns or JSON text, never pickles; WAL journaling, so a
+    process killed while writing leaves the committed rows readable. A damaged file (a
+    truncated copy, a disk error) is never fatal: it is set aside as ``<name>.damaged-<time>``
+    with a warning and the cache starts empty, which only costs recomputation."""
+
+    def __init__(self, path: Path, *schema: str, migrate=None):
+        self.path, self.schema, self.migrate = Path(path), schema, migrate
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.run(lambda db: None)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60)
+        db.execute("PRAGMA journal_mode=WAL")
+        for statement in self.schema:
+            db.execute(statement)
+        if self.migrate is not None:
+            self.migrate(db)
+        db.commit()
+        return db
+
+    def run(self, use):
+        """``use(connection)``, with the file set aside and started afresh once if it is damaged."""
+        for attempt in (0, 1):
+            try:
+                if getattr(self, "db", None) is None:
+                    self.db = self._open()
+                return use(self.db)
+            except sqlite3.DatabaseError as err:
+                if attempt or not any(sign in str(err) for sign in DAMAGED):
+                    raise
+                self._set_aside(err)
+
+    def _set_aside(self, err: Exception) -> None:
+        if getattr(self, "db", None) is not None:
+            self.db.close()
+        self.db = None
+        aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{self.path}{suffix}")
+            if part.exists():
+                os.replace(part, f"{aside}{suffix}")
+        logging.getLogger("radis_bench").warning("%s was damaged (%s); set aside as %s, the cache starts empty",
+                                                 self.path, err, aside.name)

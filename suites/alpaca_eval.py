@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sqlite3
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -24,6 +23,7 @@ from harness.evaluation import Metric, MetricSpec, NotScored, Suite, SuiteContex
 from harness.generation import Decoding, Output, Request
 from harness.judges import config_label, import_alpaca_eval, require_alpaca_eval_config
 from harness.paths import cache_dir
+from harness.store import CacheDB
 from harness.prompts import user_turn
 
 # alpaca-eval's length-controlled GLM models each of the 805 AlpacaEval instructions by its row
@@ -98,21 +98,24 @@ class _VerdictCache:
             if path.is_file() and path.suffix in (".yaml", ".yml", ".txt", ".json", ".jinja"):
                 digest.update(path.name.encode() + b"\0" + path.read_bytes())
         self.judge = digest.hexdigest()
-        self.db = sqlite3.connect(cache_dir() / "alpaca_eval_verdicts.sqlite", timeout=60)
-        self.db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, annotation TEXT)")
-        self.db.commit()
+        self.db = CacheDB(cache_dir() / "alpaca_eval_verdicts.sqlite",
+                          "CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, annotation TEXT)")
 
     def _key(self, pair: tuple[str, str, str]) -> str:
         return hashlib.sha256(json.dumps([self.judge, *pair]).encode()).hexdigest()
 
     def get(self, pair: tuple[str, str, str]) -> dict | None:
-        row = self.db.execute("SELECT annotation FROM verdicts WHERE key=?", (self._key(pair),)).fetchone()
+        row = self.db.run(lambda db: db.execute("SELECT annotation FROM verdicts WHERE key=?", (self._key(pair),)).fetchone())
         return json.loads(row[0]) if row else None
 
     def put_many(self, verdicts: dict[tuple[str, str, str], dict]) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?)",
-                            [(self._key(p), json.dumps(a)) for p, a in verdicts.items()])
-        self.db.commit()
+        rows = [(self._key(p), json.dumps(a)) for p, a in verdicts.items()]
+
+        def put(db):
+            db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?)", rows)
+            db.commit()
+
+        self.db.run(put)
 
 
 def win_of(preference) -> float | None:

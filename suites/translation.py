@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import logging
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from harness.evaluation import ItemStats, Metric, MetricSpec, NotScored, Suite, 
 from harness.generation import Decoding, Output, Request
 from harness.models import looks_like_path
 from harness.paths import cache_dir
+from harness.store import CacheDB
 from harness.prompts import EXTRACTION_RULES, extract_translation, translation_prompt, user_turn
 from harness.stats import bootstrap_ci_of
 
@@ -163,8 +163,7 @@ class CometScorer:
         self.ckpt = comet_checkpoint(name)
         stat = self.ckpt.stat()
         self.identity = f"{self.ckpt.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        self.db = sqlite3.connect(cache_dir() / "comet_scores.sqlite", timeout=60)
-        self.db.execute("CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL)")
+        self.db = CacheDB(cache_dir() / "comet_scores.sqlite", "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL)")
 
     def _key(self, triple: tuple[str, str, str]) -> str:
         return hashlib.sha256(json.dumps([self.identity, *triple]).encode()).hexdigest()
@@ -173,7 +172,7 @@ class CometScorer:
         keys = [self._key(t) for t in triples]
         found = {}
         for key in set(keys):
-            row = self.db.execute("SELECT score FROM scores WHERE key=?", (key,)).fetchone()
+            row = self.db.run(lambda db: db.execute("SELECT score FROM scores WHERE key=?", (key,)).fetchone())
             if row:
                 found[key] = row[0]
         todo = {k: t for k, t in zip(keys, triples) if k not in found}
@@ -189,8 +188,11 @@ class CometScorer:
                 pred = model.predict(data, batch_size=self.batch_size, gpus=1 if torch.cuda.is_available() else 0,
                                      progress_bar=False)
             new = {k: 100.0 * float(s) for k, s in zip(todo, pred.scores)}
-            self.db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?)", list(new.items()))
-            self.db.commit()
+            def put(db):
+                db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?)", list(new.items()))
+                db.commit()
+
+            self.db.run(put)
             found.update(new)
         return [found[k] for k in keys]
 

@@ -1,4 +1,6 @@
-from harness.generation import Decoding, GenerationCache, Generator, GrowingCache, Request
+from pathlib import Path
+
+from harness.generation import Decoding, GenerationCache, Generator, GrowingCache, Output, Request
 from harness.prompts import user_turn
 
 
@@ -274,3 +276,56 @@ def test_fast_decode_only_for_plain_llama(tiny_model, tiny_tokenizer):
     mistral = MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                num_attention_heads=2, num_key_value_heads=1))
     assert FastLlama.of(mistral.eval()) is None
+
+
+def test_a_damaged_generation_cache_is_set_aside_not_fatal(tmp_path, caplog):
+    path = tmp_path / "generations.sqlite"
+    cache = GenerationCache(path)
+    cache.put_many([(f"k{i}", Output("text " * 50, 50, True, token_ids=list(range(50)))) for i in range(200)])
+    cache.db.db.close()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"generations.sqlite{suffix}").unlink(missing_ok=True)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])  # a truncated copy: header intact, pages missing
+    again = GenerationCache(path)
+    assert again.get("k150") is None  # its rows are gone, and nothing raised
+    again.put_many([("k1", Output("fresh", 1, True))])
+    assert again.get("k1").text == "fresh"
+    assert list(tmp_path.glob("generations.sqlite.damaged-*")) and "was damaged" in caplog.text
+    again.db.db.close()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"generations.sqlite{suffix}").unlink(missing_ok=True)
+    path.write_bytes(b"not a database at all" * 100)
+    assert GenerationCache(path).get("k1") is None
+
+
+KILLED_WRITER = """
+import sys
+from harness.generation import GenerationCache, Output
+cache = GenerationCache(sys.argv[1])
+i = 0
+while True:
+    cache.put_many([(f"k{i}-{j}", Output("x" * 200, 10, True, token_ids=list(range(10)))) for j in range(50)])
+    i += 1
+    if i == 5:
+        print("ready", flush=True)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_a_usable_cache(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "generations.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    cache = GenerationCache(path)
+    assert cache.get("k0-0").text == "x" * 200 and cache.get("k4-49").token_ids == list(range(10))
+    cache.put_many([("after", Output("ok", 1, True))])
+    assert cache.get("after").text == "ok"
