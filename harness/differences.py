@@ -85,7 +85,9 @@ def _analysis(sources: list[PlanSource], plans: list) -> Analysis:
     return Analysis()
 
 
-def compute_differences(board, sources: list[PlanSource]) -> tuple[pd.DataFrame, claims.Claims]:
+def compute_differences(board, sources: list[PlanSource], record_looks: bool) -> tuple[pd.DataFrame, claims.Claims]:
+    """Every comparison's interval and verdict; with ``record_looks`` (a rendering) a primary
+    contrast at new seeds is recorded as a look, else it is only counted."""
     from harness.intervals import difference_interval
 
     plans = [(source, plan) for source in sources if (plan := claims.read_plan(source.path)) is not None]
@@ -104,7 +106,7 @@ def compute_differences(board, sources: list[PlanSource]) -> tuple[pd.DataFrame,
                 records.append({**_record(row, ref, column, iv), "_iv": iv})
     for source, plan in plans:
         for entry, dropped in plan.contrasts():
-            primary = _primary(board, source, plan, claims.Contrast.of(entry, source.prefix), found.analysis)
+            primary = _primary(board, source, plan, claims.Contrast.of(entry, source.prefix), record_looks)
             primary.notes = ([f"dropped from the plan on {dropped[:10]}"] if dropped else []) + primary.notes
             found.primary.append(primary)
             if primary.interval is None:
@@ -121,8 +123,8 @@ def compute_differences(board, sources: list[PlanSource]) -> tuple[pd.DataFrame,
     return frame, found
 
 
-def _primary(board, source: PlanSource, plan, contrast: claims.Contrast, analysis: Analysis):
-    """A primary contrast at this rendering: its look is recorded when its seeds are new."""
+def _primary(board, source: PlanSource, plan, contrast: claims.Contrast, record: bool):
+    """A primary contrast at this rendering: a look when its seeds are new."""
     from harness.intervals import difference_interval
 
     current = plan.current
@@ -145,8 +147,9 @@ def _primary(board, source: PlanSource, plan, contrast: claims.Contrast, analysi
     if seeds in taken:
         looks = looks[:taken.index(seeds) + 1]
     else:
-        recorded = claims.record_look(source.path, contrast, seeds)
-        looks = looks + [recorded or claims.Look(seeds, "", "not recorded: the run directory is not writable")]
+        recorded = claims.record_look(source.path, contrast, seeds) if record else None
+        note = "not recorded: the run directory is not writable" if record else "this reading, not a rendering"
+        looks = looks + [recorded or claims.Look(seeds, "", note)]
     found = claims.assess_primary(contrast, iv, looks, current, margin, source.path.name)
     found.rows = (row, ref, column)
     return found

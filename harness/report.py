@@ -159,7 +159,7 @@ def render_report(run_dirs: list[Path], out_dir: Path, title: str | None = None,
     (default: every general suite's main metric). Returns the written paths by file name."""
     from harness.plots import all_plots
 
-    board = build_leaderboard(run_dirs, title, prefixes)
+    board = build_leaderboard(run_dirs, title, prefixes, record_looks=True)
     out_dir = Path(out_dir)
     plots = all_plots(board, general_metric)
     files = {
@@ -186,7 +186,10 @@ class _Run:
     manifest: dict
 
 
-def build_leaderboard(run_dirs: list[Path], title: str | None = None, prefixes: dict[str, str] | None = None) -> Leaderboard:
+def build_leaderboard(run_dirs: list[Path], title: str | None = None, prefixes: dict[str, str] | None = None,
+                      record_looks: bool = False) -> Leaderboard:
+    """The leaderboard of ``run_dirs``; ``record_looks``: it is rendered, so a primary contrast at
+    new seeds is a look recorded in its run directory (``harness.claims``)."""
     if not run_dirs:
         raise UserError("No run directory given; pass at least one folder written by `radis-bench run`.")
     prefixes = prefixes or {}
@@ -216,7 +219,8 @@ def build_leaderboard(run_dirs: list[Path], title: str | None = None, prefixes: 
     from harness.differences import PlanSource, compute_differences
 
     board = Leaderboard(title, rows, columns, cells, scores, [r.manifest for r in runs], pd.DataFrame(), descriptions)
-    board.differences, board.claims = compute_differences(board, [PlanSource(r.path, r.prefix, r.manifest) for r in runs])
+    board.differences, board.claims = compute_differences(board, [PlanSource(r.path, r.prefix, r.manifest) for r in runs],
+                                                          record_looks)
     _mark_best(board)
     return board
 
