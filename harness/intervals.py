@@ -232,7 +232,7 @@ def _interval(estimate: float, seed_parts: list[tuple[float, float]], item_var: 
     is the same on every machine."""
     seed_parts = [(v if v >= VARIANCE_RESIDUE * scale ** 2 else 0.0, df) for v, df in seed_parts]
     item_var = item_var if item_var >= VARIANCE_RESIDUE * scale ** 2 else 0.0
-    estimate = estimate if abs(estimate) >= RESIDUE * scale else 0.0
+    estimate = settled(estimate, scale)
     seed_var = sum(v for v, _ in seed_parts) if seed_parts else None
     var = (seed_var or 0.0) + item_var
     df = _df(seed_parts, item_var, item_df)
@@ -248,6 +248,11 @@ def _interval(estimate: float, seed_parts: list[tuple[float, float]], item_var: 
         low, high = estimate - half, estimate + half
     return Interval(estimate=estimate, low=low, high=high, se=se, df=df, seed_var=seed_var, item_var=item_var,
                     n_items=n_items, item_df=item_df, **info)
+
+
+def settled(value: float, scale: float) -> float:
+    """``value``, or 0 when it is rounding residue for a metric of size ``scale``."""
+    return value if abs(value) >= RESIDUE * scale else 0.0
 
 
 def _scale(*values: np.ndarray) -> float:

@@ -437,7 +437,7 @@ def _item_stats(runs: list[_Run]) -> dict[tuple, dict]:
 
 
 def _cells(scores: pd.DataFrame, rows: list[Row], columns: list[Column], stats: dict) -> dict[tuple[Row, str], Cell]:
-    from harness.intervals import difference_interval, mean_interval
+    from harness.intervals import difference_interval, mean_interval, settled
 
     by_key = {key: group for key, group in scores.groupby(["model", "method", "suite", "metric"], sort=False)}
     cells = {}
@@ -456,7 +456,7 @@ def _cells(scores: pd.DataFrame, rows: list[Row], columns: list[Column], stats: 
                 cell = cells.get((row, column.key))
                 if row.model != model or row.original or cell is None or cell.mean is None:
                     continue
-                cell.delta = cell.mean - original.mean
+                cell.delta = settled(cell.mean - original.mean, max(abs(cell.mean), abs(original.mean)))
                 if cell.stats and original.stats:
                     cell.delta_interval = difference_interval(cell.stats, original.stats, b_fixed=True, share=column.share)
     return cells
