@@ -724,6 +724,8 @@ def claims_section(board: Leaderboard):
 
 
 def claims_markdown(board: Leaderboard) -> list[str]:
+    if board.claims.exploratory and board.differences.empty:
+        return []  # nothing is compared: nothing is claimed
     section = claims_section(board)
     lines = ["## Claims", ""] + [line for p in section.paragraphs for line in (p, "")]
     if section.rows:
@@ -855,6 +857,8 @@ def _inline(text: str) -> str:
 
 
 def claims_html(board: Leaderboard) -> str:
+    if board.claims.exploratory and board.differences.empty:
+        return ""
     section = claims_section(board)
     parts = ["<h2>Claims</h2>"] + [f'<p class="legend">{_inline(p)}</p>' for p in section.paragraphs]
     if section.rows:
