@@ -89,9 +89,8 @@ class Contrast:
     direction: str = "two-sided"  # the side a claim is made on: lower, higher or two-sided
 
     @classmethod
-    def of(cls, entry: dict, prefix: str = "") -> "Contrast":
-        b = entry["b"] if entry["b"] == "original" else prefix + entry["b"]
-        return cls(prefix + entry["a"], b, entry["metric"], entry.get("direction", "two-sided"))
+    def of(cls, entry: dict) -> "Contrast":
+        return cls(entry["a"], entry["b"], entry["metric"], entry.get("direction", "two-sided"))
 
     @property
     def name(self) -> str:

@@ -106,7 +106,7 @@ def compute_differences(board, sources: list[PlanSource], record_looks: bool) ->
                 records.append({**_record(row, ref, column, iv), "_iv": iv})
     for source, plan in plans:
         for entry, dropped in plan.contrasts():
-            primary = _primary(board, source, plan, claims.Contrast.of(entry, source.prefix), record_looks)
+            primary = _primary(board, source, plan, claims.Contrast.of(entry), record_looks)
             primary.notes = ([f"dropped from the plan on {dropped[:10]}"] if dropped else []) + primary.notes
             found.primary.append(primary)
             if primary.interval is None:
@@ -124,7 +124,8 @@ def compute_differences(board, sources: list[PlanSource], record_looks: bool) ->
 
 
 def _primary(board, source: PlanSource, plan, contrast: claims.Contrast, record: bool):
-    """A primary contrast at this rendering: a look when its seeds are new."""
+    """A primary contrast at this rendering: a look when its seeds are new. The plan and its
+    looks name the run's own rows; in a combined report they carry the run's prefix."""
     from harness.intervals import difference_interval
 
     current = plan.current
@@ -132,7 +133,8 @@ def _primary(board, source: PlanSource, plan, contrast: claims.Contrast, record:
     model = (source.manifest.get("config") or {}).get("model")
     rows = {r.label: r for r in board.rows if model is None or r.model == model}
     column = next((c for c in board.columns if c.key == contrast.metric), None)
-    row, ref = rows.get(contrast.a), rows.get(contrast.b)
+    row = rows.get(source.prefix + contrast.a)
+    ref = rows.get(contrast.b if contrast.b == "original" else source.prefix + contrast.b)
     cells = [board.cells.get((r, column.key)) if r is not None and column is not None else None for r in (row, ref)]
     iv = None
     if all(c is not None and c.stats for c in cells):

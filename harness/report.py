@@ -8,15 +8,17 @@ unit, and writes into one folder:
     leaderboard.csv    one row per (model, row, metric): mean, per-seed values, interval,
                        Δ against the model's original with its interval, best / tied flags
     differences.csv    every row against its original, the baseline (plain fine-tuning) and
-                       the row it varies, with intervals and the seeds 80% power would need
-    leaderboard.md     the tables people read: main metrics, other metrics, differences
+                       the row it varies, and every primary contrast of a run's analysis plan,
+                       with intervals, adjusted verdicts and the seeds 80% power would need
+    leaderboard.md     the tables people read: claims, main metrics, other metrics, differences
     leaderboard.html   the same, self-contained (inline CSS, plots as data URIs)
     *.png              see ``harness.plots``
 
 Intervals come from ``harness.intervals``: item bootstrap plus a training-seed t term,
-paired by seed where two rows share their seeds. Several run directories combine into one
-leaderboard; two runs that hold the same row and seed computed differently are refused
-unless one gets a label prefix (``prefixes``).
+paired by seed where two rows share their seeds; verdicts from ``harness.claims`` (a
+rendering at new seed counts records a look at each primary contrast). Several run
+directories combine into one leaderboard; two runs that hold the same row and seed computed
+differently are refused unless one gets a label prefix (``prefixes``).
 """
 
 from __future__ import annotations

@@ -279,3 +279,19 @@ def test_tables_are_the_same_bytes_after_a_1e_15_perturbation(tmp_path):
     board = pd.read_csv(first["leaderboard.csv"])
     original = board[(board["method"] == "original") & (board["metric"] == "prompt_strict")].iloc[0]
     assert 0 < original["ci_low"] < 0.05 < original["ci_high"] < 1  # 2 of 40: a score interval inside [0, 1]
+
+
+def test_a_plan_in_a_combined_report_names_its_own_rows(tmp_path):
+    """With a label prefix the rows are b-radis and b-vanilla; the plan and its looks keep
+    the run's own labels, so the next report of that run alone counts the same look."""
+    first = write_run(tmp_path / "a", methods=("vanilla", "radis"), values=values(3))
+    second = write_run(tmp_path / "b", methods=("vanilla", "radis"), values=values(4), tag="b")
+    claims.record_plan(second, analysis(**PLAN))
+    written = render_report([first, second], tmp_path / "out", prefixes={str(second): "b-"})
+    diffs = pd.read_csv(written["differences.csv"])
+    (row,) = diffs[diffs["role"] == "primary"].itertuples()
+    assert (row.method, row.versus, row.metric, row.looks) == ("b-radis", "b-vanilla", "kl", 1)
+    (look,) = [json.loads(line) for line in (second / "analysis" / "looks.jsonl").read_text().splitlines()]
+    assert look["contrast"] == {"a": "radis", "b": "vanilla", "metric": "retention/kl"} and look["seeds"] == [4, 4]
+    render_report([second], tmp_path / "alone")
+    assert len((second / "analysis" / "looks.jsonl").read_text().splitlines()) == 1
