@@ -363,7 +363,7 @@ def _plan_text(name: str, plan: RecordedPlan) -> list[str]:
                 f"{version['recorded'][:10]}, after {units} units had been scored (not a pre-registration)")
 
     a = analysis_of(plan.original["analysis"], "analysis/plan.json")
-    lines = [f"Plan of {name} recorded {when(plan.original)}: {_settings_text(a)}." + (f" {a.note}" if a.note else "")]
+    lines = [f"Analysis plan of `{name}`, recorded {when(plan.original)}: {_settings_text(a)}." + (f" {a.note}" if a.note else "")]
     before = plan.original["analysis"]
     for amendment in plan.amendments:
         lines.append(f"Amended {when(amendment)}: {_changes(before, amendment['analysis'])}.")

@@ -73,7 +73,7 @@ def test_the_plan_is_written_once_and_a_change_is_a_dated_amendment(tmp_path):
     assert [(c["metric"], bool(dropped)) for c, dropped in plan.contrasts()] == [("retention/kl", True),
                                                                                 ("translation/de-en/chrf++", False)]
     md = (render_report([run], tmp_path / "out")["leaderboard.md"]).read_text()
-    assert "## Claims" in md and "Plan of run recorded" in md and "Amended" in md and "alpha 0.05 → 0.01" in md
+    assert "## Claims" in md and "Analysis plan of `run`, recorded" in md and "Amended" in md and "alpha 0.05 → 0.01" in md
     assert "primary + radis − vanilla translation/de-en/chrf++ (lower)" in md and "dropped from the plan on" in md
     assert "after" in md and "units had been scored (not a pre-registration)" in md
 

@@ -50,7 +50,7 @@ def test_report_shows_differences_with_cis(tiny_checkpoint, tmp_path):
     assert float(kl["adjusted_low"]) == float(kl["ci_low"])  # one look at the planned seeds: the nominal interval
     assert {r["role"] for key, r in rows.items() if key != ("vanilla", "original", "retention", "kl")} == {"secondary"}
     assert json.loads((run_dir / "analysis" / "plan.json").read_text())["analysis"]["primary"][0]["metric"] == "retention/kl"
-    assert "Plan of run recorded" in markdown and "before any unit was scored" in markdown
+    assert "Analysis plan of `run`, recorded" in markdown and "before any unit was scored" in markdown
 
     # the same config again: nothing computed, no new look, no amendment
     again = _run(tiny_checkpoint, tmp_path, run_dir)
@@ -61,4 +61,4 @@ def test_report_shows_differences_with_cis(tiny_checkpoint, tmp_path):
     amended = _run(tiny_checkpoint, tmp_path, run_dir, alpha="0.01")
     assert amended.returncode == 0 and "analysis plan amended" in amended.stderr, amended.stderr[-3000:]
     markdown = (run_dir / "report" / "leaderboard.md").read_text()
-    assert "Plan of run recorded" in markdown and "Amended" in markdown and "alpha 0.05 → 0.01" in markdown
+    assert "Analysis plan of `run`, recorded" in markdown and "Amended" in markdown and "alpha 0.05 → 0.01" in markdown
