@@ -68,15 +68,6 @@ log = logging.getLogger("radis_bench")
 
 FOLDER = "analysis"
 DIFFERENT, EQUIVALENT, NOT_RESOLVED = "different", "equivalent", "not resolved"
-# Equivalence margins by the metric's last name (README, "Claims"): the largest difference
-# still called "no difference"
-DEFAULT_MARGINS = {
-    "chrf++": 1.0, "bleu": 1.0, "comet": 1.0,  # points on 0-100 scales
-    "prompt_strict": 0.02, "prompt_loose": 0.02, "inst_strict": 0.02, "inst_loose": 0.02, "accuracy": 0.02,
-    "kl": 0.01, "delta_nll": 0.01, "abs_delta_nll": 0.01,  # nats per token
-    "refusal_rate": 0.02, "refusal_rate_gcg": 0.02, "unsafe_rate_classifier": 0.02,
-    "score": 0.25,  # MT-Bench, 1-10
-}
 
 
 @dataclass(frozen=True)
@@ -276,14 +267,15 @@ def adjust(p_values, method: str) -> np.ndarray:
     return out
 
 
-def margin_for(key: str, margins: dict) -> float | None:
-    """The equivalence margin of a column ("translation/de-en/chrf++"): the config's by the
-    whole key or the last name, else the default; None (or 0) for none."""
+def margin_for(key: str, margins: dict, declared: float | None) -> float | None:
+    """The equivalence margin of a column ("translation/de-en/chrf++"): the plan's by the
+    whole key or the last name, else the one its suite declares (``MetricSpec.margin``);
+    None (or 0) for none."""
     last = key.rsplit("/", 1)[-1]
     for name in (key, last):
         if name in margins:
             return float(margins[name]) or None
-    return DEFAULT_MARGINS.get(last)
+    return declared
 
 
 # Primary contrasts ---------------------------------------------------------------------------

@@ -82,7 +82,7 @@ class Analysis:
     alpha: float = field(default=0.05, metadata={"help": "Error rate of each primary contrast over all its looks, and family-wise (or false-discovery) rate of the other contrasts."})
     spending: str = field(default="obrien_fleming", metadata={"help": "How a primary contrast spends alpha over its looks (Lan-DeMets): obrien_fleming or pocock."})
     secondary: str = field(default="holm", metadata={"help": "Adjustment of every other contrast of the report: holm (family-wise error) or bh (false discovery rate)."})
-    margins: dict[str, float] = field(default_factory=dict, metadata={"help": "Equivalence margins by metric ('retention/kl' or 'kl'), replacing the defaults; 0: no equivalence verdict."})
+    margins: dict[str, float] = field(default_factory=dict, metadata={"help": "Equivalence margins by metric ('retention/kl' or 'kl'), replacing the suites' own; 0: no equivalence verdict."})
     note: str = field(default="", metadata={"help": "Where and when the plan was fixed, when that was before this run directory."})
 
 

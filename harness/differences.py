@@ -103,7 +103,7 @@ def compute_differences(board, sources: list[PlanSource], record_looks: bool) ->
             iv = difference_interval(a.stats, b.stats, b_fixed=ref.original, share=column.share)
             if iv is not None:
                 keyed[(row, ref, column.key)] = len(records)
-                records.append({**_record(row, ref, column, iv), "_iv": iv})
+                records.append({**_record(row, ref, column, iv), "_iv": iv, "_margin": column.margin})
     for source, plan in plans:
         for entry, dropped in plan.contrasts():
             primary = _primary(board, source, plan, claims.Contrast.of(entry), record_looks)
@@ -115,11 +115,12 @@ def compute_differences(board, sources: list[PlanSource], record_looks: bool) ->
             at = keyed.get((row, ref, column.key))
             if at is None:
                 at = keyed[(row, ref, column.key)] = len(records)
-                records.append({**_record(row, ref, column, primary.interval), "_iv": primary.interval})
+                records.append({**_record(row, ref, column, primary.interval), "_iv": primary.interval,
+                                "_margin": column.margin})
             records[at].update(role="primary", verdict=primary.verdict, margin=primary.margin, adjusted_low=primary.low,
                                adjusted_high=primary.high, looks=len(primary.looks))
     found.family = _secondary_verdicts(records, found.analysis, "exploratory" if found.exploratory else "secondary")
-    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "_iv"} for r in records], columns=COLUMNS)
+    frame = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in records], columns=COLUMNS)
     return frame, found
 
 
@@ -129,10 +130,10 @@ def _primary(board, source: PlanSource, plan, contrast: claims.Contrast, record:
     from harness.intervals import difference_interval
 
     current = plan.current
-    margin = claims.margin_for(contrast.metric, current.margins)
     model = (source.manifest.get("config") or {}).get("model")
     rows = {r.label: r for r in board.rows if model is None or r.model == model}
     column = next((c for c in board.columns if c.key == contrast.metric), None)
+    margin = claims.margin_for(contrast.metric, current.margins, column.margin if column is not None else None)
     row = rows.get(source.prefix + contrast.a)
     ref = rows.get(contrast.b if contrast.b == "original" else source.prefix + contrast.b)
     cells = [board.cells.get((r, column.key)) if r is not None and column is not None else None for r in (row, ref)]
@@ -167,7 +168,7 @@ def _secondary_verdicts(records: list[dict], analysis: Analysis, role: str) -> i
         r["p_adjusted"] = p
     with_margin = []
     for r in family:
-        r["margin"] = claims.margin_for(f"{r['suite']}/{r['metric']}", analysis.margins)
+        r["margin"] = claims.margin_for(f"{r['suite']}/{r['metric']}", analysis.margins, r["_margin"])
         if r["margin"] is not None:
             r["tost_p"] = claims.tost_p(r["_iv"], r["margin"])
             with_margin.append(r)

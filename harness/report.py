@@ -88,6 +88,7 @@ class Column:
     unit: str
     role: str = "general"  # the suite's role: "task" (the skill taught) or "general"
     share: bool = False  # a share of 0/1 items (harness.intervals.is_share): score intervals, a floor for differences
+    margin: float | None = None  # the suite's equivalence margin for it (MetricSpec.margin)
 
     @property
     def key(self) -> str:
@@ -391,18 +392,21 @@ def _rows(scores: pd.DataFrame, runs: list[_Run]) -> tuple[list[Row], dict[str, 
 
 
 def _declared(runs: list[_Run], suite: str) -> tuple[dict[str, dict], str]:
-    """A suite's metric declarations and role: from a manifest, else from the installed suite."""
-    for run in runs:
-        found = (run.manifest.get("suites") or {}).get(suite) or {}
-        if found.get("metrics"):
-            return {m["name"]: m for m in found["metrics"]}, found.get("role", "general")
+    """A suite's metric declarations and role: from a manifest, else from the installed suite.
+    A manifest written before suites declared equivalence margins takes the installed suite's."""
     try:
         from harness import registry
 
         cls = registry.get_suite(suite)
-        return {m.name: m.to_dict() for m in cls().metrics()}, cls.role
+        installed, role = {m.name: m.to_dict() for m in cls().metrics()}, cls.role
     except (UserError, TypeError):
-        return {}, "general"
+        installed, role = {}, "general"
+    for run in runs:
+        found = (run.manifest.get("suites") or {}).get(suite) or {}
+        if found.get("metrics"):
+            return ({m["name"]: {"margin": installed.get(m["name"], {}).get("margin"), **m} for m in found["metrics"]},
+                    found.get("role", "general"))
+    return installed, role
 
 
 def _columns(scores: pd.DataFrame, runs: list[_Run], stats: dict[tuple, dict]) -> list[Column]:
@@ -421,7 +425,8 @@ def _columns(scores: pd.DataFrame, runs: list[_Run], stats: dict[tuple, dict]) -
         # a suite whose main metric is not scored still shows it (with the reason) where it would be
         main = bool(group["main"].any()) or (suite not in scored_main and bool(spec.get("main")))
         share = is_share([st for (_, _, s, m), seeds in stats.items() if (s, m) == (suite, metric) for st in seeds.values()])
-        columns.append(Column(suite, metric, main, higher, main or bool(spec.get("shown")), spec.get("unit") or metric, role, share))
+        columns.append(Column(suite, metric, main, higher, main or bool(spec.get("shown")), spec.get("unit") or metric, role, share,
+                              spec.get("margin")))
     return sorted(columns, key=lambda c: (not c.main, not c.shown, suites.index(c.suite)))
 
 

@@ -215,9 +215,9 @@ class RetentionSuite(Suite):
 
     def metrics(self) -> list[MetricSpec]:
         return [
-            MetricSpec("kl", "KL(original || fine-tuned), nats/token", False, main=True),
-            MetricSpec("delta_nll", "NLL change of the original's answers, nats/token", None, shown=True),
-            MetricSpec("abs_delta_nll", "|NLL change|, nats/token", False),
+            MetricSpec("kl", "KL(original || fine-tuned), nats/token", False, main=True, margin=0.01),
+            MetricSpec("delta_nll", "NLL change of the original's answers, nats/token", None, shown=True, margin=0.01),
+            MetricSpec("abs_delta_nll", "|NLL change|, nats/token", False, margin=0.01),
             MetricSpec("nll", "NLL of the original's answers, nats/token", None),
             MetricSpec("nll_original", "NLL of the original's answers under the original, nats/token", None),
         ]

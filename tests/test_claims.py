@@ -210,11 +210,10 @@ def test_tost_and_the_margins():
     iv = type("Iv", (), {"estimate": 0.1, "se": 0.2, "df": 30.0})()
     assert claims.tost_p(iv, 1.0) == pytest.approx(stats.t.sf(4.5, 30.0))  # the nearer margin decides
     assert claims.p_value(iv) == pytest.approx(2 * stats.t.sf(0.5, 30.0))
-    assert claims.margin_for("translation/de-en/chrf++", {}) == 1.0 and claims.margin_for("retention/kl", {}) == 0.01
-    assert claims.margin_for("translation/de-en/words", {}) is None
-    assert claims.margin_for("retention/kl", {"kl": 0.02}) == 0.02
-    assert claims.margin_for("retention/kl", {"retention/kl": 0.03, "kl": 0.02}) == 0.03
-    assert claims.margin_for("retention/kl", {"kl": 0}) is None
+    assert claims.margin_for("retention/kl", {}, 0.01) == 0.01 and claims.margin_for("translation/de-en/words", {}, None) is None
+    assert claims.margin_for("retention/kl", {"kl": 0.02}, 0.01) == 0.02
+    assert claims.margin_for("retention/kl", {"retention/kl": 0.03, "kl": 0.02}, 0.01) == 0.03
+    assert claims.margin_for("retention/kl", {"kl": 0}, 0.01) is None
 
 
 def test_the_report_distinguishes_the_three_verdicts(tmp_path):
@@ -230,6 +229,9 @@ def test_the_report_distinguishes_the_three_verdicts(tmp_path):
     secondary = diffs[diffs["role"] == "secondary"]
     assert len(secondary) == len(diffs) - 1 and (secondary["p_adjusted"] >= secondary["p_value"]).all()
     assert pd.isna(diffs.loc[diffs["metric"] == "de-en/words", "margin"]).all()
+    # the suites' own margins (MetricSpec.margin), where the plan sets none
+    assert set(diffs.loc[diffs["metric"] == "de-en/chrf++", "margin"]) == {1.0} and set(diffs.loc[diffs["metric"] == "kl", "margin"]) == {0.01}
+    assert set(diffs.loc[diffs["metric"] == "prompt_strict", "margin"]) == {0.2}
     md, page = written["leaderboard.md"].read_text(), written["leaderboard.html"].read_text()
     row = next(line for line in md.split("## Differences")[1].splitlines() if line.startswith("| radis − vanilla |"))
     assert "≡" in row and "*" in row
