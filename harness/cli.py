@@ -148,6 +148,9 @@ def run(
         from harness.plan import Plan, print_plan
 
         plan = Plan(cfg, config_file=config, only=only)
+        from harness.claims import check_against_plan
+
+        check_against_plan(cfg.analysis, plan)
         if dry_run:
             if launched_processes()[0] == 0:
                 print_plan(plan)
@@ -179,12 +182,12 @@ def _apply_set(cfg, item: str) -> None:
         raise UserError(f"--set '{item}' must look like key=value, e.g. radis.rationale_weight=0.5.")
     key, value = item.split("=", 1)
     parts = key.strip().split(".")
-    if len(parts) == 2 and parts[0] not in ("budget", "lora"):
+    if len(parts) == 2 and parts[0] not in ("budget", "lora", "analysis"):
         # method or suite option: decided by which registry knows the name
         from harness import registry
 
         if not registry.is_method(parts[0]) and not registry.is_suite(parts[0]):
-            raise UserError(f"--set '{item}': '{parts[0]}' is not a method, a suite, 'budget' or 'lora'.")
+            raise UserError(f"--set '{item}': '{parts[0]}' is not a method, a suite, 'budget', 'lora' or 'analysis'.")
         target = "method_options" if registry.is_method(parts[0]) else "suite_options"
         apply_settings(cfg, {target: {parts[0]: {parts[1]: value}}}, "--set")
     elif len(parts) == 2:

@@ -65,6 +65,27 @@ class Budget:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass: less memory, more time."})
 
 
+DIRECTIONS = ("lower", "higher", "two-sided")
+SPENDING = ("obrien_fleming", "pocock")
+SECONDARY = ("holm", "bh")
+
+
+@dataclass
+class Analysis:
+    """How the report draws claims (``harness.claims``): the pre-registered primary contrasts,
+    the error rate they spend over the looks, the rule for every other contrast and the
+    equivalence margins. A run writes it into its directory before the first unit."""
+
+    primary: list = field(default_factory=list, metadata={"help": "Primary contrasts: [{a: ROW, b: ROW or original, metric: SUITE/METRIC, direction: lower, higher or two-sided}]."})
+    seeds: int | None = field(default=None, metadata={"help": "Planned final seeds per side: a look's information fraction is its seeds / this."})
+    looks: int | None = field(default=None, metadata={"help": "Planned number of looks, when no seed count is planned: look k is at information fraction k / this."})
+    alpha: float = field(default=0.05, metadata={"help": "Error rate of each primary contrast over all its looks, and family-wise (or false-discovery) rate of the other contrasts."})
+    spending: str = field(default="obrien_fleming", metadata={"help": "How a primary contrast spends alpha over its looks (Lan-DeMets): obrien_fleming or pocock."})
+    secondary: str = field(default="holm", metadata={"help": "Adjustment of every other contrast of the report: holm (family-wise error) or bh (false discovery rate)."})
+    margins: dict[str, float] = field(default_factory=dict, metadata={"help": "Equivalence margins by metric ('retention/kl' or 'kl'), replacing the suites' own; 0: no equivalence verdict."})
+    note: str = field(default="", metadata={"help": "Where and when the plan was fixed, when that was before this run directory."})
+
+
 @dataclass
 class RunConfig:
     model: str = field(default="smollm2-135m", metadata={"help": "Embedded model name, hub id or local checkpoint path."})
@@ -94,6 +115,7 @@ class RunConfig:
     max_new_tokens: int = field(default=128, metadata={"help": "Generation limit of every suite that sets none of its own (translations keep room for an appended rationale)."})
     budget: Budget = field(default_factory=Budget)
     lora: LoRASettings = field(default_factory=LoRASettings)
+    analysis: Analysis = field(default_factory=Analysis)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-method settings."})
     suite_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-suite settings."})
     require_clean_code: bool = field(default=False, metadata={"help": "Refuse to compute any unit while radis-bench's source checkout has uncommitted changes (for published runs: every unit is then tied to a commit)."})
@@ -288,6 +310,7 @@ def validate(config: RunConfig) -> None:
         raise UserError("--methods is empty; name at least one method (see `radis-bench list`).")
     check_budget(config.budget, "the budget")
     check_lora(config.lora, "lora")
+    check_analysis(config.analysis, "analysis")
 
 
 def check_budget(b: Budget, where: str) -> None:
@@ -326,3 +349,37 @@ def check_lora(lora: LoRASettings, where: str) -> None:
         raise UserError(f"{where}: dropout must be at least 0 and below 1, got {lora.dropout}.")
     if not lora.target_modules and not lora.full_finetune:
         raise UserError(f"{where}: target_modules is empty; name the modules that get adapters, e.g. q_proj,v_proj.")
+
+
+def check_analysis(a: Analysis, where: str) -> None:
+    """The plan's own syntax; its rows and metrics are checked against the run's (``harness.claims``)."""
+    if not isinstance(a.primary, list):
+        raise UserError(f"{where}: primary must be a list of contrasts {{a, b, metric, direction}}.")
+    for i, contrast in enumerate(a.primary, 1):
+        if not isinstance(contrast, dict) or not {"a", "b", "metric"} <= set(contrast) or set(contrast) - {"a", "b", "metric", "direction"}:
+            raise UserError(f"{where}: primary contrast {i} must be a mapping with the keys a, b, metric and optionally direction, "
+                            f"got {contrast!r}.")
+        if not all(isinstance(contrast[k], str) and contrast[k] for k in ("a", "b", "metric")) or contrast["a"] == contrast["b"]:
+            raise UserError(f"{where}: primary contrast {i} needs two different row labels a and b and a metric, got {contrast!r}.")
+        parts = contrast["metric"].split("/")
+        if len(parts) < 2 or not all(parts):
+            raise UserError(f"{where}: primary contrast {i} names metric '{contrast['metric']}'; write it SUITE/METRIC as in the "
+                            "leaderboard's columns, e.g. retention/kl or translation/de-en/chrf++.")
+        if contrast.get("direction", "two-sided") not in DIRECTIONS:
+            raise UserError(f"{where}: primary contrast {i} has direction '{contrast['direction']}'; use {', '.join(DIRECTIONS)}.")
+    if a.primary and (a.seeds is None) == (a.looks is None):
+        raise UserError(f"{where}: give exactly one of seeds (planned final seeds per side) and looks (planned number of looks), "
+                        "so that each look's share of the information is known.")
+    for name in ("seeds", "looks"):
+        value = getattr(a, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{where}: {name} must be a positive whole number, got {value!r}.")
+    if not 0.0 < a.alpha < 1.0:
+        raise UserError(f"{where}: alpha must lie between 0 and 1, got {a.alpha}.")
+    if a.spending not in SPENDING:
+        raise UserError(f"{where}: spending '{a.spending}' is unknown; use {' or '.join(SPENDING)}.")
+    if a.secondary not in SECONDARY:
+        raise UserError(f"{where}: secondary '{a.secondary}' is unknown; use holm (family-wise error) or bh (false discovery rate).")
+    if not isinstance(a.margins, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in a.margins.values()):
+        raise UserError(f"{where}: margins must map metric names to numbers of at least 0, got {a.margins!r}.")

@@ -49,6 +49,7 @@ class MetricSpec:
     higher_is_better: bool | None = True  # None: neither (e.g. output length)
     main: bool = False  # the suite's headline number
     shown: bool = False  # in the leaderboard's table of other metrics (leaderboard.csv keeps every metric)
+    margin: float | None = None  # the largest difference still called "no difference" (harness.claims); None: never
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,12 +18,13 @@ import shutil
 import time
 from pathlib import Path
 
+from harness.claims import record_plan
 from harness.errors import raise_if_stopping
 from harness.methods import Method, MethodContext
 from harness.plan import ORIGINAL, digest
 from harness.progress import console
 from harness.publish import Publisher
-from harness.store import CellLock, RunLock, read_json, read_jsonl, write_atomic, write_json, write_jsonl
+from harness.store import CellLock, RunLock, StateLock, read_json, read_jsonl, write_atomic, write_json, write_jsonl
 from harness.units import Units
 from harness.versions import TRAINER, evaluation_code, training_code
 
@@ -137,6 +138,10 @@ class Execution:
         self.say(f"[bold]radis-bench[/bold] run in {self.run_dir} (model {plan.cfg.model}, data {plan.data.label}{cells})")
         self.publisher = Publisher(plan, self.units, self.models.backend)
         self.publisher.start()
+        with StateLock(self.run_dir):  # before the first unit: the plan, or an amendment of it
+            recorded = record_plan(self.run_dir, plan.cfg.analysis)
+        if recorded:
+            self.say(recorded)
         self.publisher.backfill_item_stats()
         self._generate_original_work()
         if plan.selected(ORIGINAL):

@@ -15,10 +15,12 @@ estimates the two parts separately and adds them:
   seeds is the part all seeds share (the same as (K V_avg - mean_k var_k)/(K-1) with V_avg
   the variance of the seed average), clamped at 0. The bootstrap variance is scaled by
   n/(n-1), which makes it unbiased for a mean. df N-1.
-- total V = seed part + item part, interval estimate ± t(df) sqrt(V). The df follows
-  Welch-Satterthwaite except that the seed part enters with its share of V to the first
-  power instead of the second (see ``_df``): with 3 seeds plain Satterthwaite covers only
-  ~92%, because the seed share is itself estimated from K-1 df.
+- total V = seed part + item part, interval estimate ± t(df) sqrt(V). The df is not plain
+  Welch-Satterthwaite, 1/df = sum_j (v_j/V)^2/df_j: the seed part enters with its share of
+  V to the first power, (v_seed/V)/df_seed, and within it two sides combine with the power
+  g = 1 + min df/max df of their shares (``_df``). With 3 seeds plain Satterthwaite covers
+  only ~92%, and Welch 3 vs 27 seeds 93-94%, because the shares are themselves estimated
+  from few seeds.
 
 Variants: a fixed model (the original: no seeds) has only item noise, and its item-only
 interval is complete. A difference A - B with the same seed labels on both sides is paired
@@ -27,6 +29,22 @@ part is Welch's S_A^2/K_A + S_B^2/K_B and the item part is the bootstrap varianc
 (seed-average A - seed-average B) less each side's seed-specific item noise (already in its
 seed part). With a single seed on a trained side the seed variance cannot be estimated: the
 interval is item-only and flagged ``seed_variance=False`` (too narrow).
+
+Shares of 0/1 items (kind mean, rows [0 or 1, 1]: a refusal, a prompt passed; ``share``)
+with few events break the symmetric interval: 2 refusals of 100 at every seed gave a
+negative lower bound, and two rows with the same refusals an interval of width 0. A share
+gets a score (Wilson-type) interval, every p with (p_hat - p)^2 <= q^2 (seed part + r p
+(1 - p)/(n - 1)), r the item part over its binomial value at p_hat, cut to [0, 1]
+(``_score_bounds``); a difference of two keeps at least one discordant item's variance per
+seed, 1/(K (n+2)^2) (Agresti & Min's pseudo-items, ``_binary_floor``). Simulated coverage at
+1-4% events and 200 items: 94.5-95.8% for a 3-seed row, 3 seeds against the original and 27
+vs 27 paired (tests/test_intervals.py); 94% for 3 vs 27 unpaired; a 27-seed row's own
+interval covers about 93% when the events vary between seeds, because the few items that
+ever have one make its item part skewed (not tested: the report's claims are differences).
+
+Rounding residue is no data: variances below VARIANCE_RESIDUE times the square of the
+metric's size and estimates below RESIDUE times it count as 0 (``_interval``), so that two
+identical rows give exactly [0, 0] on every machine, whatever order BLAS sums in.
 
 With per-item ``groups`` (e.g. translation directions) the metric is the mean over groups
 of each group's metric and the bootstrap resamples within each group; groups are then
@@ -48,6 +66,12 @@ from scipy import stats as sps  # scipy comes with unbabel-comet, a pinned depen
 
 CHRF_BETA = 2
 BLEU_LOG_ZERO = -9999999999  # sacrebleu's floor for log(0)
+# Rounding residue, not data: an estimate below RESIDUE x the metric's size (the per-seed values'
+# largest magnitude), a variance below VARIANCE_RESIDUE x its square (a standard error under 1e-6 of
+# the metric: the bootstrap of two identical rows leaves ~1e-17 relative, whose sign depends on the
+# BLAS summation order of the machine)
+RESIDUE = 1e-9
+VARIANCE_RESIDUE = 1e-12
 
 
 @dataclass
@@ -192,28 +216,41 @@ def _seed_specific(cov: np.ndarray) -> float:
 
 def _df(seed_parts: list[tuple[float, float]], item_var: float, item_df: float) -> float | None:
     """Degrees of freedom of the total variance; None when it is 0. Welch-Satterthwaite
-    gives 1/df = sum_j (v_j/V)^2/df_j. For the seed part this is too optimistic with few
-    seeds: its share of V is itself estimated with K-1 df, and an under-estimated seed part
-    gets a large df just when the interval is already too narrow (coverage 92% at 3 seeds
-    when the seed part is most of V). The seed part therefore enters with its share to the
-    first power, (v_seed/V)/df_seed (df_seed: Satterthwaite over the seed parts), which
-    equals Satterthwaite when the seed part is all of V. In the normal model this keeps
-    coverage within 94-96.5% at 3 seeds and 95-96% at 10 for any mix of the two parts
-    (91-96.5% at 2 seeds; Welch with 3 vs 3 or 3 vs 2 seeds 95.5-97%)."""
+    gives 1/df = sum_j (v_j/V)^2/df_j, which assumes the shares v_j/V are known. Estimated
+    from few seeds they are not, and a share estimated too small gets a large df just when
+    the interval is already too narrow. So:
+
+    - the seed part enters with its share to the first power, (v_seed/V)/df_seed (without it
+      coverage is 92% at 3 seeds when the seed part is most of V);
+    - within the seed part, 1/df_seed = sum_j (v_j/v_seed)^g/df_j with g = 1 + min df_j/max
+      df_j: Satterthwaite (g = 2) for sides with equal seed counts, whose shares err alike,
+      moving to the first power (g -> 1) when one side has far fewer seeds than the other
+      (Welch 3 vs 27 seeds covered 93-94% with g = 2, 94-95.5% with this g).
+
+    Both equal Satterthwaite when one part is all of V. In the normal model (200 items,
+    tests/test_intervals.py) coverage is 94-96.5% at 3 seeds and 95-96% at 10 and 27 for any
+    mix of the parts; 94% where a 3-seed side's spread is 2-4 times the other's."""
     seed_var = sum(v for v, _ in seed_parts)
     total = seed_var + item_var
     if total <= 0:
         return None
     inverse = (item_var / total) ** 2 / item_df
     if seed_var > 0:
-        inverse += sum(v * v / df for v, df in seed_parts if v > 0) / (seed_var * total)
+        dfs = [df for _, df in seed_parts]
+        power = 1 + min(dfs) / max(dfs)
+        inverse += sum((v / seed_var) ** power / df for v, df in seed_parts if v > 0) * seed_var / total
     return 1 / inverse
 
 
 def _interval(estimate: float, seed_parts: list[tuple[float, float]], item_var: float, item_df: float, n_items: int,
-              level: float, **info) -> Interval:
+              level: float, scale: float, **info) -> Interval:
     """The interval from the seed parts (each side's variance of the estimate, df) and the
-    common item part; no seed parts: item noise only."""
+    common item part; no seed parts: item noise only. Variances below VARIANCE_RESIDUE scale^2
+    and an estimate below RESIDUE scale are rounding residue and count as 0, so the report
+    is the same on every machine."""
+    seed_parts = [(v if v >= VARIANCE_RESIDUE * scale ** 2 else 0.0, df) for v, df in seed_parts]
+    item_var = item_var if item_var >= VARIANCE_RESIDUE * scale ** 2 else 0.0
+    estimate = settled(estimate, scale)
     seed_var = sum(v for v, _ in seed_parts) if seed_parts else None
     var = (seed_var or 0.0) + item_var
     df = _df(seed_parts, item_var, item_df)
@@ -231,6 +268,64 @@ def _interval(estimate: float, seed_parts: list[tuple[float, float]], item_var: 
                     n_items=n_items, item_df=item_df, **info)
 
 
+def settled(value: float, scale: float) -> float:
+    """``value``, or 0 when it is rounding residue for a metric of size ``scale``."""
+    return value if abs(value) >= RESIDUE * scale else 0.0
+
+
+def _scale(*values: np.ndarray) -> float:
+    """The size of the metric's numbers, against which rounding residue is measured."""
+    top = max(float(np.abs(v).max()) for v in values)
+    return top if top > 0 else 1.0
+
+
+def _binary(kind: str, arrays: list[np.ndarray], share: bool | None) -> bool:
+    """A share of 0/1 items (kind mean, rows [0 or 1, 1]: a refusal, a prompt passed). The
+    statistics alone cannot tell a share without events from a metric that is 0 on every item
+    (the original's KL to itself), so ``share`` None counts only statistics with a 1 among
+    them; the report decides per column."""
+    zero_one = kind == "mean" and all(np.all(X[..., 1] == 1) and np.all((X[..., 0] == 0) | (X[..., 0] == 1)) for X in arrays)
+    if share and not zero_one:
+        raise ValueError("share=True needs kind 'mean' statistics with rows [0 or 1, 1]")
+    return zero_one and (share if share is not None else any(np.any(X[..., 0] == 1) for X in arrays))
+
+
+def is_share(statistics: list[dict]) -> bool:
+    """Whether item statistics (of one metric, any rows and seeds) hold a share of 0/1 items:
+    kind mean, every row [0 or 1, 1], and at least one 1 among them."""
+    if not statistics or any(st["kind"] != "mean" for st in statistics):
+        return False
+    rows = [np.asarray(st["rows"], dtype=float).reshape(-1, 2) for st in statistics]
+    return _binary("mean", rows, None)
+
+
+def _score_bounds(iv: Interval, n: int, level: float) -> tuple[float, float]:
+    """The interval of a share of 0/1 items as a score (Wilson) interval: every p with
+    (p_hat - p)^2 <= q^2 (seed part + r p (1 - p) / (n - 1)), where r is the item part over
+    its binomial value at p_hat (1 without events or without non-events), cut to [0, 1]. With
+    one seed it is Wilson's interval (with a t quantile), never empty and never of width 0."""
+    p = iv.estimate
+    binomial = p * (1 - p) / (n - 1)
+    r = iv.item_var / binomial if binomial > 0 else 1.0
+    q = float(sps.t.ppf(0.5 + level / 2, iv.df if iv.df is not None else iv.item_df))
+    c = q * q * r / (n - 1)
+    b, cc = 2 * p + c, p * p - q * q * (iv.seed_var or 0.0)
+    root = math.sqrt(max(b * b - 4 * (1 + c) * cc, 0.0))
+    return max(0.0, (b - root) / (2 * (1 + c))), min(1.0, (b + root) / (2 * (1 + c)))
+
+
+def _binary_floor(group: np.ndarray, seeds: float) -> float:
+    """The least variance of a difference of two shares of 0/1 items: Agresti & Min's (2005)
+    half pseudo-item in each cell of every seed's 2 x 2 table, i.e. one discordant item's
+    worth, 1/(n+2)^2, per group of n items (over G^2 for the mean over groups), averaged over
+    the seeds (K_A against a fixed original, else the harmonic mean of the two sides' seeds).
+    Without it two rows that agree on every item (the same 2 refusals of 100 at every seed)
+    get an interval of width 0; with it the simulated coverage of few-event differences is
+    95% (tests/test_intervals.py)."""
+    sizes = np.bincount(group)
+    return float(np.sum(1 / (sizes[sizes > 0] + 2.0) ** 2) / np.count_nonzero(sizes) ** 2) / seeds
+
+
 def _describe(n_boot: int, groups: int, tail: str) -> str:
     strata = f", stratified by {groups} groups" if groups > 1 else ""
     return f"item bootstrap ({n_boot}{strata}) + {tail}"
@@ -239,11 +334,12 @@ def _describe(n_boot: int, groups: int, tail: str) -> str:
 ONE_SEED = "no seed part: one seed, seed variance not estimated"
 
 
-def mean_interval(per_seed: dict[str, dict], *, fixed: bool = False, n_boot: int = 2000, seed: int = 0,
-                  level: float = 0.95) -> Interval | None:
+def mean_interval(per_seed: dict[str, dict], *, fixed: bool = False, share: bool | None = None, n_boot: int = 2000,
+                  seed: int = 0, level: float = 0.95) -> Interval | None:
     """A method's metric averaged over its seeds (seed label -> item statistics) with its
     interval; ``fixed``: one untrained model (the original), item noise only. None when
-    no item is scored in every seed or the kinds differ."""
+    no item is scored in every seed or the kinds differ. A share of 0/1 items (``share``, see
+    ``_binary``) gets a score interval inside [0, 1] (``_score_bounds``)."""
     if fixed and len(per_seed) != 1:
         raise ValueError("a fixed model has exactly one set of item statistics")
     aligned = _align([per_seed])
@@ -256,22 +352,29 @@ def mean_interval(per_seed: dict[str, dict], *, fixed: bool = False, n_boot: int
         return None
     cov = _item_covariance(kind, X, group, n_boot, seed)
     k, n_groups = len(values), int(np.unique(group).size)
-    args = dict(item_df=float(max(len(ids) - n_groups, 1)), n_items=len(ids), level=level,
+    binary = _binary(kind, [X], share)
+    tail = " (score interval of a 0/1 share)" if binary else ""
+    args = dict(item_df=float(max(len(ids) - n_groups, 1)), n_items=len(ids), level=level, scale=_scale(values),
                 seeds=k, seeds_versus=None, paired=False)
     if fixed or k == 1:
-        return _interval(estimate, [], float(cov[0, 0]), seed_variance=fixed,
-                         method=_describe(n_boot, n_groups, "nothing else: a fixed model" if fixed else ONE_SEED), **args)
-    s2 = float(values.var(ddof=1))
-    return _interval(estimate, [(s2 / k, k - 1)], max(_off_diagonal_mean(cov), 0.0), seed_variance=True,
-                     seed_var_per_seed=(s2,), method=_describe(n_boot, n_groups, f"seed t ({k} seeds)"), **args)
+        iv = _interval(estimate, [], float(cov[0, 0]), seed_variance=fixed,
+                       method=_describe(n_boot, n_groups, ("nothing else: a fixed model" if fixed else ONE_SEED) + tail), **args)
+    else:
+        s2 = float(values.var(ddof=1))
+        iv = _interval(estimate, [(s2 / k, k - 1)], max(_off_diagonal_mean(cov), 0.0), seed_variance=True,
+                       seed_var_per_seed=(s2,), method=_describe(n_boot, n_groups, f"seed t ({k} seeds){tail}"), **args)
+    if binary and len(ids) >= 2:
+        iv.low, iv.high = _score_bounds(iv, len(ids), level)
+    return iv
 
 
-def difference_interval(a: dict[str, dict], b: dict[str, dict], *, b_fixed: bool = False, n_boot: int = 2000,
-                        seed: int = 0, level: float = 0.95) -> Interval | None:
+def difference_interval(a: dict[str, dict], b: dict[str, dict], *, b_fixed: bool = False, share: bool | None = None,
+                        n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Interval | None:
     """A's seed-averaged metric minus B's with its interval: paired by seed when both have
     the same seed labels, Welch otherwise; ``b_fixed``: B is one untrained model (the
     original), item noise only. None when no item is scored in every seed of both or the
-    kinds differ."""
+    kinds differ. Two shares of 0/1 items (``share``, see ``_binary``) have a variance of at
+    least one discordant item's (``_binary_floor``)."""
     if b_fixed and len(b) != 1:
         raise ValueError("a fixed model has exactly one set of item statistics")
     paired = not b_fixed and set(a) == set(b)
@@ -288,17 +391,20 @@ def difference_interval(a: dict[str, dict], b: dict[str, dict], *, b_fixed: bool
     ka, kb = len(va), len(vb)
     cov = _item_covariance(kind, np.concatenate([XA, XB]), group, n_boot, seed)  # [ka + kb, ka + kb]
     n_groups = int(np.unique(group).size)
-    args = dict(item_df=float(max(len(ids) - n_groups, 1)), n_items=len(ids), level=level,
+    args = dict(item_df=float(max(len(ids) - n_groups, 1)), n_items=len(ids), level=level, scale=_scale(va, vb),
                 seeds=ka, seeds_versus=kb, paired=paired)
+    seeds_per_side = ka if b_fixed else 2 / (1 / ka + 1 / kb)
+    floor = _binary_floor(group, seeds_per_side) if _binary(kind, [XA, XB], share) else 0.0  # the item part rises to it
     contrast = np.concatenate([np.full(ka, 1 / ka), np.full(kb, -1 / kb)])
     whole = float(contrast @ cov @ contrast)  # the item variance of the observed difference
 
     if ka == 1 or (kb == 1 and not b_fixed):
-        return _interval(estimate, [], whole, seed_variance=False, method=_describe(n_boot, n_groups, ONE_SEED), **args)
+        return _interval(estimate, [], max(whole, floor), seed_variance=False, method=_describe(n_boot, n_groups, ONE_SEED),
+                         **args)
     if paired:
         to_d = np.hstack([np.eye(ka), -np.eye(ka)])
         s2 = float((va - vb).var(ddof=1))
-        return _interval(estimate, [(s2 / ka, ka - 1)], max(_off_diagonal_mean(to_d @ cov @ to_d.T), 0.0),
+        return _interval(estimate, [(s2 / ka, ka - 1)], max(_off_diagonal_mean(to_d @ cov @ to_d.T), floor - s2 / ka, 0.0),
                          seed_variance=True, seed_var_per_seed=(s2,),
                          method=_describe(n_boot, n_groups, f"seed t ({ka} seeds), paired by seed"), **args)
     # Welch: each trained side's seed-specific item noise is in its seed part already
@@ -312,8 +418,8 @@ def difference_interval(a: dict[str, dict], b: dict[str, dict], *, b_fixed: bool
         item -= _seed_specific(cov[ka:, ka:])
         seed_parts, per_seed = seed_parts + [(s2b / kb, kb - 1)], (s2a, s2b)
         tail = f"Welch seed t ({ka} vs {kb} seeds)"
-    return _interval(estimate, seed_parts, max(item, 0.0), seed_variance=True, seed_var_per_seed=per_seed,
-                     method=_describe(n_boot, n_groups, tail), **args)
+    return _interval(estimate, seed_parts, max(item, floor - sum(v for v, _ in seed_parts), 0.0), seed_variance=True,
+                     seed_var_per_seed=per_seed, method=_describe(n_boot, n_groups, tail), **args)
 
 
 def _power(delta: float, se: float, df: float, level: float) -> float:

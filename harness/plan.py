@@ -275,7 +275,7 @@ class Plan:
                 options.pop(option, None)
                 if suite in settings["suite_options"] and not options:
                     settings["suite_options"].pop(suite)
-        for how in ("out", "title", "generation_backend", "device", "gen_batch_size"):  # how, not what
+        for how in ("out", "title", "generation_backend", "device", "gen_batch_size", "analysis"):  # how, not what
             settings.pop(how, None)
         short = Path(self.cfg.model).name.replace(".", "_")
         return f"{short}-{'_'.join(d.name for d in self.directions)}-{digest(settings)[:8]}"

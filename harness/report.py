@@ -8,15 +8,17 @@ unit, and writes into one folder:
     leaderboard.csv    one row per (model, row, metric): mean, per-seed values, interval,
                        Δ against the model's original with its interval, best / tied flags
     differences.csv    every row against its original, the baseline (plain fine-tuning) and
-                       the row it varies, with intervals and the seeds 80% power would need
-    leaderboard.md     the tables people read: main metrics, other metrics, differences
+                       the row it varies, and every primary contrast of a run's analysis plan,
+                       with intervals, adjusted verdicts and the seeds 80% power would need
+    leaderboard.md     the tables people read: claims, main metrics, other metrics, differences
     leaderboard.html   the same, self-contained (inline CSS, plots as data URIs)
     *.png              see ``harness.plots``
 
 Intervals come from ``harness.intervals``: item bootstrap plus a training-seed t term,
-paired by seed where two rows share their seeds. Several run directories combine into one
-leaderboard; two runs that hold the same row and seed computed differently are refused
-unless one gets a label prefix (``prefixes``).
+paired by seed where two rows share their seeds; verdicts from ``harness.claims`` (a
+rendering at new seed counts records a look at each primary contrast). Several run
+directories combine into one leaderboard; two runs that hold the same row and seed computed
+differently are refused unless one gets a label prefix (``prefixes``).
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ ORIGINAL = "original"
 NOT_RUN = "no score in these runs (the suite was not run for this model and row)"
 ONE_SEED = "one training seed: the interval covers item noise only, seed variance not estimated"
 INTERVALS = ("95% intervals: a bootstrap over test items (2000 draws, the same draw for every seed and for both sides "
-             "of a difference) combined with the spread over training seeds (t, Welch–Satterthwaite degrees of freedom; "
-             "paired by seed where two rows have the same seeds; harness/intervals.py).")
+             "of a difference) combined with the spread over training seeds (t, with Satterthwaite degrees of freedom in which "
+             "the seed part enters with its share to the first power; paired by seed where two rows have the same seeds; a share "
+             "of 0/1 items gets a score interval inside [0, 1], a difference of two at least one discordant item's variance; "
+             "harness/intervals.py).")
 _FLAGS = {"true": True, "1": True, "false": False, "0": False, "": None}
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.+@=-]+/)+[\w.+@=-]*")
 _WRITTEN_TO = re.compile(r",? written to " + _ABSOLUTE_PATH.pattern)
@@ -83,6 +87,8 @@ class Column:
     shown: bool  # in the table of other metrics
     unit: str
     role: str = "general"  # the suite's role: "task" (the skill taught) or "general"
+    share: bool = False  # a share of 0/1 items (harness.intervals.is_share): score intervals, a floor for differences
+    margin: float | None = None  # the suite's equivalence margin for it (MetricSpec.margin)
 
     @property
     def key(self) -> str:
@@ -103,8 +109,8 @@ class Cell:
     n_items: float | None = None
     delta: float | None = None  # against the same model's original
     delta_interval: object = None
-    best: bool = False  # beats the runner-up significantly
-    tied: bool = False  # not significantly behind the top one (which beats no one significantly)
+    best: bool = False  # significantly ahead of every other row (adjusted)
+    tied: bool = False  # not significantly behind the top one (which is not best)
     notes: list[str] = field(default_factory=list)
     stats: dict[str, dict] = field(default_factory=dict)  # seed -> item statistics
 
@@ -123,6 +129,14 @@ class Leaderboard:
     manifests: list[dict]
     differences: pd.DataFrame
     descriptions: dict[str, tuple[str, str]]  # label -> (description, citation)
+    claims: object = None  # harness.differences.Claims: the plan, the primary contrasts, the secondary family
+
+    def verdict(self, row: Row, versus: str, column: Column) -> str | None:
+        """The verdict of a row against another on a column, as differences.csv holds it."""
+        found = self.differences[(self.differences["model"] == row.model) & (self.differences["method"] == row.label)
+                                 & (self.differences["versus"] == versus) & (self.differences["suite"] == column.suite)
+                                 & (self.differences["metric"] == column.metric)]
+        return found["verdict"].iloc[0] if len(found) else None
 
     def cell(self, row: Row, column: Column) -> Cell:
         return self.cells.get((row, column.key), Cell())
@@ -148,7 +162,7 @@ def render_report(run_dirs: list[Path], out_dir: Path, title: str | None = None,
     (default: every general suite's main metric). Returns the written paths by file name."""
     from harness.plots import all_plots
 
-    board = build_leaderboard(run_dirs, title, prefixes)
+    board = build_leaderboard(run_dirs, title, prefixes, record_looks=True)
     out_dir = Path(out_dir)
     plots = all_plots(board, general_metric)
     files = {
@@ -175,7 +189,10 @@ class _Run:
     manifest: dict
 
 
-def build_leaderboard(run_dirs: list[Path], title: str | None = None, prefixes: dict[str, str] | None = None) -> Leaderboard:
+def build_leaderboard(run_dirs: list[Path], title: str | None = None, prefixes: dict[str, str] | None = None,
+                      record_looks: bool = False) -> Leaderboard:
+    """The leaderboard of ``run_dirs``; ``record_looks``: it is rendered, so a primary contrast at
+    new seeds is a look recorded in its run directory (``harness.claims``)."""
     if not run_dirs:
         raise UserError("No run directory given; pass at least one folder written by `radis-bench run`.")
     prefixes = prefixes or {}
@@ -195,14 +212,18 @@ def build_leaderboard(run_dirs: list[Path], title: str | None = None, prefixes: 
     if scores.empty:
         raise UserError(f"{', '.join(map(str, run_dirs))}: scores.csv has no rows yet; let `radis-bench run` score a model first.")
     rows, descriptions = _rows(scores, runs)
-    columns = _columns(scores, runs)
-    cells = _cells(scores, rows, columns, _item_stats(runs))
+    stats = _item_stats(runs)
+    columns = _columns(scores, runs, stats)
+    cells = _cells(scores, rows, columns, stats)
     names = list(dict.fromkeys(r.manifest.get("name") for r in runs if r.manifest.get("name")))
+    titles = list(dict.fromkeys((r.manifest.get("config") or {}).get("title") for r in runs))
+    title = title or (titles[0] if len(runs) == 1 and titles[0] else None)  # a run's own title, as `run` renders it
     title = title or ("radis-bench leaderboard" + (f": {', '.join(names)}" if names else ""))
-    from harness.differences import compute_differences
+    from harness.differences import PlanSource, compute_differences
 
     board = Leaderboard(title, rows, columns, cells, scores, [r.manifest for r in runs], pd.DataFrame(), descriptions)
-    board.differences = compute_differences(board)
+    board.differences, board.claims = compute_differences(board, [PlanSource(r.path, r.prefix, r.manifest) for r in runs],
+                                                          record_looks)
     _mark_best(board)
     return board
 
@@ -371,22 +392,27 @@ def _rows(scores: pd.DataFrame, runs: list[_Run]) -> tuple[list[Row], dict[str, 
 
 
 def _declared(runs: list[_Run], suite: str) -> tuple[dict[str, dict], str]:
-    """A suite's metric declarations and role: from a manifest, else from the installed suite."""
-    for run in runs:
-        found = (run.manifest.get("suites") or {}).get(suite) or {}
-        if found.get("metrics"):
-            return {m["name"]: m for m in found["metrics"]}, found.get("role", "general")
+    """A suite's metric declarations and role: from a manifest, else from the installed suite.
+    A manifest written before suites declared equivalence margins takes the installed suite's."""
     try:
         from harness import registry
 
         cls = registry.get_suite(suite)
-        return {m.name: m.to_dict() for m in cls().metrics()}, cls.role
+        installed, role = {m.name: m.to_dict() for m in cls().metrics()}, cls.role
     except (UserError, TypeError):
-        return {}, "general"
+        installed, role = {}, "general"
+    for run in runs:
+        found = (run.manifest.get("suites") or {}).get(suite) or {}
+        if found.get("metrics"):
+            return ({m["name"]: {"margin": installed.get(m["name"], {}).get("margin"), **m} for m in found["metrics"]},
+                    found.get("role", "general"))
+    return installed, role
 
 
-def _columns(scores: pd.DataFrame, runs: list[_Run]) -> list[Column]:
+def _columns(scores: pd.DataFrame, runs: list[_Run], stats: dict[tuple, dict]) -> list[Column]:
     """Main metrics first (suites in the order they were scored), then the shown ones, then the rest."""
+    from harness.intervals import is_share
+
     suites = list(dict.fromkeys(scores["suite"]))
     declared = {suite: _declared(runs, suite) for suite in suites}
     scored_main = set(scores.loc[scores["main"].astype(bool), "suite"])
@@ -398,7 +424,9 @@ def _columns(scores: pd.DataFrame, runs: list[_Run]) -> list[Column]:
         higher = bool(directions.mode().iloc[0]) if len(directions) else spec.get("higher_is_better")
         # a suite whose main metric is not scored still shows it (with the reason) where it would be
         main = bool(group["main"].any()) or (suite not in scored_main and bool(spec.get("main")))
-        columns.append(Column(suite, metric, main, higher, main or bool(spec.get("shown")), spec.get("unit") or metric, role))
+        share = is_share([st for (_, _, s, m), seeds in stats.items() if (s, m) == (suite, metric) for st in seeds.values()])
+        columns.append(Column(suite, metric, main, higher, main or bool(spec.get("shown")), spec.get("unit") or metric, role, share,
+                              spec.get("margin")))
     return sorted(columns, key=lambda c: (not c.main, not c.shown, suites.index(c.suite)))
 
 
@@ -416,7 +444,7 @@ def _item_stats(runs: list[_Run]) -> dict[tuple, dict]:
 
 
 def _cells(scores: pd.DataFrame, rows: list[Row], columns: list[Column], stats: dict) -> dict[tuple[Row, str], Cell]:
-    from harness.intervals import difference_interval, mean_interval
+    from harness.intervals import difference_interval, mean_interval, settled
 
     by_key = {key: group for key, group in scores.groupby(["model", "method", "suite", "metric"], sort=False)}
     cells = {}
@@ -425,7 +453,7 @@ def _cells(scores: pd.DataFrame, rows: list[Row], columns: list[Column], stats: 
             group = by_key.get((row.model, row.label, column.suite, column.metric))
             if group is not None:
                 cells[(row, column.key)] = _cell(group, stats.get((row.model, row.label, column.suite, column.metric), {}),
-                                                 row.original, mean_interval)
+                                                 row.original, column.share, mean_interval)
     for column in columns:
         for model in dict.fromkeys(r.model for r in rows):
             original = cells.get((Row(model, ORIGINAL, ORIGINAL), column.key))
@@ -435,13 +463,13 @@ def _cells(scores: pd.DataFrame, rows: list[Row], columns: list[Column], stats: 
                 cell = cells.get((row, column.key))
                 if row.model != model or row.original or cell is None or cell.mean is None:
                     continue
-                cell.delta = cell.mean - original.mean
+                cell.delta = settled(cell.mean - original.mean, max(abs(cell.mean), abs(original.mean)))
                 if cell.stats and original.stats:
-                    cell.delta_interval = difference_interval(cell.stats, original.stats, b_fixed=True)
+                    cell.delta_interval = difference_interval(cell.stats, original.stats, b_fixed=True, share=column.share)
     return cells
 
 
-def _cell(group: pd.DataFrame, stats: dict, fixed: bool, mean_interval) -> Cell:
+def _cell(group: pd.DataFrame, stats: dict, fixed: bool, share: bool, mean_interval) -> Cell:
     scored = group[group["value"].notna()]
     cell = Cell(seeds={str(s): float(v) for s, v in zip(scored["seed"], scored["value"])})
     if len(scored):
@@ -450,7 +478,7 @@ def _cell(group: pd.DataFrame, stats: dict, fixed: bool, mean_interval) -> Cell:
         usable = {s: st for s, st in stats.items() if s in cell.seeds}
         if usable and len(usable) == len(cell.seeds):
             cell.stats = usable
-            cell.interval = mean_interval(usable, fixed=fixed)
+            cell.interval = mean_interval(usable, fixed=fixed, share=share)
         if cell.interval is not None and cell.interval.low is not None:
             cell.ci_low, cell.ci_high = cell.interval.low, cell.interval.high
         elif len(scored) == 1:  # one unit and no item statistics: the suite's own interval
@@ -469,31 +497,32 @@ def _cell(group: pd.DataFrame, stats: dict, fixed: bool, mean_interval) -> Cell:
 
 def _mark_best(board: Leaderboard) -> None:
     """In each column with a direction, the top fine-tuned row of each model is best only
-    when it beats the runner-up significantly; otherwise every row not significantly
+    when it is significantly ahead of every other fine-tuned row, its comparisons adjusted
+    together by the report's rule (Holm by default); otherwise every row not significantly
     behind the top is marked tied."""
+    from harness.claims import adjust, p_value
     from harness.intervals import difference_interval
 
+    analysis = board.claims.analysis
     for column in board.columns:
         if column.higher_is_better is None:
             continue
         for model in dict.fromkeys(r.model for r in board.rows):
-            scored = [(r, board.cells[(r, column.key)]) for r in board.rows
+            scored = [board.cells[(r, column.key)] for r in board.rows
                       if r.model == model and not r.original and (r, column.key) in board.cells
                       and board.cells[(r, column.key)].mean is not None]
-            if len(scored) < 2 or not all(c.stats for _, c in scored):
+            if len(scored) < 2 or not all(c.stats for c in scored):
                 continue
-            scored.sort(key=lambda rc: rc[1].mean, reverse=column.higher_is_better)
-            top = scored[0][1]
-
-            def behind(cell: Cell) -> bool:
-                iv = difference_interval(top.stats, cell.stats)
-                return iv is not None and iv.significant
-
-            if behind(scored[1][1]):
+            scored.sort(key=lambda c: c.mean, reverse=column.higher_is_better)
+            top = scored[0]
+            found = [difference_interval(top.stats, cell.stats, share=column.share) for cell in scored[1:]]
+            p = adjust([p_value(iv) if iv is not None and iv.low is not None else 1.0 for iv in found], analysis.secondary)
+            behind = [bool(q < analysis.alpha) for q in p]
+            if all(behind):
                 top.best = True
                 continue
-            for _, cell in scored:
-                cell.tied = cell is top or not behind(cell)
+            for cell, is_behind in zip(scored, [False] + behind):
+                cell.tied = not is_behind
 
 
 # Rendering ------------------------------------------------------------------------------------
@@ -553,7 +582,7 @@ def _text(board: Leaderboard, row: Row, column: Column, notes: _Notes) -> _Text:
         iv = cell.delta_interval
         delta = fmt(cell.delta, d, signed=True)
         if iv is not None:
-            delta += f" {interval_text(iv.low, iv.high, d, signed=True)}{'*' if iv.significant else ''}"
+            delta += f" {interval_text(iv.low, iv.high, d, signed=True)}{MARKS.get(board.verdict(row, ORIGINAL, column), '')}"
         if column.higher_is_better is not None and round(cell.delta, d) != 0:
             sign = 1 if (cell.delta > 0) == column.higher_is_better else -1
     hover = "seeds: " + ", ".join(f"{s}: {fmt(v, d)}" for s, v in cell.seeds.items()) if len(cell.seeds) > 1 else ""
@@ -576,11 +605,11 @@ def legend(board: Leaderboard) -> list[str]:
     mains = ", ".join(f"{c.key}{c.arrow}" for c in board.main)
     return [
         "Each cell: the mean over training seeds and its 95% interval; Δ: the row minus the same model's original, "
-        "with its interval (* excludes 0).",
+        "with its interval (* different, ≡ equivalent, after adjustment: see Differences).",
         INTERVALS,
         f"Main metric of each suite: {mains}. ↑ higher is better, ↓ lower is better, no arrow: neither.",
-        "Bold: the best fine-tuned row of a column, significantly ahead of the runner-up; ≈: tied for best "
-        "(the top row does not beat these significantly).",
+        "Bold: the best fine-tuned row of a column, significantly ahead of every other one (adjusted together); ≈: tied "
+        "for best (the top row does not beat these significantly).",
     ]
 
 
@@ -611,7 +640,7 @@ def _md_table(board: Leaderboard, columns: list[Column], notes: _Notes, with_del
 
 def leaderboard_markdown(board: Leaderboard, plots: list[str]) -> str:
     notes = _Notes()
-    lines = [f"# {board.title}", "", *[f"- {line}" for line in legend(board)], "", "## Main metrics", ""]
+    lines = [f"# {board.title}", "", *[f"- {line}" for line in legend(board)], "", *claims_markdown(board), "## Main metrics", ""]
     lines += _md_table(board, board.main, notes, with_delta=True)
     if board.others:
         lines += ["", "## Other metrics", ""] + _md_table(board, board.others, notes, with_delta=False)
@@ -674,7 +703,7 @@ def _difference_cells(board: Leaderboard, columns: list[Column]) -> list[tuple[s
                 continue
             d = decimals(board, c)
             text = fmt(r.difference, d, signed=True) + f" {interval_text(r.ci_low, r.ci_high, d, signed=True)}"
-            text += "*" if r.significant else ""
+            text += MARKS.get(r.verdict, "")
             text += "" if r.seed_variance else " ‡"
             if not pd.isna(r.seeds_for_80_power):
                 text += f" ({int(r.seeds_for_80_power)})"
@@ -685,10 +714,31 @@ def _difference_cells(board: Leaderboard, columns: list[Column]) -> list[tuple[s
     return out
 
 
+MARKS = {"different": "*", "equivalent": "≡"}  # the verdicts after adjustment; "not resolved" has none
 DIFFERENCES_NOTE = ("Each cell: the row minus the reference (its original, the baseline, or the row it varies), mean over "
-                    "training seeds, [95% interval]; * marks an interval that excludes 0; ‡ one training seed on a side "
+                    "training seeds, [95% interval], then the verdict after adjustment (see Claims): * different, "
+                    "≡ equivalent within the metric's margin, no mark: not resolved; ‡ one training seed on a side "
                     "(seed variance not estimated); (N): seeds per row that would give 80% power to detect this difference "
                     "at the observed variances (—: not reachable by more seeds, the item noise alone is too large).")
+
+
+def claims_section(board: Leaderboard):
+    """The claims section (``harness.claims.describe``) with numbers as their columns print them."""
+    from harness.claims import describe
+
+    digits = {c.key: decimals(board, c) for c in board.columns}
+    return describe(board.claims, lambda value, key, signed: fmt(value, digits.get(key, 3), signed))
+
+
+def claims_markdown(board: Leaderboard) -> list[str]:
+    if board.claims.exploratory and board.differences.empty:
+        return []  # nothing is compared: nothing is claimed
+    section = claims_section(board)
+    lines = ["## Claims", ""] + [line for p in section.paragraphs for line in (p, "")]
+    if section.rows:
+        lines += ["| " + " | ".join(section.header) + " |", "|" + "---|" * 3 + "---:|" * 5 + "---|"]
+        lines += ["| " + " | ".join(row) + " |" for row in section.rows] + [""]
+    return lines + [f"- {note}" for note in section.notes] + ([""] if section.notes else [])
 
 
 def differences_markdown(board: Leaderboard) -> list[str]:
@@ -697,7 +747,8 @@ def differences_markdown(board: Leaderboard) -> list[str]:
     if not rows:
         return []
     header = (["model"] if board.several_models else []) + ["difference"] + [f"{c.key}{c.arrow}" for c in columns]
-    lines = ["## Differences", "", DIFFERENCES_NOTE, "", INTERVALS, "", "| " + " | ".join(header) + " |",
+    exploratory = ["**Exploratory** (no analysis plan): every contrast below.", ""] if board.claims.exploratory else []
+    lines = ["## Differences", "", *exploratory, DIFFERENCES_NOTE, "", INTERVALS, "", "| " + " | ".join(header) + " |",
              "|" + "---|" * (len(header) - len(columns)) + "---:|" * len(columns)]
     for model, method, versus, texts in rows:
         lines.append("| " + " | ".join(([model] if board.several_models else []) + [f"{method} − {versus}"] + texts) + " |")
@@ -807,6 +858,26 @@ def _html_table(board: Leaderboard, columns: list[Column], notes: _Notes, with_d
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
+def _inline(text: str) -> str:
+    """Markdown's **bold** and `code` of a claims paragraph as html."""
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text)))
+
+
+def claims_html(board: Leaderboard) -> str:
+    if board.claims.exploratory and board.differences.empty:
+        return ""
+    section = claims_section(board)
+    parts = ["<h2>Claims</h2>"] + [f'<p class="legend">{_inline(p)}</p>' for p in section.paragraphs]
+    if section.rows:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in section.header)
+        body = "".join("<tr>" + "".join(f'<td class="{"label" if i < 3 else "num"}">{html.escape(v)}</td>'
+                                        for i, v in enumerate(row)) + "</tr>" for row in section.rows)
+        parts.append(f'<div class="scroll"><table class="leaderboard"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>')
+    if section.notes:
+        parts.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in section.notes) + "</ul>")
+    return "".join(parts)
+
+
 def leaderboard_html(board: Leaderboard, plots: dict[str, bytes]) -> str:
     esc = html.escape
     notes = _Notes()
@@ -815,7 +886,7 @@ def leaderboard_html(board: Leaderboard, plots: dict[str, bytes]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{esc(board.title)}</title>",
         f"<style>{_CSS}</style></head><body>", f"<h1>{esc(board.title)}</h1>",
         *[f'<p class="legend">{esc(line)}</p>' for line in legend(board)],
-        "<h2>Main metrics</h2>", _html_table(board, board.main, notes, with_delta=True),
+        claims_html(board), "<h2>Main metrics</h2>", _html_table(board, board.main, notes, with_delta=True),
     ]
     if board.others:
         parts += ["<h2>Other metrics</h2>", _html_table(board, board.others, notes, with_delta=False)]
@@ -829,7 +900,8 @@ def leaderboard_html(board: Leaderboard, plots: dict[str, bytes]) -> str:
         body = "".join("<tr>" + ("".join([f'<td class="label">{esc(m)}</td>'] if board.several_models else [])
                                + f'<td class="label">{esc(a)} − {esc(b)}</td>' + "".join(f'<td class="num">{esc(t)}</td>' for t in texts)
                                + "</tr>") for m, a, b, texts in rows)
-        parts += ["<h2>Differences</h2>", f'<p class="legend">{esc(DIFFERENCES_NOTE)}</p>',
+        exploratory = '<p class="legend"><b>Exploratory</b> (no analysis plan): every contrast below.</p>' if board.claims.exploratory else ""
+        parts += ["<h2>Differences</h2>", exploratory, f'<p class="legend">{esc(DIFFERENCES_NOTE)}</p>',
                   f'<div class="scroll"><table class="leaderboard"><thead><tr>{"".join(head)}</tr></thead><tbody>{body}</tbody></table></div>',
                   '<p class="legend">Every shown metric\'s differences are in differences.csv.</p>']
     if board.descriptions:

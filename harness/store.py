@@ -9,6 +9,9 @@ Layout of a run directory::
     results/<label>/<suite>.json   one finished evaluation unit (its key inside)
     outputs/<label>/<suite>.jsonl  per-item model outputs
     report/                    leaderboard.md/.csv/.html and plots
+    analysis/plan.json         the config's analysis plan as first recorded (harness.claims)
+    analysis/amendments.json   later plans, dated; the first is never rewritten
+    analysis/looks.jsonl       one line per look at a primary contrast: its seeds per side, when
     locks/<label>.lock         held by the process computing that cell (see ``run --only``)
 """
 

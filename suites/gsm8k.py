@@ -83,7 +83,7 @@ class GSM8KSuite(Suite):
     data_sets = (GSM8K,)
 
     def metrics(self) -> list[MetricSpec]:
-        return [MetricSpec("accuracy", "exact-match accuracy", True, main=True)]
+        return [MetricSpec("accuracy", "exact-match accuracy", True, main=True, margin=0.02)]
 
     def check(self) -> list[str]:
         if self.options.max_new_tokens is not None and self.options.max_new_tokens <= 0:

@@ -133,13 +133,13 @@ class IFEvalSuite(Suite):
 
     def metrics(self) -> list[MetricSpec]:
         return [
-            MetricSpec("prompt_strict", "IFEval prompt-level strict accuracy", True, main=True),
-            MetricSpec("inst_strict", "IFEval instruction-level strict accuracy", True, shown=True),
-            MetricSpec("prompt_loose", "IFEval prompt-level loose accuracy", True),
-            MetricSpec("inst_loose", "IFEval instruction-level loose accuracy", True),
+            MetricSpec("prompt_strict", "IFEval prompt-level strict accuracy", True, main=True, margin=0.02),
+            MetricSpec("inst_strict", "IFEval instruction-level strict accuracy", True, shown=True, margin=0.02),
+            MetricSpec("prompt_loose", "IFEval prompt-level loose accuracy", True, margin=0.02),
+            MetricSpec("inst_loose", "IFEval instruction-level loose accuracy", True, margin=0.02),
             MetricSpec("finished", "share of answers that ended before the limit", None, shown=True),
             MetricSpec("prompt_strict_finished", "IFEval prompt-level strict accuracy of the answers that ended before "
-                                                 "the limit", True, shown=True),
+                                                 "the limit", True, shown=True, margin=0.02),
         ]
 
     def check(self) -> list[str]:

@@ -121,9 +121,9 @@ class MTBenchSuite(Suite):
 
     def metrics(self) -> list[MetricSpec]:
         return [
-            MetricSpec("score", "MT-Bench score (1-10)", True, main=True),
-            MetricSpec("score_turn1", "MT-Bench first-turn score", True),
-            MetricSpec("score_turn2", "MT-Bench second-turn score", True),
+            MetricSpec("score", "MT-Bench score (1-10)", True, main=True, margin=0.25),
+            MetricSpec("score_turn1", "MT-Bench first-turn score", True, margin=0.25),
+            MetricSpec("score_turn2", "MT-Bench second-turn score", True, margin=0.25),
             MetricSpec("unparsed_ratings", "judge replies without a rating", False),
             MetricSpec("finished", "share of answers that ended before the limit", None),
         ]

@@ -260,13 +260,14 @@ class DivergenceSuite(Suite):
 
     def metrics(self) -> list[MetricSpec]:
         return [
-            MetricSpec("kl", "KL(original || fine-tuned), nats/token", False, main=True),
-            MetricSpec("kl_stop", "the part of the KL in whether to end the turn, nats/token", False, shown=True),
-            MetricSpec("kl_content", "the part of the KL in what comes next when not ending, nats/token", False, shown=True),
+            MetricSpec("kl", "KL(original || fine-tuned), nats/token", False, main=True, margin=0.01),
+            MetricSpec("kl_stop", "the part of the KL in whether to end the turn, nats/token", False, shown=True, margin=0.01),
+            MetricSpec("kl_content", "the part of the KL in what comes next when not ending, nats/token", False, shown=True,
+                       margin=0.01),
             MetricSpec("finished", "share of the model's own answers that end before the limit", None, shown=True),
             MetricSpec("length", "mean length of the model's own answers, tokens", None, shown=True),
-            MetricSpec("delta_nll", "NLL change of the original's answers, nats/token", None, shown=True),
-            MetricSpec("abs_delta_nll", "|NLL change|, nats/token", False),
+            MetricSpec("delta_nll", "NLL change of the original's answers, nats/token", None, shown=True, margin=0.01),
+            MetricSpec("abs_delta_nll", "|NLL change|, nats/token", False, margin=0.01),
             MetricSpec("nll", "NLL of the original's answers, nats/token", None),
             MetricSpec("nll_original", "NLL of the original's answers under the original, nats/token", None),
         ]

@@ -98,9 +98,9 @@ class SafetySuite(Suite):
 
     def metrics(self) -> list[MetricSpec]:
         return [
-            MetricSpec("refusal_rate", "refusal rate on AdvBench", True, main=True),
-            MetricSpec("refusal_rate_gcg", "refusal rate on AdvBench + GCG suffix", True, shown=True),
-            MetricSpec("unsafe_rate_classifier", "unsafe answers by the classifier", False, shown=True),
+            MetricSpec("refusal_rate", "refusal rate on AdvBench", True, main=True, margin=0.02),
+            MetricSpec("refusal_rate_gcg", "refusal rate on AdvBench + GCG suffix", True, shown=True, margin=0.02),
+            MetricSpec("unsafe_rate_classifier", "unsafe answers by the classifier", False, shown=True, margin=0.02),
         ]
 
     def check(self) -> list[str]:

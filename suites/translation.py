@@ -220,9 +220,9 @@ class TranslationSuite(Suite):
     def metrics(self) -> list[MetricSpec]:
         comet = bool(self.options.comet_model)
         return [
-            MetricSpec("chrf++", "chrF++ (0-100)", True, main=not comet, shown=True),
-            MetricSpec("bleu", "BLEU (0-100)", True, shown=True),
-            MetricSpec("comet", "COMET (segment scores x100)", True, main=comet, shown=True),
+            MetricSpec("chrf++", "chrF++ (0-100)", True, main=not comet, shown=True, margin=1.0),
+            MetricSpec("bleu", "BLEU (0-100)", True, shown=True, margin=1.0),
+            MetricSpec("comet", "COMET (segment scores x100)", True, main=comet, shown=True, margin=1.0),
             MetricSpec("words", "words per translation", None, shown=True),
             MetricSpec("words_raw", "words per raw output", None, shown=True),
             MetricSpec("chars", "characters per translation", None),

@@ -33,6 +33,7 @@ import math
 import numpy as np
 import pytest
 from sacrebleu.metrics import BLEU, CHRF
+from scipy import stats
 
 from harness import intervals
 from harness.intervals import Interval, difference_interval, mean_interval, metric_from_sums, seeds_for_power
@@ -76,15 +77,14 @@ def _chrf_stats(rng, q, ref_chars, hyp_chars):
     return np.stack(np.broadcast_arrays(*out), axis=-1).astype(float)
 
 
-def simulate(rng, kind: str, experiments: int, seeds: int, design: str, params: dict | None = None,
-             seeds_b: int | None = None):
-    """Per-item statistics of A [experiments, seeds, N, F] and B [experiments, seeds_b or 1, N, F].
-    design: ``paired`` (B's seed effects correlated rho with A's, the same seeds), ``welch``
+def latent(rng, experiments: int, seeds: int, design: str, p: dict, seeds_b: int | None = None, items: int = N_ITEMS):
+    """The latent per-item values z of A [experiments, seeds, items] and B [experiments,
+    seeds_b or 1, items] in the two-way layout (A's mean p["delta"], B's 0). design:
+    ``paired`` (B's seed effects correlated rho with A's, the same seeds), ``welch``
     (independent seeds), ``fixed`` (B one model, seed effect 0); ``cell`` simulates as welch.
-    Welch only: ``seeds_b`` (default ``seeds``), B's seed sd ``s_b`` in params (default ``s``),
-    and ``rho_shared`` in params: A's seed effects correlated that much with B's first
-    ``seeds`` (A computed from those seeds of B, as merge and wise are from vanilla's)."""
-    p = params or (MEAN if kind == "mean" else CHRF_PARAMS)
+    Welch only: ``seeds_b`` (default ``seeds``), B's seed sd ``s_b`` in p (default ``s``),
+    and ``rho_shared`` in p: A's seed effects correlated that much with B's first ``seeds``
+    (A computed from those seeds of B, as merge and wise are from vanilla's)."""
     shape_seed = (experiments, seeds, 1)
     s_a = p["s"] * rng.standard_normal(shape_seed)
     seeds_b = 1 if design == "fixed" else (seeds_b or seeds)
@@ -97,11 +97,21 @@ def simulate(rng, kind: str, experiments: int, seeds: int, design: str, params: 
         s_b = sd_b * rng.standard_normal((experiments, seeds_b, 1))
         if rho:
             s_b[:, :seeds] = rho * s_a * (sd_b / p["s"]) + math.sqrt(1 - rho ** 2) * sd_b * rng.standard_normal(shape_seed)
-    u = p["u"] * rng.standard_normal((experiments, 1, N_ITEMS))
-    z_a = p["delta"] + s_a + u + p["w"] * rng.standard_normal((experiments, 1, N_ITEMS)) \
-        + p["e"] * rng.standard_normal((experiments, seeds, N_ITEMS))
-    z_b = s_b + u + p["w"] * rng.standard_normal((experiments, 1, N_ITEMS)) \
-        + p["e"] * rng.standard_normal((experiments, seeds_b, N_ITEMS))
+    u = p["u"] * rng.standard_normal((experiments, 1, items))
+    z_a = p["delta"] + s_a + u + p["w"] * rng.standard_normal((experiments, 1, items)) \
+        + p["e"] * rng.standard_normal((experiments, seeds, items))
+    z_b = s_b + u + p["w"] * rng.standard_normal((experiments, 1, items)) \
+        + p["e"] * rng.standard_normal((experiments, seeds_b, items))
+    return z_a, z_b
+
+
+def simulate(rng, kind: str, experiments: int, seeds: int, design: str, params: dict | None = None,
+             seeds_b: int | None = None):
+    """Per-item statistics of A [experiments, seeds, N, F] and B [experiments, seeds_b or 1, N, F]
+    from ``latent`` (designs and params there): kind ``mean`` rows [z, 1], ``chrf`` the chrF++
+    statistics of the item quality sigmoid(a + z)."""
+    p = params or (MEAN if kind == "mean" else CHRF_PARAMS)
+    z_a, z_b = latent(rng, experiments, seeds, design, p, seeds_b)
     if kind == "mean":
         return tuple(np.stack([z, np.ones_like(z)], axis=-1) for z in (z_a, z_b))
     ref_chars = 20 + rng.poisson(60, (experiments, 1, N_ITEMS)).astype(float)
@@ -114,7 +124,8 @@ def simulate(rng, kind: str, experiments: int, seeds: int, design: str, params: 
 
 
 def per_seed(kind: str, X: np.ndarray, prefix: str) -> dict[str, dict]:
-    return {f"{prefix}{k}": {"kind": kind, "ids": IDS, "rows": X[k]} for k in range(X.shape[0])}
+    ids = IDS if X.shape[1] == N_ITEMS else [f"item{i}" for i in range(X.shape[1])]
+    return {f"{prefix}{k}": {"kind": kind, "ids": ids, "rows": X[k]} for k in range(X.shape[0])}
 
 
 def _chrf_truth(corpora: int, seed: int, chunk: int = 20_000) -> dict[str, tuple[float, float]]:
@@ -174,8 +185,10 @@ def test_welch_with_unequal_seed_counts_covers_the_truth(s_a, s_b, rho):
     seed labels, so it is a Welch difference. With independent seed effects it covers at
     95%, whichever side has the larger seed spread; when A's seeds are computed from B's
     first three (rho 0.9) Welch ignores a positive covariance and covers more (conservative).
-    With 10,000 experiments: 95.1% at equal spreads, 94.2% and 93.9% when the 3-seed side's
-    seed sd is 2 and 4 times the other's (its 2 df then carry the interval: slightly short)."""
+    In this test's 2,000 experiments: 96.1% at equal spreads, 95.0% when the 3-seed side's
+    seed sd is twice the other's, 96.8% when it is a quarter (with plain Satterthwaite degrees
+    of freedom, 10,000 experiments had measured 95.1%, 94.2% and 93.9% when that side's sd
+    was 2 and 4 times the other's: its 2 df then carry the interval, see ``intervals._df``)."""
     rng = np.random.default_rng(int(100 * s_a + 10 * s_b + 1000 * rho))
     hits = 0
     for start in range(0, EXPERIMENTS, CHUNK):
@@ -205,6 +218,148 @@ def test_fixed_model_interval_covers_its_truth(kind):
         hits += iv.low <= truth <= iv.high
     print(f"coverage {kind} fixed model alone: {hits / EXPERIMENTS:.4f}")  # shown with pytest -s
     assert 0.93 <= hits / EXPERIMENTS <= 0.97, f"{kind} fixed model: coverage {hits / EXPERIMENTS:.3f}"
+
+
+# ---- coverage at the published settings -------------------------------------------------------
+# The report's intervals: 200 items, the default 2000 bootstrap draws, v2's designs (27 vs 27
+# seeds paired: radis - vanilla; 3 vs 27 unpaired: a 3-seed method - vanilla; 3 seeds against
+# the fixed original) and the shapes of its metrics. Per-item values from the latent z of the
+# two-way layout:
+# - normal: z itself (the mean-kind cases above, at the published sizes);
+# - lognormal: 0.1 exp(z), skewed like v2's per-item retention KL (coefficient of variation
+#   0.55, skewness about 2; at twice the log-scale spread, skewness ~10, the 3-seed cases
+#   measured 92-94%: a strongly skewed metric needs more than 3 seeds);
+# - binary: 1[z + mu > 0] with few events: each experiment draws a base rate in 1-4% (a
+#   refusal rate; averaging over rates smooths the binomial's saw-tooth coverage);
+# - ratio: x of n instructions followed, n 1-3 per prompt, x ~ Binomial(n, Phi(z + mu)), the
+#   metric sum x / sum n (IFEval's instruction level).
+# 3000 experiments per case: the binomial standard error of a 95% coverage is 0.40 points,
+# so a correct interval falls outside 94-96% in 1.3% of seeds of the simulation.
+
+PUBLISHED_ITEMS = 200
+PUBLISHED_DRAWS = 2000
+PUBLISHED_EXPERIMENTS = 3000
+SHAPES = {
+    "normal": dict(MEAN, delta=0.5),
+    "lognormal": dict(delta=0.15, s=0.1, rho=0.5, u=0.4, w=0.2, e=0.25, mu=0.0),
+    "binary": dict(delta=0.15, s=0.3, rho=0.5, u=1.0, w=0.5, e=0.5, events=(0.01, 0.04)),
+    "ratio": dict(delta=0.1, s=0.2, rho=0.5, u=0.8, w=0.4, e=0.5, mu=-0.9),
+}
+
+
+def _variance(p: dict, trained: bool) -> float:
+    return (p["s"] ** 2 if trained else 0.0) + p["u"] ** 2 + p["w"] ** 2 + p["e"] ** 2
+
+
+def shaped(rng, shape: str, z_a: np.ndarray, z_b: np.ndarray, b_trained: bool):
+    """Item statistics [..., items, 2] of both sides and the truth (A's metric, A - B) of one
+    experiment of ``shape`` from its latent values."""
+    p = SHAPES[shape]
+    va, vb = _variance(p, True), _variance(p, b_trained)
+    if shape == "normal":
+        rows = [np.stack([z, np.ones_like(z)], axis=-1) for z in (z_a, z_b)]
+        return rows, p["delta"], p["delta"]
+    if shape == "lognormal":
+        rows = [np.stack([0.1 * np.exp(z), np.ones_like(z)], axis=-1) for z in (z_a, z_b)]
+        a, b = 0.1 * math.exp(p["delta"] + va / 2), 0.1 * math.exp(vb / 2)
+        return rows, a, a - b
+    if shape == "binary":
+        mu = float(stats.norm.ppf(rng.uniform(*p["events"]))) * math.sqrt(va)
+        rows = [np.stack([(z + mu > 0).astype(float), np.ones_like(z)], axis=-1) for z in (z_a, z_b)]
+        a = float(stats.norm.cdf((mu + p["delta"]) / math.sqrt(va)))
+        return rows, a, a - float(stats.norm.cdf(mu / math.sqrt(vb)))
+    n = rng.integers(1, 4, z_a.shape[-1]).astype(float)  # instructions per prompt, the same for every model
+    rows = [np.stack([rng.binomial(n.astype(int), stats.norm.cdf(z + p["mu"])).astype(float), np.broadcast_to(n, z.shape)],
+                     axis=-1) for z in (z_a, z_b)]
+    a = float(stats.norm.cdf((p["mu"] + p["delta"]) / math.sqrt(1 + va)))
+    return rows, a, a - float(stats.norm.cdf(p["mu"] / math.sqrt(1 + vb)))
+
+
+def published_coverage(shape: str, design: str, seeds: int, seeds_b: int | None = None, level: float = 0.95,
+                       experiments: int = PUBLISHED_EXPERIMENTS, seed: int = 0) -> float:
+    """Share of simulated experiments whose interval (a row's for design ``cell``, else A - B)
+    covers the truth, at the published items and bootstrap draws."""
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, experiments, CHUNK):
+        z_a, z_b = latent(rng, min(CHUNK, experiments - start), seeds, "welch" if design == "cell" else design,
+                          SHAPES[shape], seeds_b, items=PUBLISHED_ITEMS)
+        for e in range(z_a.shape[0]):
+            (A, B), truth_a, truth_diff = shaped(rng, shape, z_a[e], z_b[e], design != "fixed")
+            a = per_seed("mean", A, "seed")
+            if design == "cell":
+                iv = mean_interval(a, n_boot=PUBLISHED_DRAWS, seed=start + e, level=level)
+                hits += iv.low <= truth_a <= iv.high
+                continue
+            b = per_seed("mean", B, {"paired": "seed", "welch": "other", "fixed": "original"}[design])
+            iv = difference_interval(a, b, b_fixed=design == "fixed", n_boot=PUBLISHED_DRAWS, seed=start + e, level=level)
+            assert iv.paired == (design == "paired") and iv.seeds == seeds
+            hits += iv.low <= truth_diff <= iv.high
+    return hits / experiments
+
+
+PUBLISHED_CASES = [  # shape, design, seeds of A, seeds of B (Welch), experiments
+    ("normal", "paired", 27, None, 3000), ("normal", "welch", 3, 27, 3000),
+    ("lognormal", "paired", 27, None, 3000), ("lognormal", "welch", 3, 27, 3000),
+    # 3 seeds against the original with a skewed metric sits near 94.4% (four simulations: 94.2, 93.9, 95.3 in
+    # 3000 experiments each, 94.2 in this test's 6000): twice the experiments keep the band meaningful
+    ("lognormal", "fixed", 3, None, 6000),
+    ("binary", "cell", 3, None, 3000), ("binary", "fixed", 3, None, 3000), ("binary", "paired", 27, None, 3000),
+    ("ratio", "paired", 27, None, 3000), ("ratio", "welch", 3, 27, 3000),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape, design, seeds, seeds_b, experiments", PUBLISHED_CASES)
+def test_95_percent_interval_covers_the_truth_at_the_published_settings(shape, design, seeds, seeds_b, experiments):
+    case = PUBLISHED_CASES.index((shape, design, seeds, seeds_b, experiments))
+    covered = published_coverage(shape, design, seeds, seeds_b, experiments=experiments, seed=case)
+    print(f"coverage {shape} {design} {seeds}{f' vs {seeds_b}' if seeds_b else ''} seeds: {covered:.4f}")  # pytest -s
+    assert 0.94 <= covered <= 0.96, f"{shape} {design} {seeds} seeds: coverage {covered:.3f}"
+
+
+@pytest.mark.slow
+def test_adjusted_level_covers_at_the_published_settings():
+    """The 99.375% level (alpha 0.05 over 8 looks, Bonferroni) at 27 vs 27 paired seeds: 3000
+    experiments, so about 19 misses are expected (binomial sd 4.3)."""
+    covered = published_coverage("normal", "paired", 27, level=1 - 0.05 / 8, experiments=3000, seed=40)
+    print(f"coverage normal paired 27 seeds at 99.375%: {covered:.4f}")  # pytest -s
+    assert 0.990 <= covered <= 0.9975, covered
+
+
+LOOKS_AT = (3, 7, 13, 20, 27)  # seeds per side at each look; 27 planned
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spending", ["obrien_fleming", "pocock"])
+def test_repeated_intervals_cover_the_truth_at_every_look_together(spending):
+    """A paired contrast read at 3, 7, 13, 20 and 27 seeds (v2's design, fewer looks): the
+    probability that any look's adjusted interval misses the truth stays at most 5%, while
+    plain 95% intervals at every look miss far more often. 1500 experiments at the published
+    items and draws; information counted in seeds is conservative (the items are shared by
+    all looks), so the simultaneous coverage may exceed 95%."""
+    from harness.sequential import boundaries, t_quantile
+
+    rng = np.random.default_rng(50 + len(spending))
+    c = boundaries([k / LOOKS_AT[-1] for k in LOOKS_AT], 0.05, spending)
+    experiments, adjusted, plain = 1500, 0, 0
+    for start in range(0, experiments, CHUNK):
+        z_a, z_b = latent(rng, CHUNK, LOOKS_AT[-1], "paired", SHAPES["normal"], items=PUBLISHED_ITEMS)
+        for e in range(CHUNK):
+            (A, B), _, truth = shaped(rng, "normal", z_a[e], z_b[e], True)
+            covered_all = plain_all = True
+            for k, boundary in zip(LOOKS_AT, c):
+                iv = difference_interval(per_seed("mean", A[:k], "seed"), per_seed("mean", B[:k], "seed"),
+                                         n_boot=PUBLISHED_DRAWS, seed=start + e)
+                half = t_quantile(boundary, iv.df) * iv.se
+                covered_all &= iv.estimate - half <= truth <= iv.estimate + half
+                plain_all &= iv.low <= truth <= iv.high
+            adjusted += covered_all
+            plain += plain_all
+    print(f"simultaneous coverage over {len(LOOKS_AT)} looks, {spending}: adjusted {adjusted / experiments:.4f}, "
+          f"plain 95% {plain / experiments:.4f}")  # pytest -s
+    assert 0.945 <= adjusted / experiments <= 0.985
+    assert plain / experiments < 0.93
 
 
 def test_chrf_truth_matches_a_fresh_simulation():
@@ -284,9 +439,61 @@ def test_fixed_model(kind):
 def test_identical_sides_give_a_zero_width_paired_interval():
     A, _ = _small("mean", 3)
     iv = difference_interval(per_seed("mean", A, "seed"), per_seed("mean", A, "seed"), n_boot=200)
-    # the bootstrap variance of d_k = 0 is 0 up to rounding (~1e-17), not exactly: df may be finite
-    assert iv.paired and iv.estimate == 0 and iv.seed_var == 0 and not iv.significant
-    assert iv.low == pytest.approx(0, abs=1e-6) and iv.high == pytest.approx(0, abs=1e-6)
+    # the bootstrap variance of d_k = 0 is 0 up to rounding (~1e-17), which counts as 0: exactly [0, 0]
+    assert iv.paired and iv.estimate == 0 and iv.seed_var == 0 and iv.item_var == 0 and not iv.significant
+    assert (iv.low, iv.high, iv.se, iv.df) == (0.0, 0.0, 0.0, None)
+
+
+# ---- shares of 0/1 items with few events ------------------------------------------------------
+
+def _share(events: int, items: int = 100, seeds: int = 1, prefix: str = "seed") -> dict[str, dict]:
+    """``events`` of ``items`` 0/1 outcomes at every seed (the same items: greedy answers)."""
+    rows = [[1.0 if i < events else 0.0, 1.0] for i in range(items)]
+    return {f"{prefix}{k}": {"kind": "mean", "ids": [str(i) for i in range(items)], "rows": rows} for k in range(seeds)}
+
+
+@pytest.mark.parametrize("events", [0, 2, 50])
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_a_share_of_0_1_items_has_a_score_interval_inside_0_1(events, seeds):
+    """The v2 original refused 2 of 100 AdvBench prompts: its interval had a negative lower
+    bound. A share gets Wilson's score interval (one seed; with seeds, the seed part added),
+    never of width 0 and never outside [0, 1]."""
+    iv = mean_interval(_share(events, seeds=seeds), fixed=seeds == 1, share=True)
+    p, q = events / 100, stats.t.ppf(0.975, 99)
+    assert iv.estimate == pytest.approx(p) and 0 <= iv.low < iv.high <= 1 and iv.low <= p <= iv.high
+    assert "score interval" in iv.method
+    # Wilson with n - 1 (the bootstrap is scaled by n/(n-1)) and a t quantile; the bootstrap's ratio to
+    # the binomial variance is 1 up to its noise
+    center, half = (p + q * q / 198) / (1 + q * q / 99), q * math.sqrt(p * (1 - p) / 99 + q * q / (4 * 99 ** 2)) / (1 + q * q / 99)
+    assert (iv.low, iv.high) == pytest.approx((max(center - half, 0.0), center + half), rel=0.03, abs=1e-12)
+    if events == 0:
+        assert iv.low == 0 and iv.high == pytest.approx(q * q / (99 + q * q))
+
+
+@pytest.mark.parametrize("events", [0, 2, 50])
+@pytest.mark.parametrize("design", ["fixed", "paired"])
+def test_two_equal_shares_differ_by_an_interval_of_positive_width(events, design):
+    """EWC - original refusal rate: the same 2 of 100 at every seed printed +0.000 [+0.000,
+    +0.000]. The difference of two shares keeps at least one discordant item's variance per
+    seed (Agresti & Min's pseudo-items): 1/(K (n + 2)^2)."""
+    b = _share(events, prefix="original") if design == "fixed" else _share(events, seeds=3)
+    iv = difference_interval(_share(events, seeds=3), b, b_fixed=design == "fixed", share=True)
+    assert iv.estimate == 0 and iv.se == pytest.approx(1 / (102 * math.sqrt(3)))
+    assert iv.low == -iv.high and iv.high == pytest.approx(stats.t.ppf(0.975, iv.df) * iv.se) and iv.high > 0.005
+    # a real difference of 2 items: the interval holds it, and the floor does not widen it
+    more = difference_interval(_share(events + 2, seeds=3), b, b_fixed=design == "fixed", share=True)
+    assert more.estimate == pytest.approx(0.02) and more.low < 0.02 < more.high and more.se > iv.se
+
+
+def test_a_metric_that_is_0_on_every_item_is_no_share():
+    """The original's KL to itself is 0 on every item: the statistics alone cannot tell it
+    from 0 refusals, so a share needs a 1 somewhere (the report decides per column)."""
+    zero = _share(0, seeds=1)
+    assert not intervals.is_share(list(zero.values())) and intervals.is_share(list(_share(1).values()))
+    iv = mean_interval(zero, fixed=True)
+    assert (iv.low, iv.high) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        mean_interval(per_seed("mean", _small("mean", 3)[0], "seed"), share=True)
 
 
 # ---- seeds_for_power ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ N_ITEMS = 40
 
 def item_values(metric: str, value: float, seed: str) -> list[float]:
     """Per-item values whose mean is exactly ``value``: a shared item effect plus seed noise."""
-    common = np.random.default_rng(hash(metric) % 2**32).normal(0, ITEM_SPREAD[metric], N_ITEMS)
+    common = np.random.default_rng(zlib.crc32(metric.encode())).normal(0, ITEM_SPREAD[metric], N_ITEMS)  # not hash(): salted per process
     own = np.random.default_rng(int(seed or 0) + 7).normal(0, ITEM_SPREAD[metric] / 4, N_ITEMS)
     x = common + own
     return list(x - x.mean() + value)

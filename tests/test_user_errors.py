@@ -30,9 +30,15 @@ def bad_inputs(tmp_path, tiny_checkpoint):
     (misaligned / "alma" / "deen" / "train.de-en.de").write_text("a\nb\n")
     (misaligned / "alma" / "deen" / "train.de-en.en").write_text("a\n")
     (misaligned / "alma" / "deen" / "test.de-en.json").write_text(json.dumps([{"translation": {"de": "Ja.", "en": "Yes."}}]))
+    plans = {}
+    for name, contrast in (("plan_row", "{a: nope, b: vanilla, metric: retention/kl}"),
+                           ("plan_metric", "{a: radis, b: vanilla, metric: retention/nope}"),
+                           ("plan_suite", "{a: radis, b: original, metric: gsm8k/accuracy}")):
+        plans[name] = tmp_path / f"{name}.yaml"
+        plans[name].write_text(f"analysis:\n  primary: [{contrast}]\n  seeds: 3\n")
     return {"file": str(a_file), "no_weights": str(no_weights), "broken": str(broken), "empty": str(empty_data),
             "misaligned": str(misaligned), "missing": str(tmp_path / "nowhere" / "x.ckpt"), "tmp": str(tmp_path),
-            "model": str(tiny_checkpoint)}
+            "model": str(tiny_checkpoint), **{name: str(path) for name, path in plans.items()}}
 
 
 MISTAKES = [
@@ -91,6 +97,11 @@ MISTAKES = [
     (["--set", "sdft.top_k=-1"], "top_k >= 0"),
     (["--set", "sdft.temperature=0"], "temperature > 0"),
     (["--set", "task_kl.batch_size=0", "--suites", "task_kl"], "task_kl.max_new_tokens and task_kl.batch_size must be positive"),
+    (["--set", "analysis.alpha=1.5"], "analysis: alpha must lie between 0 and 1"),
+    (["--set", "analysis.secondary=bonferroni"], "secondary 'bonferroni' is unknown"),
+    (["--config", "{plan_row}"], "analysis.primary names row 'nope', which is not a row of this run"),
+    (["--config", "{plan_metric}"], "which retention does not score"),
+    (["--config", "{plan_suite}"], "'gsm8k' is not among this run's suites"),
 ]
 
 

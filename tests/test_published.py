@@ -1,0 +1,89 @@
+"""The published reports: their tables are what the current code renders (byte for byte),
+and every interval v2's README quotes is in its tables or in the outputs of the scripts it
+names."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.report import build_leaderboard, decimals, differences_csv, fmt, leaderboard_csv, leaderboard_markdown
+
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
+PUBLISHED = sorted(p.parent for p in REPORTS.glob("*/run/scores.csv"))
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "looks.py"
+INTERVAL = re.compile(r"[−+-]?\d[\d.]*\s\[[−+-]?\d[\d.]*, [−+-]?\d[\d.]*\]")
+
+pytestmark = pytest.mark.slow  # reads every published run (about 20 s)
+
+
+def _plain(text: str) -> str:
+    return text.replace("−", "-").replace("+", "").replace("\\", "")
+
+
+@pytest.mark.parametrize("run", PUBLISHED, ids=lambda p: p.parent.name)
+def test_published_tables_are_what_the_code_renders(run):
+    """A re-render on any machine gives the committed bytes (no rounding residue such as
+    -2.7e-10 in the tables), and reading the report records no look."""
+    looks = run / "analysis" / "looks.jsonl"
+    before = looks.read_bytes() if looks.exists() else None
+    board = build_leaderboard([run])
+    report = run / "report"
+    assert differences_csv(board) == (report / "differences.csv").read_text(encoding="utf-8")
+    assert leaderboard_csv(board) == (report / "leaderboard.csv").read_text(encoding="utf-8")
+    plots = re.findall(r"^!\[(\S+)\]", (report / "leaderboard.md").read_text(encoding="utf-8"), re.M)
+    assert leaderboard_markdown(board, plots) == (report / "leaderboard.md").read_text(encoding="utf-8")
+    assert (looks.read_bytes() if looks.exists() else None) == before
+    for name, columns in (("differences.csv", ["difference", "ci_low", "ci_high", "adjusted_low", "adjusted_high"]),
+                          ("leaderboard.csv", ["mean", "ci_low", "ci_high", "delta", "delta_low", "delta_high"])):
+        values = pd.read_csv(report / name)[columns].abs().stack()
+        assert not ((values > 0) & (values < 1e-6)).any(), name  # no residue such as -2.7e-10
+
+
+def _looks_module():
+    spec = importlib.util.spec_from_file_location("looks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _intervals(board) -> set[str]:
+    """Every difference (nominal and adjusted) and cell interval as the report prints it."""
+    digits = {c.key: decimals(board, c) for c in board.columns}
+    known = set()
+    for r in board.differences.itertuples():
+        d = digits[f"{r.suite}/{r.metric}"]
+        for low, high in ((r.ci_low, r.ci_high), (r.adjusted_low, r.adjusted_high)):
+            if low == low:  # not NaN
+                known.add(f"{fmt(r.difference, d, True)} [{fmt(low, d, True)}, {fmt(high, d, True)}]")
+    for (_, key), cell in board.cells.items():
+        if cell.mean is not None and cell.ci_low is not None:
+            known.add(f"{fmt(cell.mean, digits[key])} [{fmt(cell.ci_low, digits[key])}, {fmt(cell.ci_high, digits[key])}]")
+    return known
+
+
+def test_every_interval_in_the_v2_readme_is_in_its_tables():
+    """Each "estimate [low, high]" of v2's README is a difference or adjusted interval of
+    differences.csv or a cell of the leaderboard (at the column's decimals; v1's too, for
+    the v1 → v2 table), a row of `scripts/looks.py RUN looks` or `shared`, or in the v1
+    column of the v1 → v2 table (the first report's numbers); and it says 15 looks."""
+    run = REPORTS / "smollm2-135m-de-en-v2" / "run"
+    board = build_leaderboard([run])
+    known = _intervals(board) | _intervals(build_leaderboard([REPORTS / "smollm2-135m-de-en" / "run"]))  # v1 → v2
+    looks = _looks_module()
+    outputs = "\n".join(looks.looks(run)) + "\n" + "\n".join(f"{d['welch']} {d['paired']}" for d in looks.shared(board))
+    known |= set(INTERVAL.findall(outputs))
+    readme = (REPORTS / "smollm2-135m-de-en-v2" / "README.md").read_text(encoding="utf-8")
+    then = readme.split("## What v1 claimed", 1)[1].split("\n## ", 1)[0]  # the v1 column: the first report's numbers
+    known |= {i for line in then.splitlines() if line.startswith("| ") for i in INTERVAL.findall(line.split("|")[2])}
+    quoted = INTERVAL.findall(readme.replace("\n", " "))
+    plain = {_plain(k) for k in known}
+    missing = [q for q in quoted if _plain(q) not in plain]
+    assert len(quoted) > 100 and not missing, missing
+    primary = board.differences[board.differences["role"] == "primary"].iloc[0]
+    assert primary["looks"] == 15 and "**The looks were 15, not 8.**" in readme
+    assert f"[{fmt(primary['adjusted_low'], 3, True)}, {fmt(primary['adjusted_high'], 3, True)}]".replace("-", "−") in readme
