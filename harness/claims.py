@@ -21,7 +21,9 @@ to the information reached, N = the largest n so far (or the looks taken), and e
 boundary is recomputed from it: the latest report's intervals then form a valid sequence
 again, but intervals published before the overrun were narrower than the new plan allows.
 
-**Primary contrasts.** Lan-DeMets alpha spending over the looks (``harness.sequential``,
+**Primary contrasts.** A plan's primary contrasts share its alpha equally (Bonferroni: with
+two, each spends alpha/2), so that together they err with probability at most alpha.
+Lan-DeMets alpha spending over the looks (``harness.sequential``,
 O'Brien-Fleming or Pocock type, alpha/2 per side) gives the z boundary c_k of the current
 look; the adjusted interval is the repeated confidence interval estimate +- c'_k se, c'_k the
 t quantile at the interval's df with the tail probability of c_k. All adjusted intervals
@@ -297,11 +299,18 @@ class Primary:
     rows: tuple = ()  # (row, reference row, column) of the leaderboard, once scored
 
 
+def primary_alpha(analysis: Analysis) -> float:
+    """What each primary contrast spends over its looks: the plan's alpha shared equally by its
+    primary contrasts (Bonferroni), so that all of them together err with probability at most
+    alpha."""
+    return analysis.alpha / max(len(analysis.primary), 1)
+
+
 def assess_primary(contrast: Contrast, iv, looks: list[Look], analysis: Analysis, margin: float | None, run: str) -> Primary:
     """The adjusted interval and verdict of a contrast whose looks so far end with this one."""
     found = Primary(contrast, run, iv, looks, margin=margin)
     times, overrun = fractions(looks, analysis)
-    found.boundary = boundaries(times, analysis.alpha, analysis.spending)[-1]
+    found.boundary = boundaries(times, primary_alpha(analysis), analysis.spending)[-1]
     if overrun:
         found.notes.append("the looks outran the plan: its maximum was re-planned to the information reached")
     if iv is None or iv.low is None:
@@ -365,7 +374,8 @@ def _plan_text(name: str, plan: RecordedPlan) -> list[str]:
 
 def _settings_text(a: Analysis) -> str:
     plan = f"{a.seeds} seeds per side" if a.seeds is not None else f"{a.looks} looks"
-    return (f"alpha {a.alpha:g} over the looks, {SPENDING_NAMES[a.spending]} spending, planned {plan}; other contrasts "
+    shared = f" (alpha {primary_alpha(a):g} for each of the {len(a.primary)} primary contrasts)" if len(a.primary) > 1 else ""
+    return (f"alpha {a.alpha:g} over the looks{shared}, {SPENDING_NAMES[a.spending]} spending, planned {plan}; other contrasts "
             f"{RULES[a.secondary]}")
 
 

@@ -151,6 +151,25 @@ def test_three_renders_at_growing_seeds_are_three_looks_and_widen_the_adjusted_i
     assert (three["adjusted_low"], three["adjusted_high"]) == pytest.approx((iv.estimate - half, iv.estimate + half), rel=1e-4)
 
 
+def test_two_primary_contrasts_share_alpha(tmp_path):
+    """Two primary contrasts each spend alpha/2 (Bonferroni): at one look each adjusted
+    interval is the nominal 97.5% interval, wider than with one primary contrast."""
+    second = {"a": "radis", "b": "vanilla", "metric": "translation/de-en/chrf++"}
+    run = write_run(tmp_path / "run", methods=("vanilla", "radis"), values=values(6))
+    claims.record_plan(run, analysis(primary=[PRIMARY, second], seeds=6))
+    both = primary_row(render_report([run], tmp_path / "both")["differences.csv"].parent)
+    alone = write_run(tmp_path / "alone", methods=("vanilla", "radis"), values=values(6))
+    claims.record_plan(alone, analysis(**PLAN))
+    one = primary_row(render_report([alone], tmp_path / "one")["differences.csv"].parent)
+    assert claims.primary_alpha(analysis(primary=[PRIMARY, second], seeds=6)) == 0.025
+    assert (both["ci_low"], both["ci_high"]) == pytest.approx((one["ci_low"], one["ci_high"]))
+    assert both["adjusted_low"] < one["adjusted_low"] and both["adjusted_high"] > one["adjusted_high"]
+    (found, _) = build_leaderboard([run]).claims.primary
+    half = stats.t.isf(0.025 / 2, found.interval.df) * found.interval.se
+    assert (both["adjusted_low"], both["adjusted_high"]) == pytest.approx(
+        (found.interval.estimate - half, found.interval.estimate + half), rel=1e-4)
+
+
 def test_rendering_the_same_seeds_again_is_the_same_look_and_the_same_bytes(tmp_path):
     run = write_run(tmp_path / "run", methods=("vanilla", "radis"), values=values(4))
     claims.record_plan(run, analysis(**PLAN))
