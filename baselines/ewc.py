@@ -27,12 +27,22 @@ from dataclasses import dataclass, field
 
 from baselines.replay import ALPACA
 from baselines.vanilla import reference_examples
-from harness import registry
-from harness.data import DataSet
-from harness.errors import UserError
-from harness.generation import Decoding, Request
-from harness.methods import Method, MethodContext, Segment, TrainingExample
-from harness.prompts import user_turn
+from harness.api import (
+    DataSet,
+    Decoding,
+    Method,
+    MethodContext,
+    Request,
+    Segment,
+    TrainingExample,
+    UserError,
+    collate,
+    data_set,
+    generation_limit,
+    tokenise_example,
+    user_turn,
+    weighted_nll,
+)
 
 log = logging.getLogger("radis_bench")
 
@@ -42,7 +52,7 @@ class EWCOptions:
     weight: float = field(default=1.0, metadata={"help": "Weight of the penalty sum F_j (theta_j - theta_j^0)^2 added to the NLL."})
     fisher_set: str = field(default="alpaca", metadata={"help": "General instruction set whose prompts the original answers for the Fisher (a declared data set)."})
     fisher_samples: int = field(default=32, metadata={"help": "Instructions (seeded sample) the Fisher is estimated on."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Generation limit of the original's answers (greedy)."})
+    max_new_tokens: int = generation_limit("Generation limit of the original's answers (greedy).", default=128, run_default=False)
     normalise: bool = field(default=True, metadata={"help": "Divide the Fisher by its mean over the trainable entries (weight becomes scale-free)."})
 
 
@@ -68,12 +78,10 @@ class EWC(Method):
             raise UserError(f"ewc.weight must be 0 or more, got {o.weight}.")
         if o.fisher_samples <= 0:
             raise UserError(f"ewc.fisher_samples must be positive, got {o.fisher_samples}.")
-        if o.max_new_tokens <= 0:
-            raise UserError(f"ewc.max_new_tokens must be positive, got {o.max_new_tokens}.")
         self.uses_data()
 
     def uses_data(self) -> list[DataSet]:
-        return [registry.data_set(self.options.fisher_set)]
+        return [data_set(self.options.fisher_set)]
 
     def _instructions(self, ctx: MethodContext) -> list:
         pool = list(ctx.data.general(self.uses_data()[0]))
@@ -106,8 +114,6 @@ class EWC(Method):
     def prepare_model(self, model, tokenizer, seed: int) -> None:
         """θ⁰ and the diagonal empirical Fisher at the start, before any optimiser step."""
         import torch
-
-        from harness.training import collate, tokenise_example, weighted_nll
 
         if self._answers is None:
             raise UserError("ewc's Fisher needs the original's answers: build_training_examples runs before training.")

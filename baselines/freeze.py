@@ -23,8 +23,7 @@ import re
 from dataclasses import dataclass, field
 
 from baselines.vanilla import reference_examples
-from harness.errors import UserError
-from harness.methods import Method, MethodContext, TrainingExample
+from harness.api import Method, MethodContext, TrainingExample, UserError
 
 log = logging.getLogger("radis_bench")
 

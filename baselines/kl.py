@@ -7,8 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from baselines.vanilla import reference_examples
-from harness.errors import UserError
-from harness.methods import Method, MethodContext, TrainingExample
+from harness.api import Method, MethodContext, TrainingExample, UserError
 
 
 @dataclass

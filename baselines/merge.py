@@ -27,8 +27,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from baselines.vanilla import reference_examples
-from harness.errors import UserError
-from harness.methods import Method, MethodContext, TrainingExample
+from harness.api import Method, MethodContext, TrainingExample, UserError
 
 MODES = ("ties", "dare")
 

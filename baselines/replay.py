@@ -9,11 +9,7 @@ import random
 from dataclasses import dataclass, field
 
 from baselines.vanilla import reference_examples
-from harness import registry
-from harness.data import DataSet
-from harness.errors import UserError
-from harness.methods import Method, MethodContext, Segment, TrainingExample
-from harness.prompts import user_turn
+from harness.api import DataSet, Method, MethodContext, Segment, TrainingExample, UserError, data_set, user_turn
 
 ALPACA = DataSet("alpaca", "alpaca/alpaca_train.json", {"instruction": "instruction", "input": "input", "reference": "output"},
                  hub="tatsu-lab/alpaca", hub_split="train", optional=("input",))
@@ -38,7 +34,7 @@ class Replay(Method):
         self.uses_data()
 
     def uses_data(self) -> list[DataSet]:
-        return [registry.data_set(self.options.replay_set)]
+        return [data_set(self.options.replay_set)]
 
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         o = self.options

@@ -22,10 +22,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from baselines.seqkd import check_self_translation_options, self_translation_requests, self_translations
-from harness.errors import UserError
-from harness.generation import Decoding, Request
-from harness.methods import Method, MethodContext, Segment, TrainingExample
-from harness.prompts import translation_prompt, user_turn
+from harness.api import (
+    CometScorer,
+    CometUnavailable,
+    Decoding,
+    Method,
+    MethodContext,
+    Request,
+    Segment,
+    TrainingExample,
+    UserError,
+    generation_limit,
+    translation_prompt,
+    user_turn,
+)
 
 JUDGES = ("chrf", "comet")
 
@@ -35,8 +45,8 @@ class S3FTOptions:
     judge: str = field(default="chrf", metadata={"help": "What judges a self-translation against the reference: chrf (sentence chrF) or comet (needs comet_model)."})
     threshold: float = field(default=50.0, metadata={"help": "A self-translation scoring at least this (0-100) is the target; otherwise the reference is."})
     comet_model: str | None = field(default=None, metadata={"help": "COMET checkpoint (hub name or local path) for judge=comet."})
-    comet_batch_size: int = field(default=8, metadata={"help": "Sentences per COMET forward pass (judge=comet)."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Generation limit of the original model's translations (greedy)."})
+    comet_batch_size: int = field(default=8, metadata={"help": "Sentences per COMET forward pass (judge=comet).", "above": 0})
+    max_new_tokens: int = generation_limit("Generation limit of the original model's translations (greedy).", default=256, run_default=False)
     extraction: str = field(default="first_paragraph", metadata={"help": "How the translation is cut from the output: first_paragraph, first_line or full."})
 
 
@@ -57,8 +67,6 @@ class S3FT(Method):
         if o.threshold < 0:
             raise UserError(f"s3ft.threshold must be 0 or more, got {o.threshold}.")
         check_self_translation_options(self.name, o)
-        if o.comet_batch_size <= 0:
-            raise UserError(f"s3ft.comet_batch_size must be positive, got {o.comet_batch_size}.")
 
     def original_requests(self, ctx: MethodContext) -> list[tuple[Request, Decoding]]:
         return self_translation_requests(ctx, self.options.max_new_tokens)
@@ -71,8 +79,6 @@ class S3FT(Method):
 
             chrf = CHRF()
             return [chrf.sentence_score(t, [p.reference]).score if t else 0.0 for p, t in zip(ctx.pairs, translations)]
-        from suites.translation import CometScorer, CometUnavailable
-
         try:
             scorer = CometScorer(o.comet_model, o.comet_batch_size)
             return scorer.score([(p.source, t, p.reference) for p, t in zip(ctx.pairs, translations)])

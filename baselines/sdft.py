@@ -16,10 +16,20 @@ from dataclasses import dataclass, field
 
 from sacrebleu.metrics import CHRF
 
-from harness.errors import UserError
-from harness.generation import Decoding, Request
-from harness.methods import Method, MethodContext, Segment, TrainingExample
-from harness.prompts import EXTRACTION_RULES, extract_translation, translation_prompt, user_turn
+from harness.api import (
+    EXTRACTION_RULES,
+    Decoding,
+    Method,
+    MethodContext,
+    Request,
+    Segment,
+    TrainingExample,
+    UserError,
+    extract_translation,
+    generation_limit,
+    translation_prompt,
+    user_turn,
+)
 
 DISTILL_PROMPT = (
     "Below are an instruction that describes a task along with a reference answer. "
@@ -33,7 +43,7 @@ REJECTED_PHRASES = ("reference answer", "your response", "my response", "your ow
 @dataclass
 class SDFTOptions:
     chrf_floor: float = field(default=50.0, metadata={"help": "Keep a rewrite only if its chrF against the reference reaches this."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Generation limit of the rewrites."})
+    max_new_tokens: int = generation_limit("Generation limit of the rewrites.", default=256, run_default=False)
     extraction: str = field(default="first_paragraph", metadata={"help": "How the translation is cut from a rewrite: first_paragraph, first_line or full."})
     # sail-sg/sdft generates its rewrites with LLaMA-Factory's default decoding (GeneratingArguments:
     # do_sample, temperature 0.95, top-p 0.7, top-k 50); seeded by the training seed here
@@ -76,8 +86,6 @@ class SDFT(Method):
             raise UserError(f"sdft.extraction '{o.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
         if not 0.0 <= o.chrf_floor <= 100.0:
             raise UserError(f"sdft.chrf_floor must be between 0 and 100, got {o.chrf_floor}.")
-        if o.max_new_tokens <= 0:
-            raise UserError(f"sdft.max_new_tokens must be positive, got {o.max_new_tokens}.")
 
     def original_requests(self, ctx: MethodContext) -> list[tuple[Request, Decoding]]:
         decoding = self.decoding(ctx)

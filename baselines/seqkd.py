@@ -5,15 +5,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.errors import UserError
-from harness.generation import Decoding, Request
-from harness.methods import Method, MethodContext, Segment, TrainingExample
-from harness.prompts import EXTRACTION_RULES, extract_translation, translation_prompt, user_turn
+from harness.api import (
+    EXTRACTION_RULES,
+    Decoding,
+    Method,
+    MethodContext,
+    Request,
+    Segment,
+    TrainingExample,
+    UserError,
+    extract_translation,
+    generation_limit,
+    translation_prompt,
+    user_turn,
+)
 
 
 @dataclass
 class SeqKDOptions:
-    max_new_tokens: int = field(default=256, metadata={"help": "Generation limit of the original model's translations (greedy)."})
+    max_new_tokens: int = generation_limit("Generation limit of the original model's translations (greedy).", default=256, run_default=False)
     extraction: str = field(default="first_paragraph", metadata={"help": "How the translation is cut from the output: first_paragraph, first_line or full."})
 
 
@@ -46,8 +56,6 @@ def check_self_translation_options(name: str, options) -> None:
     """The options every self-translating method has: ``max_new_tokens`` and ``extraction``."""
     if options.extraction not in EXTRACTION_RULES:
         raise UserError(f"{name}.extraction '{options.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
-    if options.max_new_tokens <= 0:
-        raise UserError(f"{name}.max_new_tokens must be positive, got {options.max_new_tokens}.")
 
 
 def self_translation_requests(ctx: MethodContext, max_new_tokens: int) -> list[tuple[Request, Decoding]]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from harness.methods import Method, MethodContext, Segment, TrainingExample
-from harness.prompts import translation_prompt, user_turn
+from harness.api import Method, MethodContext, Segment, TrainingExample, translation_prompt, user_turn
 
 
 def reference_examples(ctx: MethodContext) -> list[TrainingExample]:

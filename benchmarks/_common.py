@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def embedded_model(dtype: str = "float32"):
-    from harness.models import load_model, resolve_model
+    from harness.model.loading import load_model, resolve_model
 
     spec = resolve_model("smollm2-135m")
     model, tokenizer = load_model(spec, dtype=dtype)
@@ -23,7 +23,7 @@ def embedded_model(dtype: str = "float32"):
 
 
 def data_source(data_dir: str | None):
-    from harness.data import DataSource
+    from harness.data.sources import DataSource
     from harness.paths import default_data_dir
 
     return DataSource.open(data_dir or default_data_dir())
@@ -31,8 +31,9 @@ def data_source(data_dir: str | None):
 
 def mixed_prompts(data, n: int, seed: int = 0):
     """Half WMT22 de->en translation prompts, half AlpacaEval instructions: (kind, messages)."""
-    from harness.data import parse_directions, sample
-    from harness.prompts import translation_prompt, user_turn
+    from harness.data.records import parse_directions
+    from harness.data.sources import sample
+    from harness.model.prompts import translation_prompt, user_turn
 
     (direction,) = parse_directions("de-en")
     pairs = sample(data.translation(direction, "test"), n - n // 2, seed)

@@ -1,5 +1,5 @@
 """Decode attention on the CPU: transformers' SDPA path (keys and values copied once per
-query head, ``repeat_kv``) against radis-bench's single-query path (harness/attention.py),
+query head, ``repeat_kv``) against radis-bench's single-query path (harness/model/attention.py),
 same Generator, same model, same IFEval prompts, in one process.
 
     .venv/bin/python benchmarks/attention.py --data-dir ../shared/data [--prompts 96] [--new-tokens 64]
@@ -21,10 +21,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
 
-    from harness import attention
-    from harness.data import sample
-    from harness.generation import Decoding, GenerationCache, Generator, Request
-    from harness.prompts import user_turn
+    from harness.model import attention
+    from harness.data.sources import sample
+    from harness.plugins.requests import Decoding, Request
+    from harness.model.generation import GenerationCache, Generator
+    from harness.model.prompts import user_turn
 
     _, model, tokenizer = embedded_model()
     requests = [Request(user_turn(it.prompt)) for it in sample(data_source(args.data_dir).general("ifeval"), args.prompts, 3)]

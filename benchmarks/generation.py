@@ -87,7 +87,8 @@ def batched_generate(model, tokenizer, texts, max_new_tokens, stop_ids, batch_si
 
 
 def harness(model, tokenizer, fingerprint, messages, max_new_tokens, batch_size, fast=True):
-    from harness.generation import Decoding, GenerationCache, Generator, Request
+    from harness.plugins.requests import Decoding, Request
+    from harness.model.generation import GenerationCache, Generator
 
     with tempfile.TemporaryDirectory() as tmp:
         gen = Generator(model, tokenizer, fingerprint, cache=GenerationCache(Path(tmp) / "g.sqlite"), batch_size=batch_size)
@@ -116,7 +117,7 @@ def main() -> None:
 
     import torch
 
-    from harness.prompts import end_of_turn_ids, render_chat
+    from harness.model.prompts import end_of_turn_ids, render_chat
 
     spec, model, tokenizer = embedded_model(args.dtype)
     messages = [m for _, m in mixed_prompts(data_source(args.data_dir), args.prompts)]

@@ -52,8 +52,9 @@ def generation(tok_dir: str, big: bool, prompts: int, max_new: int, baseline_n: 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.generation import Decoding, GenerationCache, Generator, Request, auto_batch_size
-    from harness.prompts import end_of_turn_ids, render_chat
+    from harness.plugins.requests import Decoding, Request
+    from harness.model.generation import GenerationCache, Generator
+    from harness.model.prompts import end_of_turn_ids, render_chat
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     config = mistral7b_config(len(tok)) if big else smollm2_config()

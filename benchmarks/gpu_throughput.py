@@ -1,4 +1,4 @@
-"""Measure the GPU throughputs that harness/estimate.py uses (training and generation tokens/s).
+"""Measure the GPU throughputs that harness/run/estimate.py uses (training and generation tokens/s).
 
 A randomly initialised model with Mistral-7B-Instruct-v0.2's shape (no download: the speed
 of a dense transformer does not depend on its weights) in bfloat16 on one GPU:
@@ -6,7 +6,7 @@ of a dense transformer does not depend on its weights) in bfloat16 on one GPU:
 - generation: plain ``model.generate`` (greedy, KV cache), 64-token prompts, 256 new tokens.
 Run with a CUDA build of torch, transformers and peft: ``python benchmarks/gpu_throughput.py``.
 """
-import json, os, sys, time
+import json, os, time
 import torch
 from transformers import AutoModelForCausalLM, MistralConfig
 from peft import LoraConfig, get_peft_model

@@ -21,9 +21,10 @@ from _common import data_source, embedded_model, matmul_gflops, params_of, peak_
 
 
 def examples_for(data, n, seed):
-    from harness.data import parse_directions, sample
-    from harness.methods import Segment, TrainingExample
-    from harness.prompts import translation_prompt, user_turn
+    from harness.data.records import parse_directions
+    from harness.data.sources import sample
+    from harness.plugins.method import Segment, TrainingExample
+    from harness.model.prompts import translation_prompt, user_turn
 
     (direction,) = parse_directions("de-en")
     pairs = sample(data.translation(direction, "train"), n, seed)
@@ -31,8 +32,8 @@ def examples_for(data, n, seed):
 
 
 def run_harness(model, tokenizer, examples, args, lora):
-    from harness.config import Budget
-    from harness.training import train
+    from harness.config.settings import Budget
+    from harness.model.training import train
 
     budget = Budget(steps=args.steps, batch_size=args.batch_size, learning_rate=2e-4, max_length=args.max_length, save_every=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,7 +49,7 @@ def run_trl(model, tokenizer, examples, args, lora):
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from harness.prompts import render_chat
+    from harness.model.prompts import render_chat
 
     rows = [{"prompt": render_chat(tokenizer, e.messages), "completion": e.response[0].text} for e in examples]
     counts = {"tokens": 0, "padded": 0}
@@ -90,7 +91,7 @@ def main() -> None:
 
     import torch
 
-    from harness.config import LoRASettings
+    from harness.config.settings import LoRASettings
 
     lora = LoRASettings()
     examples = examples_for(data_source(args.data_dir), args.steps * args.batch_size, seed=0)

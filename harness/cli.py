@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import signal
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from harness.config.parse import apply_settings, read_config_file, resolve_config_path
+from harness.config.settings import Budget, RunConfig, launched_processes, validate
 from harness.errors import Terminated, UserError, interruption, on_sigint, on_sigterm
+from harness.plugins import registry
+from harness.progress import console
+from harness.report.claims import check_against_plan
+from harness.report.render import render_report
+from harness.report.rescore import rescore as run_rescore
+from harness.run.dryrun import print_plan
+from harness.run.plan import Plan, configure
 
 app = typer.Typer(
     add_completion=False,
@@ -33,8 +46,6 @@ def _end_launched_process() -> None:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    from harness.config import launched_processes
-
     if launched_processes()[0] == 0:  # every process of a multi-process launch fails alike; one says so
         typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -44,9 +55,6 @@ def _fail(message: str, code: int = 2) -> None:
 def list_cmd() -> None:
     """List registered methods and suites with one-line descriptions and their papers."""
     from rich.table import Table
-
-    from harness import registry
-    from harness.progress import console
 
     out = console.__class__()  # stdout console
     try:
@@ -70,72 +78,97 @@ def _split(values: Optional[List[str]]) -> Optional[list[str]]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
-@app.command()
-def run(
-    methods: Optional[List[str]] = typer.Option(
-        None, "--methods", "-m",
-        help="Methods, comma-separated (see `radis-bench list`); a variant is [LABEL:]METHOD@option=value[@...], "
-             "e.g. radis@rationale_weight=0.5 or lam05:radis@rationale_weight=0.5@budget.lr=1e-4."),
-    suites: Optional[List[str]] = typer.Option(None, "--suites", "-s", help="Suites, comma-separated."),
-    model: Optional[str] = typer.Option(None, help="Embedded model name (smollm2-135m), hub id or local checkpoint path."),
-    pairs: Optional[str] = typer.Option(None, help="Translation directions, e.g. de-en,en-de."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder with the layout of shared/data; 'starter' (default) or 'hub'."),
-    train_size: Optional[int] = typer.Option(None, help="Training pairs per direction (seeded sample)."),
-    eval_size: Optional[int] = typer.Option(None, help="Items per suite and direction (seeded sample)."),
-    steps: Optional[int] = typer.Option(None, help="Optimiser steps per method (the shared budget)."),
-    batch_size: Optional[int] = typer.Option(None, help="Examples per optimiser step."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
-    budget: Optional[str] = typer.Option(None, "--budget", help="Equalise 'steps' (default) or 'tokens' across methods."),
-    seeds: Optional[str] = typer.Option(None, help="Training seeds, e.g. 0,1,2."),
-    out: Optional[str] = typer.Option(None, help="Run directory (default runs/<name>)."),
-    judge: Optional[str] = typer.Option(None, help="alpaca-eval annotator config (name or path) for AlpacaEval/MT-Bench."),
-    comet_model: Optional[str] = typer.Option(None, help="COMET checkpoint (hub name or local path): translation.comet_model."),
-    safety_classifier: Optional[str] = typer.Option(None, help="Llama-Guard-style classifier (hub id or path): safety.classifier."),
-    lm_eval_tasks: Optional[str] = typer.Option(None, help="Extra lm-eval tasks, comma-separated: lm_eval.tasks."),
-    extraction: Optional[str] = typer.Option(None, help="How a translation is cut from the output (first_paragraph, first_line, full): translation.extraction."),
-    sweep: Optional[List[str]] = typer.Option(
-        None, "--sweep",
-        help="Ablation axis METHOD.option=v1,v2,... (repeat for the product of several axes of one method; "
-             "budget.lr, budget.steps, lora.r ... too), e.g. radis.rationale_weight=0,0.25,0.5,1."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Generation backend: auto (vllm when CUDA and vllm are present), transformers or vllm."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file with the same settings (CLI overrides it), or a shipped preset: paper, paper-llama2."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any setting as key=value, e.g. radis.rationale_weight=0.5 or budget.max_length=256."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate every input and print the plan; train and generate nothing."),
-    only: Optional[List[str]] = typer.Option(
-        None, "--only",
-        help="Run only some cells of the grid, e.g. method=radis,seed=1 or method=original (values joined with +; "
-        "repeat to add cells). Cells run by separate processes into one --out make one leaderboard.",
-    ),
-) -> None:
-    """Train every method under one budget and score every model on every suite."""
-    from harness.config import RunConfig, apply_settings, launched_processes, read_config_file, validate
+# --- `run`: its options are generated from RunConfig's fields -----------------------------------
+# A RunConfig field of a plain type is an option --field-name with the field's own help; a new
+# field appears here without an edit. Mappings (budget, lora, method and suite options, sweep,
+# analysis) are set with --set, --sweep or the config file; a few budget settings and the
+# suites' run-level aliases have short options of their own (their help is their target's).
+EXTRA_FLAGS = {"methods": ["-m"], "suites": ["-s"], "generation_backend": ["--backend"]}
+REPEATABLE = {"methods", "suites"}  # given as a list: repeat the option or separate with commas
+BUDGET_OPTIONS = {"steps": "steps", "batch_size": "batch_size", "lr": "learning_rate", "budget": "equalise"}
+ALIAS_OPTIONS = {  # run-level names the built-in suites' options declare as aliases (README: Usage)
+    "judge": "alpaca-eval annotator config (name or path) for AlpacaEval/MT-Bench.",
+    "comet_model": "COMET checkpoint (hub name or local path): translation.comet_model.",
+    "safety_classifier": "Llama-Guard-style classifier (hub id or path): safety.classifier.",
+    "lm_eval_tasks": "Extra lm-eval tasks, comma-separated: lm_eval.tasks.",
+    "extraction": "How a translation is cut from the output (first_paragraph, first_line, full): translation.extraction.",
+}
 
+
+def _run_fields() -> list:
+    """The RunConfig fields that are options of their own."""
+    hints = typing.get_type_hints(RunConfig)
+    out = []
+    for f in dataclasses.fields(RunConfig):
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # X | None: the option's type is X
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if f.name in REPEATABLE or tp in (str, int, float, bool) or typing.get_origin(tp) is list:
+            out.append((f, tp))
+    return out
+
+
+def _option(name: str, tp, help_text: str, extra: list[str] = ()) -> inspect.Parameter:
+    flag = "--" + name.replace("_", "-")
+    if name in REPEATABLE:
+        annotation, default = Optional[List[str]], typer.Option(None, flag, *extra, help=help_text)
+    elif tp is bool:
+        annotation, default = Optional[bool], typer.Option(None, f"{flag}/--no-{flag[2:]}", *extra, help=help_text)
+    else:  # numbers as typed; lists as comma-separated text, parsed like a config file's values
+        annotation = Optional[tp] if tp in (int, float) else Optional[str]
+        default = typer.Option(None, flag, *extra, help=help_text)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def _section_fields() -> list[str]:
+    """The RunConfig fields that are sections of settings, set with --set or the config file."""
+    from harness.config.settings import RunConfig
+
+    plain = {f.name for f, _ in _run_fields()}
+    return [f.name for f in dataclasses.fields(RunConfig) if f.name not in plain]
+
+
+def _run_parameters() -> list[inspect.Parameter]:
+    params = [_option(f.name, tp, f.metadata.get("help", ""), EXTRA_FLAGS.get(f.name, [])) for f, tp in _run_fields()]
+    budget = {f.name: f for f in dataclasses.fields(Budget)}
+    hints = typing.get_type_hints(Budget)
+    for option, target in BUDGET_OPTIONS.items():
+        params.append(_option(option, hints[target], f"budget.{target}: {budget[target].metadata['help']}"))
+    params += [_option(alias, str, help_text) for alias, help_text in ALIAS_OPTIONS.items()]
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params += [
+        inspect.Parameter("sweep", keyword, annotation=Optional[List[str]], default=typer.Option(
+            None, "--sweep", help="Ablation axis METHOD.option=v1,v2,... (repeat for the product of several axes of one method; "
+                                  "budget.lr, budget.steps, lora.r ... too), e.g. radis.rationale_weight=0,0.25,0.5,1.")),
+        inspect.Parameter("config", keyword, annotation=Optional[Path], default=typer.Option(
+            None, "--config", "-c", help="YAML or TOML file with the same settings (CLI overrides it), or a shipped preset: "
+                                          "paper, paper-llama2.")),
+        inspect.Parameter("set_", keyword, annotation=Optional[List[str]], default=typer.Option(
+            None, "--set", help="Any setting as key=value, e.g. radis.rationale_weight=0.5 or budget.max_length=256; the "
+                                "sections " + ", ".join(_section_fields()) + " take section.key=value (method and suite "
+                                "options as METHOD.option or SUITE.option).")),
+        inspect.Parameter("dry_run", keyword, annotation=bool, default=typer.Option(
+            False, "--dry-run", help="Validate every input and print the plan; train and generate nothing.")),
+        inspect.Parameter("only", keyword, annotation=Optional[List[str]], default=typer.Option(
+            None, "--only", help="Run only some cells of the grid, e.g. method=radis,seed=1 or method=original (values joined "
+                                 "with +; repeat to add cells). Cells run by separate processes into one --out make one "
+                                 "leaderboard.")),
+    ]
+    return params
+
+
+def run(**given) -> None:
+    """Train every method under one budget and score every model on every suite."""
+    config, set_, sweep, only, dry_run = (given.pop(k) for k in ("config", "set_", "sweep", "only", "dry_run"))
     try:
         cfg = RunConfig()
         if config is not None:
-            from harness.config import resolve_config_path
-
             config = resolve_config_path(config)
-            apply_settings(cfg, read_config_file(config), str(config))
-        given = {
-            "methods": _split(methods),
-            "suites": _split(suites),
-            "model": model,
-            "pairs": pairs,
-            "data_dir": data_dir,
-            "train_size": train_size,
-            "eval_size": eval_size,
-            "seeds": seeds,
-            "out": out,
-            "judge": judge,
-            "comet_model": comet_model,
-            "safety_classifier": safety_classifier,
-            "lm_eval_tasks": lm_eval_tasks,
-            "extraction": extraction,
-            "generation_backend": backend,
-        }
-        apply_settings(cfg, {k: v for k, v in given.items() if v is not None}, "the command line")
-        budget_given = {"steps": steps, "batch_size": batch_size, "learning_rate": lr, "equalise": budget}
+            configure(cfg, read_config_file(config), str(config))
+        budget_given = {target: given.pop(option) for option, target in BUDGET_OPTIONS.items()}
+        for name in REPEATABLE:
+            given[name] = _split(given[name])
+        configure(cfg, {k: v for k, v in given.items() if v is not None}, "the command line")
         apply_settings(cfg.budget, {k: v for k, v in budget_given.items() if v is not None}, "the command line")
         for item in set_ or []:
             _apply_set(cfg, item)
@@ -145,10 +178,7 @@ def run(
                 raise UserError(f"--sweep '{item}' must look like METHOD.option=v1,v2,..., e.g. radis.rationale_weight=0,0.5,1.")
             apply_settings(cfg, {"sweep": {axis.strip(): [v.strip() for v in values.split(",") if v.strip()]}}, "--sweep")
         validate(cfg)
-        from harness.plan import Plan, print_plan
-
         plan = Plan(cfg, config_file=config, only=only)
-        from harness.claims import check_against_plan
 
         check_against_plan(cfg.analysis, plan)
         if dry_run:
@@ -158,7 +188,8 @@ def run(
         signal.signal(signal.SIGTERM, on_sigterm)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell ignores it (`nohup ... &`)
             signal.signal(signal.SIGINT, on_sigint)
-        from harness.execute import Execution
+
+        from harness.run.execute import Execution  # here, not at the top: list and --dry-run never import torch
 
         Execution(plan).run()
         if launched_processes()[1] > 1:
@@ -175,16 +206,18 @@ def run(
         raise
 
 
-def _apply_set(cfg, item: str) -> None:
-    from harness.config import apply_settings
+run.__signature__ = inspect.Signature(_run_parameters())
+run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}
+app.command()(run)
 
+
+def _apply_set(cfg, item: str) -> None:
     if "=" not in item:
         raise UserError(f"--set '{item}' must look like key=value, e.g. radis.rationale_weight=0.5.")
     key, value = item.split("=", 1)
     parts = key.strip().split(".")
     if len(parts) == 2 and parts[0] not in ("budget", "lora", "analysis"):
         # method or suite option: decided by which registry knows the name
-        from harness import registry
 
         if not registry.is_method(parts[0]) and not registry.is_suite(parts[0]):
             raise UserError(f"--set '{item}': '{parts[0]}' is not a method, a suite, 'budget', 'lora' or 'analysis'.")
@@ -193,7 +226,7 @@ def _apply_set(cfg, item: str) -> None:
     elif len(parts) == 2:
         apply_settings(cfg, {parts[0]: {parts[1]: value}}, "--set")
     elif len(parts) == 1:
-        apply_settings(cfg, {parts[0]: value}, "--set")
+        configure(cfg, {parts[0]: value}, "--set")
     else:
         raise UserError(f"--set '{item}': use key=value or section.key=value.")
 
@@ -220,7 +253,6 @@ def report(
             if not eq or not run_dir or not text:
                 raise UserError(f"--prefix '{item}' must look like RUN_DIR=PREFIX, e.g. --prefix runs/b=b-.")
             prefixes[str(Path(run_dir))] = text
-        from harness.report import render_report
 
         target = out or run_dirs[0] / "report"
         written = render_report(list(run_dirs), target, title=title, general_metric=general_metric, prefixes=prefixes)
@@ -240,8 +272,6 @@ def rescore(
 ) -> None:
     """Score a finished run's saved outputs again under other settings of one suite; generates nothing."""
     try:
-        from harness.rescore import rescore as run_rescore
-
         written = run_rescore(run_dir, suite, option, [v.strip() for v in values.split(",") if v.strip()], out)
         for name, path in written.items():
             typer.echo(f"{name}: {path}")

@@ -28,4 +28,4 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
-STARTER_DATA = Path(__file__).resolve().parent / "starter_data"
+STARTER_DATA = Path(__file__).resolve().parent / "data" / "starter"

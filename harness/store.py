@@ -1,18 +1,27 @@
-"""The run directory: atomic writes, the lock, and the units of work that are reused.
+"""The run directory: its layout (the one description of it), atomic writes, its locks, and
+the content-addressed caches' database.
 
 Layout of a run directory::
 
-    manifest.json              every setting, versions, hashes, budgets, tokens, times
+    manifest.json              every setting incl. defaults, versions, git commit, hardware, data hashes,
+                               budgets, tokens trained, times, what each model generated anew
     scores.csv                 long form: model,method,seed,suite,metric,value,n,ci_low,ci_high,...
     run.log                    what ran and what was reused
-    models/<method>/seed<k>/   examples.jsonl, resumable training state, final adapter
-    results/<label>/<suite>.json   one finished evaluation unit (its key inside)
-    outputs/<label>/<suite>.jsonl  per-item model outputs
-    report/                    leaderboard.md/.csv/.html and plots
-    analysis/plan.json         the config's analysis plan as first recorded (harness.claims)
-    analysis/amendments.json   later plans, dated; the first is never rewritten
-    analysis/looks.jsonl       one line per look at a primary contrast: its seeds per side, when
-    locks/<label>.lock         held by the process computing that cell (see ``run --only``)
+    models/<label>/seed<k>/    a training: unit_key.txt, examples.jsonl, method_stats.json, state/
+                               (resumable), final/ (the adapter or weights), train_stats.json (written
+                               last: the training is finished)
+    results/<cell>/<suite>.json        one evaluation unit (its key and code versions inside)
+    results/<cell>/items/<suite>.json  its per-item statistics (ids and numbers, no text)
+    outputs/<cell>/<suite>.jsonl       its per-item outputs
+    work/<cell>/<suite>/       artefacts a suite keeps beyond its outputs
+    work/shared/<suite>/       work a suite does once per run (retention: the original's hidden states)
+    analysis/                  plan.json, amendments.json, looks.jsonl (``harness.report.claims``)
+    report/                    leaderboard.md/.csv/.html, differences.csv and plots
+    rescore/                   ``radis-bench rescore`` comparisons
+    locks/<cell>.lock          held by the process computing that cell (``run --only``)
+    .lock, .state.lock         the run directory's lock and the short lock around shared files
+
+A cell is ``original`` (``ORIGINAL``) or ``<label>-seed<k>``.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError
+
+ORIGINAL = "original"  # the original model's cell: results/original/, its leaderboard row
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

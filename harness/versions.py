@@ -11,7 +11,7 @@ faster or clearer, with results equal to the golden test's tolerance, keeps its 
 The engine's own pieces are versioned here (the numbers are torch-free so a dry run can
 compute keys); each method and suite declares its own ``version`` class attribute.
 
-Units computed before versions existed (key schemes 1 and 2, ``harness.migrate``) were
+Units computed before versions existed (key schemes 1 and 2, ``harness.run.keys``) were
 made by code whose version is unknown: they are reused as version-1 code only with a
 warning in every run that uses them, and never once any version that applies to them has
 moved past 1.
@@ -22,9 +22,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-# harness/training.py: tokenisation of examples, the loss, the optimiser loop and schedule
+# harness/model/training.py: tokenisation of examples, the loss, the optimiser loop and schedule
 TRAINER = 1
-# harness/generation.py with harness/fast_llama.py and harness/attention.py (and the vLLM
+# harness/model/generation.py with harness/model/fast_llama.py and harness/model/attention.py (and the vLLM
 # backend, which shares prompts and cache keys): what a model generates for a request
 GENERATOR = 1
 

@@ -10,7 +10,7 @@ learns to stop, and λ 0 never learnt to stop after the translation at all.
 
 Token consistency: the rationale is generated from exactly the ids the trainer puts before
 it, the prompt's and the reference-plus-separator's tokenised on its own
-(``harness.prompts.request_ids``), and the trainer puts in the generated tokens themselves.
+(``harness.model.prompts.request_ids``), and the trainer puts in the generated tokens themselves.
 Tokenising the reference and the separator-plus-rationale apart, as this method first did,
 gave SmolLM2 "\n" "\n" where generation had seen its single "\n\n" token, and gives
 SentencePiece tokenisers a stray "▁" before the rationale.
@@ -27,10 +27,18 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from harness.errors import UserError
-from harness.generation import Decoding, Request
-from harness.methods import Method, MethodContext, Segment, TrainingExample
-from harness.prompts import translation_prompt, user_turn
+from harness.api import (
+    Decoding,
+    Method,
+    MethodContext,
+    Request,
+    Segment,
+    TrainingExample,
+    UserError,
+    generation_limit,
+    translation_prompt,
+    user_turn,
+)
 
 CUTOFF_RULES = ("keep", "no_end", "drop")
 CUTOFF_DEFAULT = "no_end"
@@ -44,7 +52,7 @@ class RaDisOptions:
                                                              "the model learns to stop."})
     rationale_fraction: float = field(default=1.0, metadata={"help": "Share of training pairs (seeded draw) that get a rationale; the rest train on the reference only."})
     separator: str = field(default="\n\n", metadata={"help": "Text between the reference and the rationale (part of the generation prefix and of the rationale span)."})
-    max_new_tokens: int = field(default=256, metadata={"help": "Longest rationale, in tokens."})
+    max_new_tokens: int = generation_limit("Longest rationale, in tokens.", default=256, run_default=False)
     do_sample: bool = field(default=False, metadata={"help": "Sample rationales instead of greedy decoding."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with do_sample)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with do_sample)."})
@@ -82,8 +90,6 @@ class RaDis(Method):
             raise UserError(f"radis.rationale_fraction must be between 0 and 1, got {o.rationale_fraction}.")
         if o.rationale_weight < 0:
             raise UserError(f"radis.rationale_weight must be 0 or more, got {o.rationale_weight}.")
-        if o.max_new_tokens <= 0:
-            raise UserError(f"radis.max_new_tokens must be positive, got {o.max_new_tokens}.")
         if o.do_sample and (o.temperature <= 0 or not 0.0 < o.top_p <= 1.0):
             raise UserError(f"radis sampling needs temperature > 0 and 0 < top_p <= 1, got {o.temperature} and {o.top_p}.")
         if o.min_rationale_words < 0 or not 0.0 <= o.max_repetition <= 1.0:

@@ -140,8 +140,8 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from harness.data import DataSource, sample
-    from harness.models import resolve_model
+    from harness.data.sources import DataSource, sample
+    from harness.model.loading import resolve_model
     from suites.ifeval import IFEVAL
 
     manifest = json.loads((args.run / "manifest.json").read_text())

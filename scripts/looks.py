@@ -6,7 +6,7 @@ whose verdict pairing would change.
     python scripts/looks.py reports/smollm2-135m-de-en-v2/run shared
 
 ``looks``: one markdown table per primary contrast of the run's analysis plan, a row per
-look recorded in ``analysis/looks.jsonl`` (``harness.claims``): the seeds per side, the
+look recorded in ``analysis/looks.jsonl`` (``harness.report.claims``): the seeds per side, the
 date, the nominal 95% interval and the adjusted (repeated confidence) interval as the
 report showed it at that look, i.e. with the boundaries of the looks up to it. A look's
 seeds are taken to be each side's first K seed labels in numeric order (a run adds seeds in
@@ -27,7 +27,7 @@ sets (two shared seeds at least), on every main and shown metric, this prints th
 nominal verdict (the 95% interval excludes 0) differs between the two tests, with both
 intervals.
 
-All use the report's own loading (``harness.report.build_leaderboard``, which records no
+All use the report's own loading (``harness.report.board.build_leaderboard``, which records no
 look) and intervals; nothing is computed anew but the intervals.
 """
 
@@ -43,11 +43,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import claims  # noqa: E402
-from harness.differences import comparisons  # noqa: E402
+from harness.report import claims  # noqa: E402
+from harness.report.differences import comparisons  # noqa: E402
 from harness.intervals import difference_interval  # noqa: E402
-from harness.report import build_leaderboard, decimals, fmt  # noqa: E402
-from harness.sequential import boundaries, t_quantile  # noqa: E402
+from harness.report.board import build_leaderboard  # noqa: E402
+from harness.report.text import decimals, fmt
+from harness.report.sequential import boundaries, t_quantile  # noqa: E402
 
 
 def _text(estimate, low, high, digits: int) -> str:

@@ -3,7 +3,7 @@ reference outputs by alpaca-eval's own annotator machinery.
 
 The answers are always generated and saved (``model_outputs.json`` in alpaca-eval's
 format, so they can be re-judged later with ``alpaca_eval evaluate``); the win rate
-needs ``--judge``, an alpaca-eval annotator config (see ``harness.judges``), whose name
+needs ``--judge``, an alpaca-eval annotator config (see ``suites._judges``), whose name
 is written next to the number. A verdict the judge gives in a form its parser cannot
 read is counted and left out, as alpaca-eval does.
 """
@@ -17,14 +17,25 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from harness.data import DataSet, Instruction, sample
-from harness.errors import UserError
-from harness.evaluation import Metric, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
-from harness.generation import Decoding, Output, Request
-from harness.judges import config_label, import_alpaca_eval, require_alpaca_eval_config
-from harness.paths import cache_dir
-from harness.store import CacheDB
-from harness.prompts import user_turn
+from harness.api import (
+    CacheDB,
+    DataSet,
+    Decoding,
+    Instruction,
+    Metric,
+    MetricSpec,
+    NotScored,
+    Output,
+    Request,
+    Suite,
+    SuiteContext,
+    SuiteResult,
+    cache_dir,
+    generation_limit,
+    sample,
+    user_turn,
+)
+from suites._judges import config_label, import_alpaca_eval, require_alpaca_eval_config
 
 # alpaca-eval's length-controlled GLM models each of the 805 AlpacaEval instructions by its row
 ALPACA_EVAL_SIZE = 805
@@ -34,10 +45,7 @@ ALPACA_EVAL = DataSet("alpaca_eval", "alpaca_eval/alpaca_eval.json", {"instructi
 
 @dataclass
 class AlpacaEvalOptions:
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Generation limit per answer (default: the run's max_new_tokens).",
-                                "run_default": "max_new_tokens"}
-    )
+    max_new_tokens: int | None = generation_limit("Generation limit per answer")
     judge: str | None = field(
         default=None, metadata={"help": "alpaca-eval annotator config: a name from its evaluators_configs, or a folder or YAML file.",
                                 "alias": "judge"}
@@ -143,8 +151,6 @@ class AlpacaEvalSuite(Suite):
         ]
 
     def check(self) -> list[str]:
-        if self.options.max_new_tokens is not None and self.options.max_new_tokens <= 0:
-            raise UserError(f"alpaca_eval.max_new_tokens must be positive, got {self.options.max_new_tokens}.")
         if self.options.judge:
             require_alpaca_eval_config(self.options.judge)
         return []

@@ -9,14 +9,24 @@ own "#### "). Numbers compare as values: "$1,200.00" equals "1200".
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from harness.data import DataSet, Instruction, sample
-from harness.errors import UserError
-from harness.evaluation import ItemStats, MetricSpec, Suite, SuiteContext, SuiteResult
-from harness.generation import Decoding, Request
-from harness.prompts import user_turn
+from harness.api import (
+    DataSet,
+    Decoding,
+    Instruction,
+    ItemStats,
+    MetricSpec,
+    Request,
+    Suite,
+    SuiteContext,
+    SuiteResult,
+    UserError,
+    generation_limit,
+    sample,
+    user_turn,
+)
 
 GSM8K = DataSet("gsm8k", "gsm8k/gsm8k_test.json", {"instruction": "question", "reference": "answer"},
                 hub="openai/gsm8k", hub_split="test", hub_config="main")
@@ -71,9 +81,7 @@ def predicted_answer(text: str) -> str | None:
 
 @dataclass
 class GSM8KOptions:
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Generation limit per answer (default: the run's max_new_tokens).", "run_default": "max_new_tokens"}
-    )
+    max_new_tokens: int | None = generation_limit("Generation limit per answer")
 
 
 class GSM8KSuite(Suite):
@@ -86,8 +94,6 @@ class GSM8KSuite(Suite):
         return [MetricSpec("accuracy", "exact-match accuracy", True, main=True, margin=0.02)]
 
     def check(self) -> list[str]:
-        if self.options.max_new_tokens is not None and self.options.max_new_tokens <= 0:
-            raise UserError(f"gsm8k.max_new_tokens must be positive, got {self.options.max_new_tokens}.")
         return []
 
     def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:

@@ -14,15 +14,26 @@ import collections
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version
 
-from harness.data import DataSet, Instruction, sample
-from harness.errors import UserError
-from harness.evaluation import ItemStats, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
-from harness.generation import Decoding, Request
-from harness.paths import cache_dir
-from harness.prompts import user_turn
+from harness.api import (
+    DataSet,
+    Decoding,
+    Instruction,
+    ItemStats,
+    MetricSpec,
+    NotScored,
+    Request,
+    Suite,
+    SuiteContext,
+    SuiteResult,
+    UserError,
+    cache_dir,
+    generation_limit,
+    sample,
+    user_turn,
+)
 
 IFEVAL = DataSet("ifeval", "ifeval/input_data.jsonl",
                  {"id": "key", "instruction": "prompt", "instruction_ids": "instruction_id_list", "kwargs": "kwargs"},
@@ -118,10 +129,7 @@ def score_response(item: Instruction, response: str) -> Follows:
 
 @dataclass
 class IFEvalOptions:
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Generation limit per answer (default: the run's max_new_tokens; lm-eval's own is 1280).",
-                                "run_default": "max_new_tokens"}
-    )
+    max_new_tokens: int | None = generation_limit("Generation limit per answer (lm-eval's own is 1280)")
 
 
 class IFEvalSuite(Suite):
@@ -143,8 +151,6 @@ class IFEvalSuite(Suite):
         ]
 
     def check(self) -> list[str]:
-        if self.options.max_new_tokens is not None and self.options.max_new_tokens <= 0:
-            raise UserError(f"ifeval.max_new_tokens must be positive, got {self.options.max_new_tokens}.")
         return []
 
     def requests(self, ctx: SuiteContext) -> list[tuple[Request, Decoding]]:

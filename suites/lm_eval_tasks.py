@@ -15,8 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import UserError, interruption
-from harness.evaluation import Metric, NotScored, Suite, SuiteContext, SuiteResult
+from harness.api import Metric, NotScored, Suite, SuiteContext, SuiteResult, UserError, interruption
 
 Z_95 = 1.96
 

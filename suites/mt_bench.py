@@ -6,7 +6,7 @@ reference answers (``mt_bench/reference_answer_gpt-4.jsonl`` next to the questio
 the data dir has them, a rating is read from "[[r]]" (else "[r]") in the judge's reply,
 replies without one are dropped, and the score is the mean over questions of their rated
 turns (FastChat's mean over all rated turns when every turn is rated). The
-judge is an OpenAI-compatible chat model named by ``--judge`` (see ``harness.judges``).
+judge is an OpenAI-compatible chat model named by ``--judge`` (see ``suites._judges``).
 """
 
 from __future__ import annotations
@@ -14,13 +14,25 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from harness.data import DataSet, Instruction, read_records, sample
-from harness.errors import UserError
-from harness.evaluation import Metric, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
-from harness.generation import Decoding, Request
-from harness.judges import ChatJudge, JudgeUnavailable, chat_judge
-from harness.models import looks_like_path
-from harness.prompts import user_turn
+from harness.api import (
+    DataSet,
+    Decoding,
+    Instruction,
+    Metric,
+    MetricSpec,
+    NotScored,
+    Request,
+    Suite,
+    SuiteContext,
+    SuiteResult,
+    UserError,
+    generation_limit,
+    looks_like_path,
+    read_records,
+    sample,
+    user_turn,
+)
+from suites._judges import ChatJudge, JudgeUnavailable, chat_judge
 
 MT_BENCH = DataSet("mt_bench", "mt_bench/question.jsonl", {"id": "question_id", "turns": "turns", "category": "category"},
                    hub="HuggingFaceH4/mt_bench_prompts", hub_split="train", optional=("category",))
@@ -99,9 +111,7 @@ def judge_messages(item: Instruction, answers: list[str], turn: int, references:
 
 @dataclass
 class MTBenchOptions:
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Generation limit per turn (default: the run's max_new_tokens).", "run_default": "max_new_tokens"}
-    )
+    max_new_tokens: int | None = generation_limit("Generation limit per turn")
     judge: str | None = field(
         default=None, metadata={"help": "An OpenAI-compatible chat model name, or an alpaca-eval config naming one.", "alias": "judge"}
     )
@@ -130,8 +140,6 @@ class MTBenchSuite(Suite):
 
     def check(self) -> list[str]:
         o = self.options
-        if o.max_new_tokens is not None and o.max_new_tokens <= 0:
-            raise UserError(f"mt_bench.max_new_tokens must be positive, got {o.max_new_tokens}.")
         if o.judge_max_tokens <= 0 or o.judge_workers <= 0:
             raise UserError("mt_bench.judge_max_tokens and mt_bench.judge_workers must be positive.")
         if o.judge and looks_like_path(o.judge) and not __import__("pathlib").Path(o.judge).expanduser().exists():

@@ -53,13 +53,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import registry
-from harness.data import DataSet, Instruction, load_instructions, sample
-from harness.errors import UserError
-from harness.evaluation import ItemStats, MetricSpec, Suite, SuiteContext, SuiteResult
-from harness.generation import Decoding, Output, Request
-from harness.prompts import end_of_turn_ids, request_ids, turn_end_tokens, user_turn
-from harness.store import write_atomic
+from harness.api import (
+    DataSet,
+    Decoding,
+    Instruction,
+    ItemStats,
+    MetricSpec,
+    Output,
+    Request,
+    Suite,
+    SuiteContext,
+    SuiteResult,
+    UserError,
+    data_set,
+    end_of_turn_ids,
+    generation_limit,
+    load_instructions,
+    request_ids,
+    sample,
+    turn_end_tokens,
+    user_turn,
+    write_atomic,
+)
 from suites.alpaca_eval import ALPACA_EVAL
 
 
@@ -68,8 +83,8 @@ class RetentionOptions:
     instruction_set: str = field(
         default="alpaca_eval", metadata={"help": "General instruction set whose prompts the original model answers."}
     )
-    max_new_tokens: int = field(default=128, metadata={"help": "Length limit of the original model's answers."})
-    batch_size: int = field(default=8, metadata={"help": "Sequences per teacher-forced forward pass."})
+    max_new_tokens: int = generation_limit("Length limit of the original model's answers.", default=128, run_default=False)
+    batch_size: int = field(default=8, metadata={"help": "Sequences per teacher-forced forward pass.", "above": 0})
 
 
 @dataclass
@@ -272,11 +287,6 @@ class DivergenceSuite(Suite):
             MetricSpec("nll_original", "NLL of the original's answers under the original, nats/token", None),
         ]
 
-    def check(self) -> list[str]:
-        if self.options.max_new_tokens <= 0 or self.options.batch_size <= 0:
-            raise UserError(f"{self.name}.max_new_tokens and {self.name}.batch_size must be positive.")
-        return []
-
     def prompts(self, ctx: SuiteContext) -> list[tuple[str, str]]:
         """(item id, prompt) of every scored item."""
         raise NotImplementedError
@@ -344,13 +354,13 @@ class RetentionSuite(DivergenceSuite):
     data_sets = (ALPACA_EVAL,)
 
     def uses_data(self) -> list[DataSet]:
-        return [registry.data_set(self.options.instruction_set)]
+        return [data_set(self.options.instruction_set)]
 
     def check(self) -> list[str]:
         spec = self.uses_data()[0]
         if (spec.loader or load_instructions) is not load_instructions:
             raise UserError(f"retention.instruction_set '{spec.name}' is not a set of instructions; use e.g. alpaca_eval or alpaca.")
-        return super().check()
+        return []
 
     def prompts(self, ctx: SuiteContext) -> list[tuple[str, str]]:
         items: list[Instruction] = sample(ctx.data.general(self.uses_data()[0]), ctx.eval_size, ctx.data_seed)

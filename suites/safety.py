@@ -11,12 +11,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.data import DataSet, HarmfulPrompt, load_harmful, sample
-from harness.errors import UserError, interruption
-from harness.evaluation import ItemStats, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
-from harness.generation import Decoding, Generator, Request
-from harness.models import looks_like_path
-from harness.prompts import user_turn
+from harness.api import (
+    DataSet,
+    Decoding,
+    Generator,
+    HarmfulPrompt,
+    ItemStats,
+    MetricSpec,
+    NotScored,
+    Request,
+    Suite,
+    SuiteContext,
+    SuiteResult,
+    UserError,
+    check_model,
+    generation_limit,
+    interruption,
+    load_harmful,
+    load_model,
+    looks_like_path,
+    resolve_model,
+    sample,
+    user_turn,
+)
 
 ADVBENCH = DataSet("advbench", "advbench/harmful_behaviors.csv", {"goal": "goal", "target": "target"},
                    hub="walledai/AdvBench", hub_split="train", optional=("target",), loader=load_harmful)
@@ -79,11 +96,7 @@ def is_unsafe_verdict(text: str) -> bool:
 
 @dataclass
 class SafetyOptions:
-    max_new_tokens: int | None = field(
-        default=64,
-        metadata={"help": "Generation limit per answer; refusals show in the first sentence (None: the run's max_new_tokens).",
-                  "run_default": "max_new_tokens"},
-    )
+    max_new_tokens: int | None = generation_limit("Generation limit per answer; refusals show in the first sentence", default=64)
     jailbreak: bool = field(default=True, metadata={"help": "Also score every prompt with the GCG suffix appended."})
     classifier: str | None = field(
         default=None, metadata={"help": "Llama-Guard-style classifier: hub id or local checkpoint folder.", "alias": "safety_classifier"}
@@ -105,12 +118,8 @@ class SafetySuite(Suite):
 
     def check(self) -> list[str]:
         o = self.options
-        if o.max_new_tokens is not None and o.max_new_tokens <= 0:
-            raise UserError(f"safety.max_new_tokens must be positive, got {o.max_new_tokens}.")
         if not o.classifier:
             return []
-        from harness.models import check_model
-
         described = check_model(o.classifier, "--safety-classifier", chat=False)  # a local folder must be a loadable checkpoint
         return [] if looks_like_path(o.classifier) else [f"classifier {described}"]
 
@@ -177,8 +186,6 @@ def classify(ctx: SuiteContext, name: str | None, pairs: list[tuple[str, str]]) 
     """
     if not name:
         return None, "not scored: no safety classifier (--safety-classifier)"
-    from harness.models import load_model, resolve_model
-
     try:
         spec = resolve_model(name)
         model, tokenizer = load_model(spec)

@@ -15,19 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.data import sample
-from harness.errors import UserError
-from harness.evaluation import SuiteContext
-from harness.prompts import translation_prompt
+from harness.api import SuiteContext, UserError, generation_limit, sample, translation_prompt
 from suites.retention import DivergenceSuite
 
 
 @dataclass
 class TaskKLOptions:
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Length limit of the original's translations (default: the run's max_new_tokens, "
-                                        "as for the translation suite).", "run_default": "max_new_tokens"})
-    batch_size: int = field(default=8, metadata={"help": "Sequences per teacher-forced forward pass."})
+    max_new_tokens: int | None = generation_limit("Length limit of the original's translations")
+    batch_size: int = field(default=8, metadata={"help": "Sequences per teacher-forced forward pass.", "above": 0})
 
 
 class TaskKLSuite(DivergenceSuite):

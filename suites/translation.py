@@ -13,34 +13,46 @@ directions, with per-item statistics grouped by direction.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
-import json
-import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF
 
-from harness.data import Direction, TranslationPair, parse_directions, sample
-from harness.errors import UserError, interruption
-from harness.evaluation import ItemStats, Metric, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
-from harness.generation import Decoding, Output, Request
-from harness.models import looks_like_path
-from harness.paths import cache_dir
-from harness.store import CacheDB
-from harness.prompts import EXTRACTION_RULES, extract_translation, translation_prompt, user_turn
-from harness.stats import bootstrap_ci_of
+from harness.api import (
+    EXTRACTION_RULES,
+    CometScorer,
+    CometUnavailable,
+    Decoding,
+    Direction,
+    ItemStats,
+    Metric,
+    MetricSpec,
+    NotScored,
+    Output,
+    Request,
+    Suite,
+    SuiteContext,
+    SuiteResult,
+    TranslationPair,
+    UserError,
+    bootstrap_ci_of,
+    check_model,
+    comet_checkpoint,
+    comet_label,
+    extract_translation,
+    generation_limit,
+    interruption,
+    looks_like_path,
+    parse_directions,
+    sample,
+    translation_prompt,
+    user_turn,
+)
 
 
 @dataclass
 class TranslationOptions:
-    max_new_tokens: int | None = field(
-        default=None,
-        metadata={"help": "Generation limit per sentence (default: the run's max_new_tokens).", "run_default": "max_new_tokens"},
-    )
+    max_new_tokens: int | None = generation_limit("Generation limit per sentence")
     extraction: str = field(
         default="first_paragraph",
         metadata={"help": "How the translation is cut from the output: first_paragraph, first_line or full.", "alias": "extraction"},
@@ -48,7 +60,7 @@ class TranslationOptions:
     comet_model: str | None = field(
         default=None, metadata={"help": "COMET checkpoint: a hub name, a local .ckpt or its folder.", "alias": "comet_model"}
     )
-    comet_batch_size: int = field(default=8, metadata={"help": "Sentences per COMET forward pass."})
+    comet_batch_size: int = field(default=8, metadata={"help": "Sentences per COMET forward pass.", "above": 0})
 
 
 # --- BLEU and chrF++ ------------------------------------------------------------------
@@ -59,15 +71,6 @@ BLEU_TOKENIZERS = {"zh": "zh", "ja": "ja-mecab"}  # sacrebleu's tokenizers for t
 def bleu_tokenizer(tgt_lang: str) -> str:
     """sacrebleu's convention: 'zh' for Chinese, 'ja-mecab' for Japanese, '13a' otherwise."""
     return BLEU_TOKENIZERS.get(tgt_lang, "13a")
-
-
-def comet_label(name: str) -> str:
-    """How a COMET checkpoint is named in published tables: a hub name as it is, a local
-    checkpoint by its folder or file name (never the path of the machine that scored it)."""
-    if not looks_like_path(name):
-        return name
-    path = Path(name).expanduser()
-    return f"local checkpoint {path.parent.parent.name if path.name == 'model.ckpt' else path.name}"
 
 
 @dataclass
@@ -102,99 +105,6 @@ def score_corpus(hypotheses: list[str], references: list[str], tgt_lang: str, n_
         if key == "chrf":
             sentence_chrf = [metric._compute_score_from_stats(s).score for s in stats]
     return CorpusScores(scores["bleu"], scores["chrf"], sentence_chrf)
-
-
-# --- COMET ----------------------------------------------------------------------------
-
-
-class CometUnavailable(Exception):
-    """The COMET checkpoint could not be found or loaded; the message says why."""
-
-
-def comet_checkpoint(name: str) -> Path:
-    """A local ``.ckpt`` file, a folder holding ``checkpoints/model.ckpt``, or a hub name
-    that unbabel-comet fetches (from the local hub cache when offline)."""
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        ckpt = path / "checkpoints" / "model.ckpt"
-        if not ckpt.is_file():
-            raise CometUnavailable(f"the folder {path} holds no checkpoints/model.ckpt")
-        return ckpt
-    from comet import download_model
-
-    try:
-        return Path(download_model(name))
-    except Exception as err:  # offline, unknown name, broken download: all mean "no COMET"
-        raise CometUnavailable(f"it is no local checkpoint and fetching it failed ({type(err).__name__}: {err})") from None
-
-
-@functools.lru_cache(maxsize=1)  # a 2.3 GB checkpoint is loaded once per process, not once per evaluated model
-def _load_comet(ckpt: str):
-    from comet import load_from_checkpoint
-
-    with _quiet_lightning():
-        return load_from_checkpoint(ckpt)
-
-
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Silence the banners Lightning and COMET log on every load and predict."""
-    names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "comet")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-class CometScorer:
-    """COMET segment scores (x100) of (source, translation, reference) triples, cached on
-    disk under the checkpoint's identity so a re-run scores nothing twice."""
-
-    def __init__(self, name: str, batch_size: int):
-        self.name = name
-        self.batch_size = batch_size
-        self.ckpt = comet_checkpoint(name)
-        stat = self.ckpt.stat()
-        self.identity = f"{self.ckpt.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        self.db = CacheDB(cache_dir() / "comet_scores.sqlite", "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL)")
-
-    def _key(self, triple: tuple[str, str, str]) -> str:
-        return hashlib.sha256(json.dumps([self.identity, *triple]).encode()).hexdigest()
-
-    def score(self, triples: list[tuple[str, str, str]]) -> list[float]:
-        keys = [self._key(t) for t in triples]
-        found = {}
-        for key in set(keys):
-            row = self.db.run(lambda db: db.execute("SELECT score FROM scores WHERE key=?", (key,)).fetchone())
-            if row:
-                found[key] = row[0]
-        todo = {k: t for k, t in zip(keys, triples) if k not in found}
-        if todo:
-            import torch
-
-            try:
-                model = _load_comet(str(self.ckpt))
-            except Exception as err:
-                raise CometUnavailable(f"loading {self.ckpt} failed ({type(err).__name__}: {err})") from None
-            data = [{"src": s, "mt": m, "ref": r} for s, m, r in todo.values()]
-            with _quiet_lightning():
-                pred = model.predict(data, batch_size=self.batch_size, gpus=1 if torch.cuda.is_available() else 0,
-                                     progress_bar=False)
-            new = {k: 100.0 * float(s) for k, s in zip(todo, pred.scores)}
-            def put(db):
-                db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?)", list(new.items()))
-                db.commit()
-
-            self.db.run(put)
-            found.update(new)
-        return [found[k] for k in keys]
 
 
 # --- the suite --------------------------------------------------------------------------
@@ -234,10 +144,6 @@ class TranslationSuite(Suite):
         o = self.options
         if o.extraction not in EXTRACTION_RULES:
             raise UserError(f"translation.extraction (--extraction) '{o.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
-        if o.max_new_tokens is not None and o.max_new_tokens <= 0:
-            raise UserError(f"translation.max_new_tokens must be positive, got {o.max_new_tokens}.")
-        if o.comet_batch_size <= 0:
-            raise UserError(f"translation.comet_batch_size must be positive, got {o.comet_batch_size}.")
         if not o.comet_model:
             return []
         if looks_like_path(o.comet_model):
@@ -247,8 +153,6 @@ class TranslationSuite(Suite):
                 raise UserError(f"--comet-model {o.comet_model}: {err}; give a COMET .ckpt file or a folder holding "
                                 "checkpoints/model.ckpt.") from None
             return []
-        from harness.models import check_model
-
         return [f"COMET model {check_model(o.comet_model, '--comet-model', chat=False).removeprefix('hub model ')}"]
 
     def legacy_options(self) -> dict | None:

@@ -131,7 +131,7 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded SmolLM2-135M-Instruct: (spec, model, tokenizer), converted once."""
-    from harness.models import load_model, resolve_model
+    from harness.model.loading import load_model, resolve_model
 
     spec = resolve_model("smollm2-135m")
     model, tokenizer = load_model(spec)

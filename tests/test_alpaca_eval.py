@@ -4,12 +4,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import RunConfig
-from harness.data import DataSource, parse_directions
+from harness.config.settings import RunConfig
+from harness.data.sources import DataSource
+from harness.data.records import parse_directions
 from harness.errors import UserError
-from harness.evaluation import SuiteContext
-from harness.generation import Decoding, GenerationCache, Generator, Output, Request
-from harness.prompts import user_turn
+from harness.plugins.suite import SuiteContext
+from harness.plugins.requests import Decoding, Output, Request
+from harness.model.generation import GenerationCache, Generator
+from harness.model.prompts import user_turn
 from conftest import configured
 from suites.alpaca_eval import AlpacaEvalSuite, win_of
 

@@ -7,8 +7,9 @@ import copy
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from harness.attention import NAME, decode_attention, use_decode_attention
-from harness.generation import Decoding, GenerationCache, Generator, Request
+from harness.model.attention import NAME, decode_attention, use_decode_attention
+from harness.plugins.requests import Decoding, Request
+from harness.model.generation import GenerationCache, Generator
 
 
 class _Grouped(torch.nn.Module):

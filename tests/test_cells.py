@@ -20,7 +20,7 @@ def cell_args(model, out, only, methods="radis,vanilla"):
 
 
 def test_parse_only_selects_cells():
-    from harness.plan import parse_only
+    from harness.run.plan import parse_only
 
     methods = ["radis", "vanilla", "sdft"]
     seeds = {"radis": [0, 1], "vanilla": [0, 1], "sdft": [0, 1]}.__getitem__

@@ -1,4 +1,4 @@
-"""harness/claims.py and how the report uses it: the analysis plan and its amendments, looks
+"""harness/report/claims.py and how the report uses it: the analysis plan and its amendments, looks
 counted by the harness with group-sequential intervals, adjusted verdicts (different,
 equivalent, not resolved), and tables that do not depend on rounding residue."""
 
@@ -15,10 +15,12 @@ import pytest
 from scipy import stats
 from test_report import write_run
 
-from harness import claims
-from harness.config import Analysis, apply_settings, check_analysis
+from harness.report import claims
+from harness.config.settings import Analysis, check_analysis
+from harness.config.parse import apply_settings
 from harness.errors import UserError
-from harness.report import build_leaderboard, render_report
+from harness.report.board import build_leaderboard
+from harness.report.render import render_report
 
 PRIMARY = {"a": "radis", "b": "vanilla", "metric": "retention/kl", "direction": "lower"}
 PLAN = {"primary": [PRIMARY], "seeds": 6}

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.config import read_config_file
+from harness.config.parse import read_config_file
 
 
 def run_cli(*args):
@@ -201,3 +201,23 @@ def test_a_library_error_raised_while_a_stop_unwinds_is_that_stop():
             raise RuntimeError("handled")
     except RuntimeError as err:
         assert interruption(err) is None
+
+
+def test_run_help_lists_every_run_config_field_with_its_help_text():
+    """The run options are generated from RunConfig: a new field appears without a CLI edit."""
+    import dataclasses
+
+    from harness.cli import _run_fields, _section_fields
+    from harness.config.settings import RunConfig
+
+    result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"})
+    code, out = result.exit_code, result.stdout
+    assert code == 0
+    text = " ".join(out.split())
+    plain = {f.name for f, _ in _run_fields()}
+    for f in dataclasses.fields(RunConfig):
+        if f.name in plain:
+            assert "--" + f.name.replace("_", "-") in text, f.name
+            assert " ".join(f.metadata["help"].split()[:4]) in text, f.name
+        else:
+            assert f.name in _section_fields() and f.name in text, f.name

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.config import RunConfig, validate
+from harness.config.settings import RunConfig, validate
 from harness.errors import UserError
 
 ROOT = Path(__file__).parent.parent
@@ -21,11 +21,11 @@ ROOT = Path(__file__).parent.parent
 SCRIPT = '''
 import json, sys
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from harness.config import Budget, LoRASettings
+from harness.config.settings import Budget, LoRASettings
 from harness.errors import UserError
-from harness.methods import Segment, TrainingExample
-from harness.prompts import user_turn
-from harness.training import train
+from harness.plugins.method import Segment, TrainingExample
+from harness.model.prompts import user_turn
+from harness.model.training import train
 
 checkpoint, workdir = sys.argv[1], sys.argv[2]
 model = AutoModelForCausalLM.from_pretrained(checkpoint)

@@ -2,8 +2,9 @@
 
 import pytest
 
-from harness.generation import Decoding, GenerationCache, Generator, Request
-from harness.prompts import user_turn
+from harness.plugins.requests import Decoding, Request
+from harness.model.generation import GenerationCache, Generator
+from harness.model.prompts import user_turn
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ def test_chat_reply_is_short_complete_and_deterministic(smollm2, tmp_path):
 
 
 def test_fingerprint_is_stable(smollm2):
-    from harness.models import resolve_model
+    from harness.model.loading import resolve_model
 
     spec, _, _ = smollm2
     assert resolve_model("smollm2-135m").fingerprint == spec.fingerprint

@@ -1,7 +1,10 @@
 from pathlib import Path
 
-from harness.generation import Decoding, GenerationCache, Generator, GrowingCache, Output, Request
-from harness.prompts import user_turn
+from harness.plugins.requests import Decoding, Output, Request
+from harness.model.generation import GenerationCache, Generator
+from harness.model.kv_cache import GrowingCache
+from harness.model.prefill import Prefill
+from harness.model.prompts import user_turn
 
 
 def test_second_request_is_served_from_cache(tiny_model, tiny_tokenizer, tmp_path):
@@ -68,7 +71,7 @@ def test_growing_cache_matches_concatenation():
     """The in-place KV cache returns exactly what concatenating every step would."""
     import torch
 
-    from harness.generation import GrowingCache
+    from harness.model.kv_cache import GrowingCache
 
     cache = GrowingCache()
     keys, values = [], []
@@ -85,7 +88,7 @@ def test_growing_cache_matches_concatenation():
 
 
 def test_auto_batch_size_bounds(tiny_model):
-    from harness.generation import MAX_BATCH, auto_batch_size, kv_bytes_per_token
+    from harness.model.kv_cache import MAX_BATCH, auto_batch_size, kv_bytes_per_token
 
     c = tiny_model.config
     assert kv_bytes_per_token(tiny_model) == 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
@@ -113,19 +116,19 @@ def test_shared_prompt_start_and_length_buckets_leave_outputs_unchanged(tiny_mod
                  "Ich habe einen Hund und eine Katze, und du?"]
     reqs = [Request([system] + user_turn(q)) for q in questions]
     plain = Generator(tiny_model, tiny_tokenizer, "x", GenerationCache(tmp_path / "plain.sqlite"), batch_size=6)
-    plain.PREFIX_MIN_TOKENS, plain.PREFILL_TOKENS = 10**9, 10**9
+    plain.prefill.PREFIX_MIN_TOKENS, plain.prefill.PREFILL_TOKENS = 10**9, 10**9
     expected = [o.text for o in plain.generate(reqs, Decoding(max_new_tokens=10))]
     for size in (1, 2, 4, 6):
         gen = Generator(tiny_model, tiny_tokenizer, "x", GenerationCache(tmp_path / f"{size}.sqlite"), batch_size=size)
-        gen.PREFILL_TOKENS = 40  # several passes per refill
+        gen.prefill.PREFILL_TOKENS = 40  # several passes per refill
         shared = []
-        prefix = gen._prefix
+        prefix = gen.prefill.prefix
 
         def recording(prompts, prefix=prefix):
             shared.append(prefix(prompts))
             return shared[-1]
 
-        gen._prefix = recording
+        gen.prefill.prefix = recording
         assert [o.text for o in gen.generate(reqs, Decoding(max_new_tokens=10))] == expected, size
         assert shared[0][0] >= 15  # the system turn and the user turn's opening tokens
     assert len(set(expected)) > 1
@@ -134,19 +137,19 @@ def test_shared_prompt_start_and_length_buckets_leave_outputs_unchanged(tiny_mod
 def test_prefill_passes_bound_padding_and_size():
     lengths = [100, 99, 97, 60, 58, 57, 56, 10]
     prompts = [[1] * n for n in lengths]
-    chunks = Generator._chunks(prompts, 0, 4096)
+    chunks = Prefill._chunks(prompts, 0, 4096)
     assert chunks == [[0, 1, 2], [3, 4, 5, 6], [7]]  # the next prompt would make a pass >10% padding
     assert sum(chunks, []) == list(range(len(lengths)))
-    assert Generator._chunks(prompts, 0, 200) == [[0, 1], [2], [3, 4, 5], [6], [7]]  # and at most 200 padded tokens
+    assert Prefill._chunks(prompts, 0, 200) == [[0, 1], [2], [3, 4, 5], [6], [7]]  # and at most 200 padded tokens
     # padding counts against what is computed: after 40 shared tokens, 60 and 45 differ by a quarter
-    assert Generator._chunks([[1] * 100, [1] * 85], 0, 4096) == [[0, 1]]
-    assert Generator._chunks([[1] * 100, [1] * 85], 40, 4096) == [[0], [1]]
+    assert Prefill._chunks([[1] * 100, [1] * 85], 0, 4096) == [[0, 1]]
+    assert Prefill._chunks([[1] * 100, [1] * 85], 40, 4096) == [[0], [1]]
 
 
 def test_leaving_rows_are_replaced_from_the_end():
     import torch
 
-    from harness.generation import GrowingCache, fill_holes
+    from harness.model.kv_cache import GrowingCache, fill_holes
 
     assert fill_holes([0, 2, 4]) == [0, 4, 2]  # row 1 left: the last row takes its place
     assert fill_holes([1, 2, 3]) == [3, 1, 2]
@@ -185,8 +188,8 @@ def test_fast_decode_gives_the_transformers_logits_bit_for_bit(tiny_tokenizer):
     """``FastLlama.decode`` against ``model(...)`` on the same left-padded cache, step by step."""
     import torch
 
-    from harness.attention import use_decode_attention
-    from harness.fast_llama import FastLlama
+    from harness.model.attention import use_decode_attention
+    from harness.model.fast_llama import FastLlama
 
     for tie in (True, False):
         model = _tiny_llama(tiny_tokenizer, tie)
@@ -238,7 +241,7 @@ def test_fast_decode_gives_the_transformers_tokens(tiny_tokenizer, tmp_path):
             gen = Generator(model, tiny_tokenizer, "x", GenerationCache(tmp_path / f"{size}-{len(stop_ids)}.sqlite"), batch_size=size)
             gen.stop_ids = gen.stop_ids + stop_ids
             calls = []
-            from harness.fast_llama import FastLlama
+            from harness.model.fast_llama import FastLlama
 
             original = FastLlama.decode
 
@@ -260,7 +263,7 @@ def test_fast_decode_only_for_plain_llama(tiny_model, tiny_tokenizer):
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
-    from harness.fast_llama import FastLlama
+    from harness.model.fast_llama import FastLlama
 
     assert FastLlama.of(tiny_model) is not None
     from peft import LoraConfig, get_peft_model
@@ -301,7 +304,8 @@ def test_a_damaged_generation_cache_is_set_aside_not_fatal(tmp_path, caplog):
 
 KILLED_WRITER = """
 import sys
-from harness.generation import GenerationCache, Output
+from harness.model.generation import GenerationCache
+from harness.plugins.requests import Output
 cache = GenerationCache(sys.argv[1])
 i = 0
 while True:

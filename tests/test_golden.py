@@ -48,7 +48,8 @@ def build_model(tokenizer):
 
 
 def code_versions() -> dict:
-    from harness import registry, versions
+    from harness.plugins import registry
+    from harness import versions
 
     return {"trainer": versions.TRAINER, "generator": versions.GENERATOR,
             "methods": {m: registry.get_method(m).version for m in METHODS},
@@ -60,9 +61,10 @@ def tiny_run(root: Path) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from conftest import build_tiny_tokenizer
 
-    from harness.config import RunConfig, apply_settings
-    from harness.execute import Execution
-    from harness.plan import Plan
+    from harness.config.settings import RunConfig
+    from harness.config.parse import apply_settings
+    from harness.run.execute import Execution
+    from harness.run.plan import Plan
 
     tokenizer = build_tiny_tokenizer()
     checkpoint = root / "model"

@@ -6,12 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.config import RunConfig
-from harness.data import DataSource, Instruction, parse_directions, sample
+from harness.plugins import registry
+from harness.config.settings import RunConfig
+from harness.data.sources import DataSource, sample
+from harness.data.records import Instruction, parse_directions
 from harness.errors import UserError
-from harness.evaluation import SuiteContext
-from harness.generation import Decoding, GenerationCache, Generator, Output, Request
-from harness.prompts import user_turn
+from harness.plugins.suite import SuiteContext
+from harness.plugins.requests import Decoding, Output, Request
+from harness.model.generation import GenerationCache, Generator
+from harness.model.prompts import user_turn
 from conftest import configured
 from suites.ifeval import IFEvalSuite, ensure_punkt_offline, score_response
 
@@ -66,7 +69,7 @@ def lm_eval_reference(item: Instruction, response: str) -> dict:
 
 
 def rows(data: DataSource, responses: dict) -> list[Instruction]:
-    found = [it for it in data.general("ifeval") if it.id in responses]
+    found = [it for it in data.general(registry.data_set("ifeval")) if it.id in responses]
     assert len(found) == len(responses)
     return found
 
@@ -141,7 +144,7 @@ def test_suite_scores_the_generated_answers(tiny_model, tiny_tokenizer, tmp_path
     ctx = SuiteContext(label="original", model=tiny_model, tokenizer=tiny_tokenizer, generator=generator,
                        original_generator=generator, data=DataSource.open(None), directions=parse_directions("de-en"),
                        config=config, workdir=tmp_path / "work")
-    items = sample(ctx.data.general("ifeval"), 8, 0)
+    items = sample(ctx.data.general(registry.data_set("ifeval")), 8, 0)
     # known answers for the first three items, stored under the keys the suite asks for
     decoding = Decoding(max_new_tokens=16)
     known = {items[0].id: "this answer has no commas and no capitals", items[1].id: "Hello, WORLD.",

@@ -2,10 +2,11 @@ import math
 
 import pytest
 
-from harness.config import RunConfig
-from harness.data import DataSource, parse_directions
-from harness.evaluation import SuiteContext
-from harness.generation import GenerationCache, Generator
+from harness.config.settings import RunConfig
+from harness.data.sources import DataSource
+from harness.data.records import parse_directions
+from harness.plugins.suite import SuiteContext
+from harness.model.generation import GenerationCache, Generator
 from conftest import configured
 from suites.ifeval import IFEvalSuite
 

@@ -338,7 +338,7 @@ def test_repeated_intervals_cover_the_truth_at_every_look_together(spending):
     plain 95% intervals at every look miss far more often. 1500 experiments at the published
     items and draws; information counted in seeds is conservative (the items are shared by
     all looks), so the simultaneous coverage may exceed 95%."""
-    from harness.sequential import boundaries, t_quantile
+    from harness.report.sequential import boundaries, t_quantile
 
     rng = np.random.default_rng(50 + len(spending))
     c = boundaries([k / LOOKS_AT[-1] for k in LOOKS_AT], 0.05, spending)

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from harness.config import RunConfig
-from harness.data import DataSource
+from harness.config.settings import RunConfig
+from harness.data.sources import DataSource
 from harness.errors import UserError
-from harness.evaluation import NotScored, SuiteContext
+from harness.plugins.suite import NotScored, SuiteContext
 from conftest import configured
 from suites.lm_eval_tasks import LMEvalSuite, task_metrics
 

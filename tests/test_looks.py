@@ -13,11 +13,12 @@ import pytest
 from scipy import stats
 from test_report import write_run
 
-from harness import claims
-from harness.config import Analysis, apply_settings
+from harness.report import claims
+from harness.config.settings import Analysis
+from harness.config.parse import apply_settings
 from harness.intervals import difference_interval
-from harness.report import render_report
-from harness.sequential import boundaries
+from harness.report.render import render_report
+from harness.report.sequential import boundaries
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "looks.py"
 spec = importlib.util.spec_from_file_location("looks", SCRIPT)

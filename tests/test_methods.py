@@ -12,14 +12,17 @@ from conftest import build_tiny_model
 
 from baselines.kl import response_kl
 from baselines.vanilla import Vanilla
-from harness import registry
-from harness.config import Budget, LoRASettings
-from harness.data import DataSource, TranslationPair
+from harness.plugins import registry
+from harness.config.settings import Budget, LoRASettings
+from harness.data.sources import DataSource
+from harness.data.records import TranslationPair
 from harness.errors import UserError
-from harness.generation import Decoding, GenerationCache, Generator, Output
-from harness.methods import MethodContext
-from harness.prompts import render_chat
-from harness.training import collate, tokenise_example, train, weighted_nll
+from harness.plugins.requests import Decoding, Output
+from harness.model.generation import GenerationCache, Generator
+from harness.plugins.method import MethodContext
+from harness.model.prompts import render_chat
+from harness.model.examples import collate, tokenise_example, weighted_nll
+from harness.model.training import train
 
 PAIRS = [
     TranslationPair("de", "en", "Das Haus ist groß.", "The house is big."),
@@ -358,9 +361,9 @@ def test_wise_interpolates_between_original_and_fine_tuned(tiny_tokenizer):
 
 
 PLUGIN = '''
-from harness.methods import Method, Segment, TrainingExample
-from harness.prompts import translation_prompt, user_turn
-from harness.registry import register_method
+from harness.plugins.method import Method, Segment, TrainingExample
+from harness.model.prompts import translation_prompt, user_turn
+from harness.plugins.registry import register_method
 
 
 @register_method

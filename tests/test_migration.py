@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import RunConfig, apply_settings, read_config_file
-from harness.plan import Plan
-from harness.units import Units
+from harness.config.settings import RunConfig
+from harness.config.parse import apply_settings, read_config_file
+from harness.run.plan import Plan, configure
+from harness.run.units import Units
 
 CONFIG = Path(__file__).resolve().parents[1] / "reports" / "smollm2-135m-de-en" / "config.yaml"
 # (label, seed) -> the scheme-1 training key, and (cell, suite) -> the scheme-1 evaluation key
@@ -24,7 +25,7 @@ V1_EVAL = {("vanilla-seed0", "translation"): "7e6633e43481f32f", ("radis-seed0",
 
 def published_plan(run_dir: Path, data_dir: Path) -> Plan:
     cfg = RunConfig()
-    apply_settings(cfg, read_config_file(CONFIG), str(CONFIG))
+    configure(cfg, read_config_file(CONFIG), str(CONFIG))
     apply_settings(cfg, {"out": str(run_dir), "data_dir": str(data_dir)}, "the test")
     return Plan(cfg, config_file=CONFIG)
 
@@ -49,7 +50,7 @@ def test_first_version_units_are_rekeyed_except_radis(tmp_path, data_dir, where)
         path.write_text(json.dumps({"key": key, "metrics": {}}))
 
     assert units.training_done("vanilla", 0)
-    assert (units.workdir("vanilla", 0) / "unit_key.txt").read_text() == plan.train_key("vanilla", 0)
+    assert (units.workdir("vanilla", 0) / "unit_key.txt").read_text() == plan.keys.train_key("vanilla", 0)
     done = units.evaluation("vanilla-seed0", "translation")
     assert done["key_before_versions"] == V1_EVAL[("vanilla-seed0", "translation")] and done["unversioned"]
     assert json.loads((units.workdir("vanilla", 0) / "train_stats.json").read_text())["unversioned"]
@@ -85,7 +86,7 @@ def test_units_made_before_code_versions_are_reused_with_a_warning_unless_their_
     are taken for version 1 and reused, marked; retention (version 2 since it scores the
     generated ids) and the λ rows (the end of turn has its own weight now) are recomputed."""
     cfg = RunConfig()
-    apply_settings(cfg, read_config_file(V2 / "config.yaml"), "v2")
+    configure(cfg, read_config_file(V2 / "config.yaml"), "v2")
     apply_settings(cfg, {"out": str(tmp_path / "run"), "data_dir": str(data_dir)}, "the test")
     plan = Plan(cfg)
     shutil.copytree(V2 / "run" / "results", plan.run_dir / "results")

@@ -4,11 +4,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness.config import RunConfig
-from harness.data import DataSource, parse_directions
-from harness.evaluation import SuiteContext
-from harness.generation import GenerationCache, Generator
-from harness.judges import chat_judge
+from harness.config.settings import RunConfig
+from harness.data.sources import DataSource
+from harness.data.records import parse_directions
+from harness.plugins.suite import SuiteContext
+from harness.model.generation import GenerationCache, Generator
+from suites._judges import chat_judge
 from conftest import configured
 from suites.mt_bench import MTBenchSuite, parse_rating
 
@@ -138,7 +139,7 @@ def test_judge_from_an_alpaca_eval_config(tmp_path, monkeypatch):
     local.mkdir()
     (local / "configs.yaml").write_text("local_judge:\n  fn_completions: huggingface_local_completions\n"
                                         "  completions_kwargs: {model_name: /models/x}\n")
-    from harness.judges import JudgeUnavailable
+    from suites._judges import JudgeUnavailable
 
     with pytest.raises(JudgeUnavailable, match="not an OpenAI-compatible chat model"):
         chat_judge(str(local))

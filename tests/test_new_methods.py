@@ -10,12 +10,13 @@ import torch
 from conftest import build_tiny_model
 
 from baselines.vanilla import Vanilla
-from harness.config import Budget, LoRASettings
-from harness.data import DataSource
+from harness.config.settings import Budget, LoRASettings
+from harness.data.sources import DataSource
 from harness.errors import UserError
-from harness.generation import GenerationCache, Generator
-from harness.training import load_trained, train
-from test_methods import ALPACA, PAIRS, FakeGenerator, context, pair_of
+from harness.model.generation import GenerationCache, Generator
+from harness.model.checkpoints import load_trained
+from harness.model.training import train
+from test_methods import ALPACA, FakeGenerator, context, pair_of
 
 BUDGET = Budget(steps=6, batch_size=4, learning_rate=2e-2, warmup_ratio=0.0, save_every=0, max_length=160)
 LORA = LoRASettings(r=4, alpha=8)  # all linear projections of both layers
@@ -249,7 +250,7 @@ def test_merge_trims_or_drops_each_modules_delta(tiny_tokenizer, tmp_path):
 def test_merge_trains_as_vanilla_does():
     """No hook into the loss or the model: the engine copies vanilla's training (like wise)."""
     from baselines.merge import Merge
-    from harness.methods import Method
+    from harness.plugins.method import Method
 
     method = Merge()
     assert method.extra_loss is None and type(method).prepare_model is Method.prepare_model
@@ -327,7 +328,7 @@ NEW = {"s3ft": "2409.04787", "freeze": "2501.13453", "hft": "2404.18466", "merge
 def test_list_shows_the_five_with_citations():
     from typer.testing import CliRunner
 
-    from harness import registry
+    from harness.plugins import registry
     from harness.cli import app
 
     out = CliRunner().invoke(app, ["list"], env={"COLUMNS": "250"}).output

@@ -46,7 +46,7 @@ def test_unknown_preset_names_the_presets():
 
 
 def test_params_from_config_matches_the_measured_model():
-    from harness.estimate import MEASURED_PARAMS, params_from_config
+    from harness.run.estimate import MEASURED_PARAMS, params_from_config
 
     mistral = {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336, "vocab_size": 32000,
                "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": False}
@@ -54,18 +54,21 @@ def test_params_from_config_matches_the_measured_model():
 
 
 def test_the_estimate_counts_only_the_units_to_compute(tiny_checkpoint, tmp_path):
-    from harness.config import RunConfig, apply_settings
-    from harness.estimate import estimate
-    from harness.plan import Plan
+    from harness.config.settings import RunConfig
+    from harness.config.parse import apply_settings
+    from harness.run.estimate import estimate
+    from harness.run.checks import check_plan
+    from harness.run.plan import Plan
+    from harness.run.units import pending_units
 
     cfg = RunConfig()
     apply_settings(cfg, {"model": str(tiny_checkpoint), "methods": ["vanilla", "radis"], "seeds": [0, 1],
                          "out": str(tmp_path / "run")}, "test")
     plan = Plan(cfg)
-    sizes = plan.check(missing_ok=True)
+    sizes = check_plan(plan, missing_ok=True)
     everything = estimate(plan, sizes)
     assert everything.train_tokens > 0 and everything.gen_tokens > 0
-    assert estimate(plan, sizes, plan.unit_status()).train_tokens == everything.train_tokens  # a new run directory
+    assert estimate(plan, sizes, pending_units(plan)).train_tokens == everything.train_tokens  # a new run directory
     suites = list(plan.suites)
     half = estimate(plan, sizes, {"todo_train": [("vanilla", 1), ("radis", 1)],
                                   "todo_eval": {"vanilla-seed1": suites, "radis-seed1": suites}})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import registry
+from harness.plugins import registry
 from harness.errors import UserError
 from test_run import cli, read_scores
 
@@ -30,7 +30,7 @@ def builtin_names() -> set[str]:
 
 
 # Literals that equal a plugin's name but are not one: ALMA's JSON field holding a pair, and the
-# field names the first key scheme hashed (harness/migrate.py reproduces its keys).
+# field names the first key scheme hashed (harness/run/keys.py reproduces its keys).
 NOT_PLUGIN_NAMES = {("data.py", "translation"), ("migrate.py", "lm_eval"), ("migrate.py", "replay"),
                     # files of the published reports' data dir, whose digests the migration checks
                     ("migrate.py", "alpaca_eval/alpaca_eval.json"), ("migrate.py", "ifeval/input_data.jsonl")}
@@ -80,7 +80,7 @@ def test_list_shows_citations():
 
 
 def test_a_duplicate_name_and_a_class_that_is_no_plugin_are_refused(monkeypatch):
-    from harness.methods import Method
+    from harness.plugins.method import Method
 
     monkeypatch.setattr(registry, "_registered", {g: dict(t) for g, t in registry._registered.items()})
     registry.get_method("vanilla")
@@ -103,11 +103,11 @@ PLUGIN = '''
 """A third-party package: a suite with its own data set, a method that needs general data."""
 from dataclasses import dataclass, field
 
-from harness.data import DataSet, sample
-from harness.evaluation import ItemStats, MetricSpec, Suite, SuiteResult
-from harness.generation import Decoding, Request
-from harness.methods import Method, Segment, TrainingExample
-from harness.prompts import translation_prompt, user_turn
+from harness.data.sources import DataSet, sample
+from harness.plugins.suite import ItemStats, MetricSpec, Suite, SuiteResult
+from harness.plugins.requests import Decoding, Request
+from harness.plugins.method import Method, Segment, TrainingExample
+from harness.model.prompts import translation_prompt, user_turn
 
 RIDDLES = DataSet("riddles", "riddles/riddles.jsonl", {"instruction": "question", "reference": "answer"})
 
@@ -203,7 +203,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from harness.evaluation import ItemStats, MetricSpec, Suite, SuiteResult
+from harness.plugins.suite import ItemStats, MetricSpec, Suite, SuiteResult
 
 
 @dataclass

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.report import build_leaderboard, decimals, differences_csv, fmt, leaderboard_csv, leaderboard_markdown
+from harness.report.board import build_leaderboard
+from harness.report.text import decimals, differences_csv, fmt, leaderboard_csv, leaderboard_markdown
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
 PUBLISHED = sorted(p.parent for p in REPORTS.glob("*/run/scores.csv"))

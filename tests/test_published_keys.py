@@ -24,19 +24,20 @@ def configs() -> list[Path]:
 
 def keys_of(config: Path, data_dir: Path) -> dict:
     """Every training and evaluation key of a published configuration's plan."""
-    from harness.config import RunConfig, apply_settings, read_config_file
-    from harness.plan import Plan
+    from harness.config.settings import RunConfig
+    from harness.config.parse import apply_settings, read_config_file
+    from harness.run.plan import Plan, configure
 
     cfg = RunConfig()
-    apply_settings(cfg, read_config_file(config), str(config))
+    configure(cfg, read_config_file(config), str(config))
     apply_settings(cfg, {"data_dir": str(data_dir)}, "the test")
     plan = Plan(cfg, config_file=config)
     out = {"train": {}, "eval": {}}
     for cell, label, seed in plan.trained_units():
-        out["train"][cell] = plan.train_key(label, seed)
+        out["train"][cell] = plan.keys.train_key(label, seed)
     for cell in plan.cells():
         for suite in plan.suites:
-            out["eval"][f"{cell}/{suite}"] = plan.eval_key(plan.model_key(cell), suite)
+            out["eval"][f"{cell}/{suite}"] = plan.keys.eval_key(plan.keys.model_key(cell), suite)
     return out
 
 

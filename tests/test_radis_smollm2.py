@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import Budget
-from harness.data import DataSource, Direction, sample
-from harness.generation import GenerationCache, Generator
-from harness.methods import MethodContext
-from harness.prompts import request_ids
-from harness.training import tokenise_example
+from harness.config.settings import Budget
+from harness.data.sources import DataSource, sample
+from harness.data.records import Direction
+from harness.model.generation import GenerationCache, Generator
+from harness.plugins.method import MethodContext
+from harness.model.prompts import request_ids
+from harness.model.examples import tokenise_example
 from radis.rationale import RaDis, RaDisOptions
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,9 @@ import pytest
 from PIL import Image
 
 from harness.errors import UserError
-from harness.report import SCORE_COLUMNS, build_leaderboard, render_report
+from harness.report.read import SCORE_COLUMNS
+from harness.report.board import build_leaderboard
+from harness.report.render import render_report
 
 PLOTS = ["tradeoff.png", "suite_translation.png", "suite_ifeval.png", "suite_retention.png", "training_loss.png"]
 
@@ -227,7 +229,7 @@ def test_conflicting_runs_are_refused_and_a_label_prefix_keeps_both(tmp_path):
 
 
 def test_variant_rows_differences_and_the_ablation_plot(tmp_path):
-    from harness.plots import ablation_series
+    from harness.report.plots import ablation_series
 
     variants = {
         "radis@rationale_weight=0": {"description": "RaDis variant", "varies": "radis", "sweep": {"rationale_weight": "0"},
@@ -295,7 +297,7 @@ def test_no_committed_report_or_manifest_under_reports_names_a_path_of_the_machi
 
 
 def test_the_manifest_publishes_paths_relative_to_the_cache_home_or_working_dir(tmp_path, monkeypatch):
-    from harness.publish import portable
+    from harness.run.publish import portable
 
     monkeypatch.setenv("RADIS_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

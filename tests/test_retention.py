@@ -6,12 +6,13 @@ import warnings
 import pytest
 import torch
 
-from harness.config import RunConfig
-from harness.data import DataSource
+from harness.config.settings import RunConfig
+from harness.data.sources import DataSource
 from harness.errors import UserError
-from harness.evaluation import SuiteContext
-from harness.generation import Decoding, GenerationCache, Generator, Output, Request
-from harness.prompts import render_chat, turn_end_tokens, user_turn
+from harness.plugins.suite import SuiteContext
+from harness.plugins.requests import Decoding, Output, Request
+from harness.model.generation import GenerationCache, Generator
+from harness.model.prompts import render_chat, turn_end_tokens, user_turn
 from suites.retention import RetentionSuite, divergences, teacher_forced_sequences
 
 from conftest import build_tiny_model

@@ -250,8 +250,8 @@ def test_external_plugin_method_is_listed_and_runs(tiny_checkpoint, tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "echo_method.py").write_text(textwrap.dedent('''
-        from harness.methods import Method, Segment, TrainingExample
-        from harness.prompts import translation_prompt, user_turn
+        from harness.plugins.method import Method, Segment, TrainingExample
+        from harness.model.prompts import translation_prompt, user_turn
 
         class EchoMethod(Method):
             name = "echo"
@@ -278,10 +278,11 @@ def test_external_plugin_method_is_listed_and_runs(tiny_checkpoint, tmp_path):
 def test_each_model_answers_every_suite_in_one_batched_call(tiny_checkpoint, tmp_path, monkeypatch):
     """Before scoring a model, the runner generates all its suites' answers in one call; the
     suites then find every answer in the cache and generate nothing themselves."""
-    from harness.config import RunConfig, apply_settings
-    from harness.generation import Generator
-    from harness.execute import Execution
-    from harness.plan import Plan
+    from harness.config.settings import RunConfig
+    from harness.config.parse import apply_settings
+    from harness.model.generation import Generator
+    from harness.run.execute import Execution
+    from harness.run.plan import Plan
 
     calls = []
     real = Generator.generate_many
@@ -308,8 +309,8 @@ def test_each_model_answers_every_suite_in_one_batched_call(tiny_checkpoint, tmp
 def test_rescore_with_other_extraction_rules_generates_nothing(reference_run, monkeypatch):
     """`radis-bench rescore` scores the saved outputs again under other extraction rules; the
     run's own rule reproduces its scores, and no model generates a single token."""
-    from harness import generation
-    from harness.rescore import rescore
+    from harness.model import generation
+    from harness.report.rescore import rescore
 
     run_dir, _, _ = reference_run
     monkeypatch.setattr(generation.Generator, "__init__", lambda *a, **k: pytest.fail("a model was set up to generate"))

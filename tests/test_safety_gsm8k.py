@@ -3,13 +3,14 @@ import math
 
 import pytest
 
-from harness.config import RunConfig
-from harness.data import DataSource
+from harness.config.settings import RunConfig
+from harness.data.sources import DataSource
 from harness.errors import UserError
-from harness.evaluation import NotScored, SuiteContext
-from harness.generation import Decoding, GenerationCache, Generator, Output, Request
-from harness.models import resolve_model
-from harness.prompts import user_turn
+from harness.plugins.suite import NotScored, SuiteContext
+from harness.plugins.requests import Decoding, Output, Request
+from harness.model.generation import GenerationCache, Generator
+from harness.model.loading import resolve_model
+from harness.model.prompts import user_turn
 from conftest import configured
 from suites.gsm8k import GSM8KSuite, gsm8k_prompt, predicted_answer, reference_answer
 from suites.safety import (

@@ -1,4 +1,4 @@
-"""harness/sequential.py: Lan-DeMets boundaries against published values and against an
+"""harness/report/sequential.py: Lan-DeMets boundaries against published values and against an
 independent integration of the canonical joint distribution."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from harness.sequential import NO_BOUNDARY, boundaries, spent, t_quantile
+from harness.report.sequential import NO_BOUNDARY, boundaries, spent, t_quantile
 
 # Two-sided alpha 0.05, K equally spaced looks, alpha/2 spent on each side: the tables of the
 # ld98 program (Reboussin, DeMets, Kim & Lan 2000) as R's ldbounds and gsDesign print them.

@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from harness.config import RunConfig
-from harness.data import DataSource
-from harness.evaluation import SuiteContext
-from harness.generation import GenerationCache, Generator
+from harness.config.settings import RunConfig
+from harness.data.sources import DataSource
+from harness.plugins.suite import SuiteContext
+from harness.model.generation import GenerationCache, Generator
 from conftest import configured
 from suites.gsm8k import GSM8KSuite
 from suites.lm_eval_tasks import LMEvalSuite

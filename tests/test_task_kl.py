@@ -10,10 +10,11 @@ import json
 import pytest
 import torch
 
-from harness.config import RunConfig
-from harness.data import DataSource, parse_directions
-from harness.evaluation import SuiteContext
-from harness.generation import GenerationCache, Generator
+from harness.config.settings import RunConfig
+from harness.data.sources import DataSource
+from harness.data.records import parse_directions
+from harness.plugins.suite import SuiteContext
+from harness.model.generation import GenerationCache, Generator
 from suites.task_kl import TaskKLSuite
 from suites.translation import TranslationSuite
 

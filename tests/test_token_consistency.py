@@ -4,12 +4,12 @@ own end-of-turn marker (the one retention scores), also where it is not the eos 
 
 from __future__ import annotations
 
-from harness.config import Budget
-from harness.data import TranslationPair
-from harness.generation import Output
-from harness.methods import MethodContext, Segment, TrainingExample
-from harness.prompts import request_ids, turn_end_tokens, user_turn
-from harness.training import tokenise_example
+from harness.config.settings import Budget
+from harness.data.records import TranslationPair
+from harness.plugins.requests import Output
+from harness.plugins.method import MethodContext, Segment, TrainingExample
+from harness.model.prompts import request_ids, turn_end_tokens, user_turn
+from harness.model.examples import tokenise_example
 from radis.rationale import RaDis, RaDisOptions
 from suites.retention import teacher_forced_sequences
 

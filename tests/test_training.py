@@ -14,19 +14,14 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-from harness.config import Budget, LoRASettings
-from harness.data import TranslationPair
+from harness.config.settings import Budget, LoRASettings
+from harness.data.records import TranslationPair
 from harness.errors import UserError
-from harness.methods import Segment, TrainingExample
-from harness.prompts import render_chat, translation_prompt, user_turn
-from harness.training import (
-    example_token_weights,
-    load_trained,
-    lr_factor,
-    step_indices,
-    target_tokens_in_steps,
-    train,
-)
+from harness.plugins.method import Segment, TrainingExample
+from harness.model.prompts import render_chat, translation_prompt, user_turn
+from harness.model.examples import example_token_weights, lr_factor, step_indices, target_tokens_in_steps
+from harness.model.checkpoints import load_trained
+from harness.model.training import train
 
 PAIRS = [
     TranslationPair("de", "en", "Das Haus ist groß.", "The house is big."),
@@ -168,10 +163,10 @@ RESUMABLE_RUN = '''
 import sys, time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from harness.config import Budget, LoRASettings
-from harness.methods import Segment, TrainingExample
-from harness.prompts import user_turn
-from harness.training import train
+from harness.config.settings import Budget, LoRASettings
+from harness.plugins.method import Segment, TrainingExample
+from harness.model.prompts import user_turn
+from harness.model.training import train
 
 
 def run(checkpoint, workdir, delay):
@@ -245,7 +240,7 @@ def test_bf16_and_gradient_checkpointing_train_close_to_the_plain_run(tiny_token
 
 
 def test_length_groups_bound_padding_and_size():
-    from harness.training import TokenisedExample, length_groups
+    from harness.model.examples import TokenisedExample, length_groups
 
     lengths = [10, 11, 12, 30, 31, 33, 90, 95, 100, 101, 102, 200]
     items = [TokenisedExample([1] * n, [1.0] * n, [None] * n) for n in lengths]
@@ -263,14 +258,14 @@ def test_loss_without_prompt_logits_is_the_same(tiny_model, tiny_tokenizer):
     """Logits only from the first scored position give the loss of the full logits."""
     import torch
 
-    from harness.methods import Segment, TrainingExample
-    from harness.training import accepts_logits_to_keep, _first_scored, collate, tokenise_example, weighted_nll
+    from harness.plugins.method import Segment, TrainingExample
+    from harness.model.examples import accepts_logits_to_keep, first_scored, collate, tokenise_example, weighted_nll
 
     examples = [TrainingExample([{"role": "user", "content": "a b c d e f g h"}], [Segment("x y z")]),
                 TrainingExample([{"role": "user", "content": "a b c d e"}], [Segment("x y z w v")])]
     items = [tokenise_example(tiny_tokenizer, ex, 96) for ex in examples]
     batch = collate(items, tiny_tokenizer.pad_token_id)
-    start = _first_scored(batch["weights"])
+    start = first_scored(batch["weights"])
     prompt_lengths = [it.weights.index(next(w for w in it.weights if w > 0)) for it in items]
     assert start == min(prompt_lengths) - 1 > 0
     assert accepts_logits_to_keep(tiny_model)
@@ -296,9 +291,9 @@ class _Planted:
 @pytest.mark.parametrize("planted", ["trainable.pt", "optimizer.pt", "rng.json"])
 def test_a_planted_pickle_in_a_saved_state_runs_nothing_and_training_starts_over(tiny_tokenizer, tmp_path, planted,
                                                                                   monkeypatch):
-    import harness.training as training
+    import harness.model.training as training
 
-    real_save = training._save_state
+    real_save = training.save_state
 
     def save_then_stop(*args, **kwargs):
         real_save(*args, **kwargs)
@@ -306,7 +301,7 @@ def test_a_planted_pickle_in_a_saved_state_runs_nothing_and_training_starts_over
 
     workdir = tmp_path / "run"
     with monkeypatch.context() as patched:
-        patched.setattr(training, "_save_state", save_then_stop)
+        patched.setattr(training, "save_state", save_then_stop)
         with pytest.raises(KeyboardInterrupt):
             train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(save_every=2),
                   LoRASettings(r=4), workdir, seed=0)

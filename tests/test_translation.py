@@ -5,13 +5,15 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from harness.config import RunConfig
+from harness.config.settings import RunConfig
 from harness.errors import UserError
-from harness.data import DataSource, parse_directions, sample
-from harness.evaluation import SuiteContext
-from harness.generation import Decoding, GenerationCache, Generator, Output, Request
-from harness.prompts import translation_prompt, user_turn
-from harness.stats import bootstrap_ci_of
+from harness.data.sources import DataSource, sample
+from harness.data.records import parse_directions
+from harness.plugins.suite import SuiteContext
+from harness.plugins.requests import Decoding, Output, Request
+from harness.model.generation import GenerationCache, Generator
+from harness.model.prompts import translation_prompt, user_turn
+from harness.intervals import bootstrap_ci_of
 from conftest import configured
 from suites import translation
 from suites.translation import TranslationSuite, score_corpus
@@ -247,7 +249,9 @@ def test_comet_scores_end_to_end_on_a_tiny_offline_checkpoint(tmp_path, tiny_mod
     def unavailable(_):
         raise AssertionError("COMET model loaded although every score was cached")
 
-    monkeypatch.setattr(translation, "_load_comet", unavailable)
+    from harness.model import comet as comet_module
+
+    monkeypatch.setattr(comet_module, "_load_comet", unavailable)
     again = make_ctx(tmp_path, tiny_model, tiny_tokenizer, tiny_data, "de-en", comet_model=str(ckpt.parents[1]))
     assert [o["comet"] for o in configured(TranslationSuite, again).evaluate(again).outputs] == scores
 

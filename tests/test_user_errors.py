@@ -96,7 +96,7 @@ MISTAKES = [
     (["--set", "radis.end_of_turn_weight=-1"], "end_of_turn_weight must be 0 or more"),
     (["--set", "sdft.top_k=-1"], "top_k >= 0"),
     (["--set", "sdft.temperature=0"], "temperature > 0"),
-    (["--set", "task_kl.batch_size=0", "--suites", "task_kl"], "task_kl.max_new_tokens and task_kl.batch_size must be positive"),
+    (["--set", "task_kl.batch_size=0", "--suites", "task_kl"], "task_kl.batch_size must be positive, got 0"),
     (["--set", "analysis.alpha=1.5"], "analysis: alpha must lie between 0 and 1"),
     (["--set", "analysis.secondary=bonferroni"], "secondary 'bonferroni' is unknown"),
     (["--config", "{plan_row}"], "analysis.primary names row 'nope', which is not a row of this run"),

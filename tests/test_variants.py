@@ -9,15 +9,15 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from harness.config import RunConfig, apply_settings
+from harness.config.settings import RunConfig
 from harness.errors import UserError
-from harness.plan import Plan, parse_entry
+from harness.run.plan import Plan, configure, parse_entry
 from test_run import cli, read_scores
 
 
 def plan_of(model, **settings) -> Plan:
     cfg = RunConfig()
-    apply_settings(cfg, {"model": str(model), **settings}, "test")
+    configure(cfg, {"model": str(model), **settings}, "test")
     return Plan(cfg)
 
 
@@ -41,7 +41,7 @@ def test_a_variant_takes_the_runs_options_of_its_method_then_its_own(tiny_checkp
     assert plan.methods["half"].options.max_new_tokens == 12 and plan.methods["half"].options.rationale_weight == 0.5
     assert plan.methods["radis"].options.rationale_weight == 1.0
     assert plan.entries["half"].varies == "radis"
-    assert plan.train_key("half", 0) != plan.train_key("radis", 0)
+    assert plan.keys.train_key("half", 0) != plan.keys.train_key("radis", 0)
 
 
 def test_a_sweep_expands_the_product_of_its_axes(tiny_checkpoint):
@@ -118,12 +118,12 @@ def test_an_evaluation_key_holds_only_what_its_suite_reads(tiny_checkpoint):
     settings = dict(methods=["vanilla"], suites=["translation", "ifeval", "retention"])
     a = plan_of(tiny_checkpoint, **settings, comet_model="Unbabel/wmt22-comet-da")
     b = plan_of(tiny_checkpoint, **settings, comet_model="Unbabel/eamt22-cometinho-da")
-    key = a.train_key("vanilla", 0)
-    assert key == b.train_key("vanilla", 0)
-    assert a.eval_key(key, "translation") != b.eval_key(key, "translation")
-    assert a.eval_key(key, "ifeval") == b.eval_key(key, "ifeval")
-    assert a.eval_key(key, "retention") == b.eval_key(key, "retention")
+    key = a.keys.train_key("vanilla", 0)
+    assert key == b.keys.train_key("vanilla", 0)
+    assert a.keys.eval_key(key, "translation") != b.keys.eval_key(key, "translation")
+    assert a.keys.eval_key(key, "ifeval") == b.keys.eval_key(key, "ifeval")
+    assert a.keys.eval_key(key, "retention") == b.keys.eval_key(key, "retention")
     # the run's default generation limit reaches only the suites that take it
     c = plan_of(tiny_checkpoint, **settings, comet_model="Unbabel/wmt22-comet-da", max_new_tokens=64,
                 suite_options={"retention": {"max_new_tokens": 128}})
-    assert c.eval_key(key, "retention") == a.eval_key(key, "retention") and c.eval_key(key, "ifeval") != a.eval_key(key, "ifeval")
+    assert c.keys.eval_key(key, "retention") == a.keys.eval_key(key, "retention") and c.keys.eval_key(key, "ifeval") != a.keys.eval_key(key, "ifeval")

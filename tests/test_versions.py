@@ -8,10 +8,12 @@ import subprocess
 import pytest
 
 from harness import versions
-from harness.config import RunConfig, apply_settings
+from harness.config.settings import RunConfig
+from harness.config.parse import apply_settings
 from harness.errors import UserError
-from harness.execute import Execution
-from harness.plan import Plan, print_plan
+from harness.run.execute import Execution
+from harness.run.dryrun import print_plan
+from harness.run.plan import Plan
 
 
 def tiny_plan(model, out, **extra) -> Plan:
@@ -25,15 +27,15 @@ def tiny_plan(model, out, **extra) -> Plan:
 
 def test_every_key_holds_the_versions_of_the_code_that_computes_it(tiny_checkpoint, tmp_path, monkeypatch):
     plan = tiny_plan(tiny_checkpoint, tmp_path / "run")
-    train = {label: plan.train_key(label, 0) for label in plan.entries}
-    evaluation = plan.eval_key(plan.model_key("vanilla-seed0"), "translation")
+    train = {label: plan.keys.train_key(label, 0) for label in plan.entries}
+    evaluation = plan.keys.eval_key(plan.keys.model_key("vanilla-seed0"), "translation")
 
     def keys_after(change):
         with monkeypatch.context() as m:
             change(m)
             fresh = tiny_plan(tiny_checkpoint, tmp_path / "run")
-            return ({label: fresh.train_key(label, 0) for label in fresh.entries},
-                    fresh.eval_key(fresh.model_key("vanilla-seed0"), "translation"))
+            return ({label: fresh.keys.train_key(label, 0) for label in fresh.entries},
+                    fresh.keys.eval_key(fresh.keys.model_key("vanilla-seed0"), "translation"))
 
     trainer = keys_after(lambda m: m.setattr(versions, "TRAINER", 2))
     assert all(trainer[0][label] != train[label] for label in train) and trainer[1] != evaluation
@@ -72,9 +74,9 @@ def test_uncommitted_code_is_found_but_reports_and_prose_are_not(tmp_path):
 
 def test_require_clean_code_refuses_to_compute_but_not_to_reuse(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    monkeypatch.setattr(versions, "source_changes", lambda root=None: [" M harness/training.py"])
+    monkeypatch.setattr(versions, "source_changes", lambda root=None: [" M harness/model/training.py"])
     plan = tiny_plan(tiny_checkpoint, out, require_clean_code=True)
-    with pytest.raises(UserError, match=r"uncommitted changes \(harness/training.py\)"):
+    with pytest.raises(UserError, match=r"uncommitted changes \(harness/model/training.py\)"):
         Execution(plan).run()
     assert not (out / "results").exists() and not (out / "models").exists()  # nothing computed
     with pytest.raises(UserError, match="uncommitted changes"):
@@ -82,7 +84,7 @@ def test_require_clean_code_refuses_to_compute_but_not_to_reuse(tiny_checkpoint,
 
     monkeypatch.setattr(versions, "source_changes", lambda root=None: [])
     Execution(tiny_plan(tiny_checkpoint, out, require_clean_code=True)).run()
-    monkeypatch.setattr(versions, "source_changes", lambda root=None: [" M harness/training.py"])
+    monkeypatch.setattr(versions, "source_changes", lambda root=None: [" M harness/model/training.py"])
     Execution(tiny_plan(tiny_checkpoint, out, require_clean_code=True)).run()  # everything reused: nothing to refuse
     said = capsys.readouterr()
     assert "0 units computed" in said.out + said.err

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from harness.errors import UserError
-from harness.generation import Decoding, GenerationCache, Generator, Request
-from harness.prompts import user_turn
+from harness.plugins.requests import Decoding, Request
+from harness.model.generation import GenerationCache, Generator
+from harness.model.prompts import user_turn
 
 
 # --- a fake vllm ------------------------------------------------------------------------
@@ -85,7 +86,7 @@ def set_cuda(monkeypatch, available: bool):
     (True, True, "vllm"), (True, False, "transformers"), (False, True, "transformers"), (False, False, "transformers"),
 ])
 def test_auto_picks_vllm_only_with_cuda_and_the_package(monkeypatch, request, cuda, have_vllm, expected):
-    from harness.vllm_backend import select_backend
+    from harness.model.vllm_backend import select_backend
 
     request.getfixturevalue("fake_vllm" if have_vllm else "no_vllm")
     set_cuda(monkeypatch, cuda)
@@ -94,7 +95,7 @@ def test_auto_picks_vllm_only_with_cuda_and_the_package(monkeypatch, request, cu
 
 
 def test_explicit_vllm_without_the_package_or_cuda_is_one_clear_error(monkeypatch, request):
-    from harness.vllm_backend import select_backend
+    from harness.model.vllm_backend import select_backend
 
     request.getfixturevalue("no_vllm")
     set_cuda(monkeypatch, True)
@@ -131,7 +132,7 @@ def _ids(tok, text):
 
 
 def test_requests_become_token_prompts_and_sampling_params(fake_vllm, tiny_tokenizer, tmp_path):
-    from harness.vllm_backend import VLLMGenerator
+    from harness.model.vllm_backend import VLLMGenerator
 
     llm = FakeLLM(model="m")
     stop = tiny_tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -168,7 +169,7 @@ def test_requests_become_token_prompts_and_sampling_params(fake_vllm, tiny_token
 
 def test_vllm_outputs_are_cached_under_the_transformers_keys(fake_vllm, tiny_model, tiny_tokenizer, tmp_path):
     """What vLLM generated, the transformers backend finds in the same cache (and vice versa)."""
-    from harness.vllm_backend import VLLMGenerator
+    from harness.model.vllm_backend import VLLMGenerator
 
     cache = GenerationCache(tmp_path / "g.sqlite")
     llm = FakeLLM(model="m")
@@ -192,9 +193,10 @@ def test_vllm_outputs_are_cached_under_the_transformers_keys(fake_vllm, tiny_mod
 def test_run_with_vllm_serves_trained_lora_models_as_adapters(fake_vllm, monkeypatch, tiny_checkpoint, tmp_path):
     """A whole run on the fake engine: one engine with LoRA enabled, the trained model as
     base + its saved adapter, the backend recorded in the manifest."""
-    from harness.config import RunConfig, apply_settings
-    from harness.execute import Execution
-    from harness.plan import Plan
+    from harness.config.settings import RunConfig
+    from harness.config.parse import apply_settings
+    from harness.run.execute import Execution
+    from harness.run.plan import Plan
 
     set_cuda(monkeypatch, True)
     cfg = RunConfig()
@@ -230,7 +232,7 @@ def test_run_with_vllm_serves_trained_lora_models_as_adapters(fake_vllm, monkeyp
 
 # --- real vLLM (CUDA machines with vllm installed) -----------------------------------------
 def _real_vllm() -> bool:
-    from harness.vllm_backend import cuda_available, vllm_importable
+    from harness.model.vllm_backend import cuda_available, vllm_importable
 
     return cuda_available() and vllm_importable()
 
@@ -257,7 +259,7 @@ def _sharpened_checkpoint(tiny_tokenizer, path):
 
 @needs_vllm
 def test_real_vllm_greedy_matches_transformers(tiny_tokenizer, tmp_path):
-    from harness.vllm_backend import VLLMGenerator, load_engine
+    from harness.model.vllm_backend import VLLMGenerator, load_engine
 
     model = _sharpened_checkpoint(tiny_tokenizer, tmp_path / "ckpt")
     reqs = [Request(user_turn(q)) for q in PROMPTS]
@@ -273,7 +275,7 @@ def test_real_vllm_lora_adapter_matches_merged_transformers(tiny_tokenizer, tmp_
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from harness.vllm_backend import VLLMGenerator, load_engine
+    from harness.model.vllm_backend import VLLMGenerator, load_engine
 
     base = _sharpened_checkpoint(tiny_tokenizer, tmp_path / "ckpt")
     peft = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))

@@ -1,0 +1,115 @@
+"""COMET (Rei et al. 2020, unbabel-comet): segment scores of (source, translation, reference)
+triples from a local checkpoint or a hub name, cached on disk. Shared by what scores
+translations (the translation suite) and what judges them (the s3ft method)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from harness.model.loading import looks_like_path
+from harness.paths import cache_dir
+from harness.store import CacheDB
+
+
+def comet_label(name: str) -> str:
+    """How a COMET checkpoint is named in published tables: a hub name as it is, a local
+    checkpoint by its folder or file name (never the path of the machine that scored it)."""
+    if not looks_like_path(name):
+        return name
+    path = Path(name).expanduser()
+    return f"local checkpoint {path.parent.parent.name if path.name == 'model.ckpt' else path.name}"
+
+
+class CometUnavailable(Exception):
+    """The COMET checkpoint could not be found or loaded; the message says why."""
+
+
+def comet_checkpoint(name: str) -> Path:
+    """A local ``.ckpt`` file, a folder holding ``checkpoints/model.ckpt``, or a hub name
+    that unbabel-comet fetches (from the local hub cache when offline)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "model.ckpt"
+        if not ckpt.is_file():
+            raise CometUnavailable(f"the folder {path} holds no checkpoints/model.ckpt")
+        return ckpt
+    from comet import download_model
+
+    try:
+        return Path(download_model(name))
+    except Exception as err:  # offline, unknown name, broken download: all mean "no COMET"
+        raise CometUnavailable(f"it is no local checkpoint and fetching it failed ({type(err).__name__}: {err})") from None
+
+
+@functools.lru_cache(maxsize=1)  # a 2.3 GB checkpoint is loaded once per process, not once per evaluated model
+def _load_comet(ckpt: str):
+    from comet import load_from_checkpoint
+
+    with _quiet_lightning():
+        return load_from_checkpoint(ckpt)
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Silence the banners Lightning and COMET log on every load and predict."""
+    names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "comet")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class CometScorer:
+    """COMET segment scores (x100) of (source, translation, reference) triples, cached on
+    disk under the checkpoint's identity so a re-run scores nothing twice."""
+
+    def __init__(self, name: str, batch_size: int):
+        self.name = name
+        self.batch_size = batch_size
+        self.ckpt = comet_checkpoint(name)
+        stat = self.ckpt.stat()
+        self.identity = f"{self.ckpt.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        self.db = CacheDB(cache_dir() / "comet_scores.sqlite", "CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, score REAL)")
+
+    def _key(self, triple: tuple[str, str, str]) -> str:
+        return hashlib.sha256(json.dumps([self.identity, *triple]).encode()).hexdigest()
+
+    def score(self, triples: list[tuple[str, str, str]]) -> list[float]:
+        keys = [self._key(t) for t in triples]
+        found = {}
+        for key in set(keys):
+            row = self.db.run(lambda db: db.execute("SELECT score FROM scores WHERE key=?", (key,)).fetchone())
+            if row:
+                found[key] = row[0]
+        todo = {k: t for k, t in zip(keys, triples) if k not in found}
+        if todo:
+            import torch
+
+            try:
+                model = _load_comet(str(self.ckpt))
+            except Exception as err:
+                raise CometUnavailable(f"loading {self.ckpt} failed ({type(err).__name__}: {err})") from None
+            data = [{"src": s, "mt": m, "ref": r} for s, m, r in todo.values()]
+            with _quiet_lightning():
+                pred = model.predict(data, batch_size=self.batch_size, gpus=1 if torch.cuda.is_available() else 0,
+                                     progress_bar=False)
+            new = {k: 100.0 * float(s) for k, s in zip(todo, pred.scores)}
+            def put(db):
+                db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?)", list(new.items()))
+                db.commit()
+
+            self.db.run(put)
+            found.update(new)
+        return [found[k] for k in keys]

@@ -1,0 +1,101 @@
+"""``radis-bench rescore``: score a finished run's saved outputs again under other settings of
+one suite (e.g. ``translation.extraction=first_line,first_paragraph,full``), generating
+nothing, and compare the settings row by row with paired intervals.
+
+Every evaluated model's ``outputs/<cell>/<suite>.jsonl`` is read back and handed to the
+suite's ``score_outputs`` once per value; the run's own setting is one of the columns.
+Written into ``<run>/rescore/`` (or ``--out``): ``<suite>-<option>.csv`` (every cell, value
+and metric) and ``<suite>-<option>.md`` (each row's main metric and output length per value,
+with the difference to the run's setting and its 95% interval).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import UserError
+from harness.intervals import difference_interval, mean_interval
+from harness.plugins import registry
+from harness.report.text import fmt, interval_text
+from harness.store import ORIGINAL, read_jsonl, write_atomic
+
+
+def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out: Path | None = None) -> dict[str, Path]:
+    run_dir, out = Path(run_dir), Path(out) if out else Path(run_dir) / "rescore"
+    manifest = _manifest(run_dir)
+    suites = manifest.get("suites") or {}
+    if suite_name not in suites:
+        raise UserError(f"{run_dir} has no {suite_name} units (its suites: {', '.join(suites) or 'none'}); choose one of them.")
+    base = dict((suites[suite_name] or {}).get("options") or {})
+    cls = registry.get_suite(suite_name)
+    if option not in base:
+        raise UserError(f"'{option}' is not an option of the {suite_name} suite; its options: {', '.join(sorted(base))}.")
+    if not values:
+        raise UserError("--values is empty; give the settings to compare, e.g. --values first_line,first_paragraph,full.")
+    own = str(base[option])
+    values = list(dict.fromkeys([own] + values))
+    suites_by_value = {}
+    for value in values:
+        suite = cls.from_settings({**base, option: value})
+        suite.check()
+        suites_by_value[value] = suite
+    cells = sorted(p.parent.name for p in (run_dir / "outputs").glob(f"*/{suite_name}.jsonl"))
+    if not cells:
+        raise UserError(f"{run_dir} holds no saved outputs of {suite_name} (outputs/<model>/{suite_name}.jsonl); "
+                        "re-scoring needs the outputs, which published reports do not commit.")
+    records, stats = [], {}
+    for cell in cells:
+        outputs = read_jsonl(run_dir / "outputs" / cell / f"{suite_name}.jsonl")
+        label, seed = (ORIGINAL, "") if cell == ORIGINAL else cell.rsplit("-seed", 1)
+        for value, suite in suites_by_value.items():
+            result = suite.score_outputs(outputs)
+            if result is None:
+                raise UserError(f"The {suite_name} suite cannot score saved outputs again; rescore works with suites that "
+                                "implement Suite.score_outputs (e.g. translation).")
+            for m in result.metrics:
+                records.append({"cell": cell, "method": label, "seed": seed, option: value, "metric": m.name, "value": m.value,
+                                "n": m.n, "main": m.main})
+            for metric, st in suite.item_stats(result.outputs).items():
+                stats.setdefault((label, metric, value), {})[seed or "0"] = st.to_dict()
+    frame = pd.DataFrame(records)
+    stem = f"{suite_name}-{option}"
+    csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
+    write_atomic(csv_path, frame.to_csv(index=False, lineterminator="\n", float_format="%.6g"))
+    mains = list(dict.fromkeys(frame.loc[frame["main"], "metric"]))
+    lengths = [m for m in dict.fromkeys(frame["metric"]) if m.rsplit("/", 1)[-1] == "words"]
+    lines = [f"# {suite_name}: {option} compared on saved outputs ({run_dir.name})", "",
+             f"The run scored with {option}={own}. Each cell: the row's mean over its training seeds [95% interval]; "
+             f"Δ: minus {option}={own} on the same outputs, paired by seed and item (* excludes 0). Nothing was generated.", ""]
+    for metric in mains + lengths:
+        header = ["method"] + [f"{option}={v}" for v in values] + [f"Δ {v}" for v in values if v != own]
+        lines += [f"## {metric}", "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+        digits = 1 if metric.endswith(("chrf++", "bleu", "comet", "words")) else 3
+        for label in dict.fromkeys(frame["method"]):
+            row, mine = [label], {}
+            for value in values:
+                found = stats.get((label, metric, value))
+                iv = mean_interval(found, fixed=label == ORIGINAL) if found else None
+                mine[value] = found
+                row.append(f"{fmt(iv.estimate, digits)} {interval_text(iv.low, iv.high, digits)}".strip() if iv else "—")
+            for value in values:
+                if value == own:
+                    continue
+                iv = difference_interval(mine[value], mine[own], b_fixed=False) if mine.get(value) and mine.get(own) else None
+                row.append(f"{fmt(iv.estimate, digits, True)} {interval_text(iv.low, iv.high, digits, True)}{'*' if iv.significant else ''}"
+                           if iv else "—")
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    write_atomic(md_path, "\n".join(lines) + "\n")
+    return {csv_path.name: csv_path, md_path.name: md_path}
+
+
+def _manifest(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{run_dir} is not a run directory (no manifest.json); give the --out folder of `radis-bench run`.") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{run_dir}/manifest.json is not valid JSON ({err}); restore it.") from None

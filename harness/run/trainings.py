@@ -1,0 +1,137 @@
+"""The training units of a run: reuse a finished one, copy an identical one from another
+row, or train it; then the method's post-processing and a generator for the result."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+from harness.errors import UserError, raise_if_stopping
+from harness.model.checkpoints import FINAL_DIR, STATS_FILE, load_trained
+from harness.model.examples import target_tokens_in_steps
+from harness.model.training import train
+from harness.plugins import registry
+from harness.plugins.method import MethodContext
+from harness.run.distributed import distributed, tell
+from harness.store import read_json, read_jsonl, write_atomic, write_json, write_jsonl
+from harness.versions import training_code
+
+
+def method_context(plan, label: str, seed: int, original) -> MethodContext:
+    """What a row's method builds its data from; ``original`` None while planning."""
+    return MethodContext(pairs=plan.train_pairs, original=original, data=plan.data, budget=plan.budgets[label], seed=seed)
+
+
+class Trainings:
+    """The training units: reuse a finished one, copy an identical one, or train; then the
+    method's post-processing and a generator for the result."""
+
+    def __init__(self, plan, units, models, publisher, say, counts: dict):
+        self.plan, self.units, self.models, self.publisher = plan, units, models, publisher
+        self.say, self.counts = say, counts  # the run's console line and its computed/reused counts
+
+    def model(self, label: str, seed: int):
+        """(model, tokenizer, generator) of a trained row: reused, copied from an identical training, or trained."""
+        plan, units = self.plan, self.units
+        method, key, workdir = plan.methods[label], plan.keys.train_key(label, seed), units.workdir(label, seed)
+        base, tokenizer = self.models.load_base()
+        done = units.training_done(label, seed)
+        trained = load_trained(base, workdir) if done else None
+        if trained is not None:
+            self.say(f"reused: training {label} seed {seed} ({workdir})")
+            self.counts["reused"] += 1
+        else:
+            if done:  # e.g. a published run directory, which keeps statistics but no weights
+                self.say(f"training {label} seed {seed} is finished but its weights are not in {workdir}; training it again")
+                (workdir / STATS_FILE).unlink()
+            stored = workdir / "unit_key.txt"
+            if stored.exists() and stored.read_text() != key:  # the same key: a resumable training state
+                self.say(f"settings changed for {label} seed {seed}: discarding its old training")
+                shutil.rmtree(workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            write_atomic(workdir / "unit_key.txt", key)
+            ctx = method_context(self.plan, label, seed, self.models.original[2])
+            t0 = time.time()
+            self.say(f"building training data: {label} seed {seed}")
+            examples = method.build_training_examples(ctx)
+            raise_if_stopping()
+            ctx.stats["build_s"] = round(time.time() - t0, 1)
+            ctx.stats["examples"] = len(examples)
+            rows = [{"messages": e.messages, "response": [dataclasses.asdict(s) for s in e.response], "source": e.source,
+                     "end_of_turn": e.end_of_turn, "end_weight": e.end_weight} for e in examples]
+            write_jsonl(workdir / "examples.jsonl", rows)
+            write_json(workdir / "method_stats.json", ctx.stats)
+            budget = self._budget_for(label, tokenizer, seed)
+            donor = self._same_training(label, seed, rows, budget)
+            if donor is not None:
+                # e.g. wise trains exactly as vanilla does: the same training is done once
+                self.say(f"reused: training {label} seed {seed} is identical to {donor.parent.name}'s (same examples, "
+                         f"loss, budget and seed); copying it")
+                shutil.copytree(donor / FINAL_DIR, workdir / FINAL_DIR, dirs_exist_ok=True)
+                stats = read_json(donor / STATS_FILE) | {"shared_with": f"{donor.parent.name} seed {seed}"}
+                ctx.stats["training_shared_with"] = donor.parent.name
+                write_json(workdir / "method_stats.json", ctx.stats)
+                write_json(workdir / STATS_FILE, stats)
+                trained = load_trained(base, workdir)
+                self.counts["reused"] += 1
+            else:
+                trained = self._train(label, seed, base, tokenizer, examples, budget, workdir)
+        self.publisher.publish()
+        original_model = self.models.original[0]
+        trained = method.after_training(trained, dict(original_model.state_dict()))
+        adapter = None
+        if self.models.backend == "vllm" and hasattr(trained, "peft_config"):
+            # vLLM serves base + this adapter, saved after after_training (e.g. WiSE scaling)
+            adapter = workdir / "eval_adapter"
+            trained.save_pretrained(adapter)
+        if hasattr(trained, "merge_and_unload"):
+            # merged weights evaluate faster than base + adapter; the original stays a separate model
+            trained = trained.merge_and_unload()
+        trained.eval()
+        fingerprint = f"{plan.spec.fingerprint}+{plan.entries[label].method}:{key}"
+        return trained, tokenizer, self.models.generator(trained, tokenizer, fingerprint, adapter)
+
+    def _train(self, label, seed, base, tokenizer, examples, budget, workdir):
+        method = self.plan.methods[label]
+        self.say(f"training: {label} seed {seed} ({budget.steps} steps x {budget.batch_size})")
+        tell((label, seed, examples, budget, method))
+        stamp = self.publisher.stamp()
+        result = train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, extra_loss=method.extra_loss,
+                       prepare=method.prepare_model, label=f"train {label} s{seed}",
+                       record={"computed": stamp, "code": training_code(method)})
+        self.counts["computed"] += 1
+        self.publisher.computed(f"{label}-seed{seed}", stamp)
+        return result.model
+
+    def _same_training(self, label: str, seed: int, examples: list[dict], budget) -> Path | None:
+        """Another row's finished training in this run that computed exactly this one."""
+        if distributed():
+            return None
+
+        key = self.plan.keys.training_content_key(label, examples, budget, seed)
+        for other in self.plan.entries:
+            workdir = self.units.workdir(other, seed)
+            if other == label or seed not in self.plan.seeds_of(other) or not self.units.training_done(other, seed):
+                continue
+            if not (workdir / FINAL_DIR).is_dir() or not (workdir / "examples.jsonl").exists():
+                continue
+            if self.plan.keys.training_content_key(other, read_jsonl(workdir / "examples.jsonl"), self.plan.budgets[other], seed) == key:
+                return workdir
+        return None
+
+    def _budget_for(self, label: str, tokenizer, seed: int):
+        """The row's budget; with equalise=tokens, the target is what the baseline method
+        (plain fine-tuning) trains on in ``steps``."""
+        b = self.plan.budgets[label]
+        if b.equalise != "tokens" or b.target_tokens:
+            return b
+
+        baseline = registry.baseline_method()
+        if baseline is None:
+            raise UserError("budget.equalise=tokens needs budget.target_tokens when no installed method is the baseline.")
+        examples = baseline().build_training_examples(method_context(self.plan, label, seed, None))
+        return dataclasses.replace(b, target_tokens=target_tokens_in_steps(tokenizer, examples, b, seed))
+
+
