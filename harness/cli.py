@@ -122,8 +122,6 @@ def _option(name: str, tp, help_text: str, extra: list[str] = ()) -> inspect.Par
 
 def _section_fields() -> list[str]:
     """The RunConfig fields that are sections of settings, set with --set or the config file."""
-    from harness.config.settings import RunConfig
-
     plain = {f.name for f, _ in _run_fields()}
     return [f.name for f in dataclasses.fields(RunConfig) if f.name not in plain]
 
