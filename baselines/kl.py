@@ -33,6 +33,8 @@ class KL(Method):
     citation = "Learning without Forgetting (Li & Hoiem, ECCV 2016), as a token-level KL to the frozen original"
     extension = True
     Options = KLOptions
+    # the original is the base with the adapter off: not so after PiSSA's initialisation, and no adapter under full
+    adapter_kinds = ("lora", "rslora", "dora")
 
     def check(self) -> None:
         if self.options.kl_weight < 0:

@@ -73,6 +73,8 @@ class Merge(Method):
                 "Yu et al., DARE, ICML 2024 (arXiv 2311.03099)")
     extension = True
     Options = MergeOptions
+    # the delta is B·A·scale on the original weights: not under DoRA, nor after PiSSA's initialisation
+    adapter_kinds = ("lora", "rslora", "full")
 
     def check(self) -> None:
         o = self.options

@@ -22,6 +22,8 @@ class WiSE(Method):
     citation = "Wortsman et al., Robust fine-tuning of zero-shot models, CVPR 2022 (arXiv 2109.01903)"
     extension = True
     Options = WiSEOptions
+    # scaling lora_B interpolates only where the delta is scale·B·A on the original weights
+    adapter_kinds = ("lora", "rslora", "full")
 
     def check(self) -> None:
         if not 0.0 <= self.options.alpha <= 1.0:

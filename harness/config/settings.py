@@ -36,6 +36,10 @@ def _defaults() -> dict:
 
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# What trains: a LoRA adapter (Hu et al. 2021), rank-stabilised LoRA (scale alpha/sqrt(r), Kalajdzievski 2023),
+# DoRA (magnitude and direction, Liu et al. 2024), LoRA initialised from the principal singular vectors (PiSSA,
+# Meng et al. 2024), all through peft, or every weight (full fine-tuning)
+ADAPTER_KINDS = ("lora", "rslora", "dora", "pissa", "full")
 
 
 @dataclass
@@ -44,7 +48,27 @@ class LoRASettings:
     alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     target_modules: tuple[str, ...] = field(default=ALL_LINEAR, metadata={"help": "Module names that get adapters."})
-    full_finetune: bool = field(default=False, metadata={"help": "Train all weights instead of a LoRA adapter."})
+    full_finetune: bool = field(default=False, metadata={"help": "Train all weights instead of a LoRA adapter (the old spelling of kind=full)."})
+    kind: str = field(default="lora", metadata={"help": "What trains: lora, rslora, dora, pissa (peft's variants of the adapter) or full "
+                                                        "(every weight)."})
+
+    @property
+    def adapter(self) -> str:
+        """The adapter kind this trains with (``full_finetune`` is the old spelling of ``kind=full``)."""
+        return "full" if self.full_finetune else self.kind
+
+
+def lora_key(lora: LoRASettings) -> dict:
+    """The adapter settings as unit keys hash them: ``kind`` is left out while it is the default (keys made
+    before it existed stay valid), and ``kind=full`` hashes as its old spelling ``full_finetune``, so both
+    spellings name one training."""
+    out = dataclasses.asdict(lora)
+    kind = out.pop("kind")
+    if kind == "full":
+        out["full_finetune"] = True
+    elif kind != "lora":
+        out["kind"] = kind
+    return out
 
 
 @dataclass
@@ -197,12 +221,26 @@ def check_budget(b: Budget, where: str) -> None:
         raise UserError(f"{where}: target_tokens must be a positive number of tokens, got {b.target_tokens}.")
 
 
+def check_on_policy_budget(b: Budget, per_prompt: int, where: str) -> None:
+    """The budget of a method that trains on its own samples (``Method.sample_step``)."""
+    if b.equalise == "tokens":
+        raise UserError(f"{where}: budget.equalise=tokens cannot set the steps of a method that trains on its own samples "
+                        "(their tokens are not known before training); use budget.equalise=steps for it.")
+    if per_prompt < 1 or b.batch_size % per_prompt:
+        raise UserError(f"{where}: budget.batch_size ({b.batch_size}) must be divisible by the {per_prompt} sequences the "
+                        "method samples per prompt.")
+
+
 def check_lora(lora: LoRASettings, where: str) -> None:
     if lora.r <= 0 or lora.alpha <= 0:
         raise UserError(f"{where}: r and alpha must be positive, got r={lora.r}, alpha={lora.alpha}.")
     if not 0.0 <= lora.dropout < 1.0:
         raise UserError(f"{where}: dropout must be at least 0 and below 1, got {lora.dropout}.")
-    if not lora.target_modules and not lora.full_finetune:
+    if lora.kind not in ADAPTER_KINDS:
+        raise UserError(f"{where}: kind '{lora.kind}' is unknown; use one of {', '.join(ADAPTER_KINDS)}.")
+    if lora.full_finetune and lora.kind not in ("lora", "full"):
+        raise UserError(f"{where}: full_finetune (the old spelling of kind=full) contradicts kind={lora.kind}; set kind alone.")
+    if not lora.target_modules and lora.adapter != "full":
         raise UserError(f"{where}: target_modules is empty; name the modules that get adapters, e.g. q_proj,v_proj.")
 
 

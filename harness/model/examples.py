@@ -24,6 +24,7 @@ class TokenisedExample:
     input_ids: list[int]
     weights: list[float]  # loss weight of predicting each token; 0 for the prompt
     kinds: list[str | None]  # the segment kind of each response token, None for the prompt
+    extra: dict | None = None  # what an on-policy method attached to a sampled sequence (its token_loss reads it)
 
     def target_count(self) -> int:
         """Tokens that carry loss (the first token is never predicted)."""
@@ -115,6 +116,14 @@ def weighted_nll(logits, input_ids, weights) -> tuple:
     ).view_as(input_ids[:, 1:])
     w = weights[:, 1:].to(nll.dtype)
     return (w * nll).sum(), w.sum()
+
+
+def weighted_token_loss(token_loss, model, batch: dict, logits, start: int) -> tuple:
+    """(Σ w·loss, Σ w) with a method's per-token loss in place of the NLL (``Method.token_loss``):
+    ``logits`` begin at position ``start``, the loss covers the tokens after it."""
+    per_token = token_loss(model, {**batch, "start": start}, logits)
+    w = batch["weights"][:, start + 1 :].to(per_token.dtype)
+    return (w * per_token).sum(), w.sum()
 
 
 def first_scored(weights) -> int:

@@ -68,94 +68,40 @@ class GenerationStats:
     seconds: float = 0.0
 
 
-class Generator:
-    """Generates chat completions for one model (base + optional adapter), through the cache.
+class Decoder:
+    """Decodes token ids with one model as it is now: prefill, KV cache, continuous batching and
+    sampling, no cache of results. ``Generator`` adds the cache; a training samples from its
+    current weights through ``sample`` (``harness.model.onpolicy``)."""
 
-    This is the transformers backend; harness/model/vllm_backend.py has a vLLM one with the
-    same surface, prompts and cache keys."""
-
-    backend = "transformers"
     # Decode steps of a plain Llama on a CPU run through ``harness.model.fast_llama`` (same
     # logits, bit for bit, without transformers' per-layer overhead); False: always ``model(...)``.
     FAST_DECODE = True
 
-    def __init__(self, model, tokenizer, fingerprint: str, cache: GenerationCache | None = None, batch_size: int = 0):
+    def __init__(self, model, tokenizer, batch_size: int = 0):
         self.model = model
         self.tokenizer = tokenizer
-        self.fingerprint = fingerprint
-        self.cache = cache or GenerationCache()
         self.batch_size = batch_size  # 0: chosen per call by ``auto_batch_size``
-        self.stats = GenerationStats()
         self.stop_ids = end_of_turn_ids(tokenizer)
         self.prefill = Prefill(model, tokenizer)
-        use_decode_attention(model)  # on a CPU: single-query attention without copying keys per head
 
-    def key(self, prompt_text: str, decoding: Decoding, prefix: bool = False) -> str:
-        parts = [self.fingerprint, prompt_text, decoding.key()]
-        if prefix:  # the assistant prefix is tokenised on its own (``request_ids``): other ids than the joined text's
-            parts.append("prefix tokenised apart")
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-    def prompt_text(self, request: Request) -> str:
-        return render_chat(self.tokenizer, request.messages, request.assistant_prefix)
-
-    def generate(self, requests: list[Request], decoding: Decoding = Decoding(), label: str = "generating",
-                 require_ids: bool = False) -> list[Output]:
-        """Outputs in the order of ``requests``; only cache misses are generated."""
-        return self.generate_many([(r, decoding) for r in requests], label, require_ids)
-
-    def generate_many(self, items: list[tuple[Request, Decoding]], label: str = "generating",
-                      require_ids: bool = False) -> list[Output]:
-        """Like ``generate`` with a decoding per request: requests that differ only in
-        ``max_new_tokens`` decode in one batch (e.g. every suite's questions to one model).
-        ``require_ids``: a cached output without its token ids (a cache row older than them)
-        counts as missing and is generated again."""
-        texts = [self.prompt_text(r) for r, _ in items]
-        keys = [self.key(t, d, bool(r.assistant_prefix)) for t, (r, d) in zip(texts, items)]
-        results: list[Output | None] = [self.cache.get(k) for k in keys]
-        if require_ids:
-            results = [r if r is not None and r.token_ids is not None else None for r in results]
-        todo = [i for i, r in enumerate(results) if r is None]
-        # the same prompt twice in one call is generated once
-        first_of: dict[str, int] = {}
-        unique = [i for i in todo if first_of.setdefault(keys[i], i) == i]
-        self.stats.cache_hits += len(items) - len(unique)
-        groups: dict[str, list[int]] = {}
-        for i in unique:
-            groups.setdefault(self._batch_key(items[i][1]), []).append(i)
-        prompts = {i: request_ids(self.tokenizer, items[i][0].messages, items[i][0].assistant_prefix) for i in unique}
-        for group in groups.values():
-            self._generate_missing(prompts, keys, group, {i: items[i][1] for i in group}, results, label)
-        for i in todo:
-            if results[i] is None:
-                results[i] = results[first_of[keys[i]]]
-        return results  # type: ignore[return-value]
-
-    @staticmethod
-    def _batch_key(decoding: Decoding) -> str:
-        """Requests with equal keys can share a batch: everything but the length limit."""
-        return json.dumps({**decoding.key(), "max_new_tokens": None}, sort_keys=True)
-
-    def _generate_missing(self, prompts, keys, todo, decodings: dict[int, Decoding], results, label):
-        """Generate ``todo`` (indices into ``keys``) from their prompt token ids, caching each output."""
+    def sample(self, prompts: list[list[int]], decoding: Decoding, seed: int, limits: list[int] | None = None
+               ) -> list[tuple[list[int], bool]]:
+        """(token ids, finished) for each prompt's ids, in order; ``seed`` seeds the sampling whatever
+        ``decoding.seed`` says, ``limits`` caps each prompt's new tokens (default ``decoding.max_new_tokens``)."""
         import torch
 
-        tok = self.tokenizer
-        ids = {i: prompts[i] for i in todo}
-        order = sorted(todo, key=lambda i: -len(ids[i]))
-        decoding = decodings[order[0]]  # the sampling settings the whole group shares
-        longest = max(decodings[i].max_new_tokens for i in order)
-        self.current_batch = self.batch_size or auto_batch_size(self.model, len(order), len(ids[order[0]]) + longest)
-        started = time.time()
-        seed = int(keys[order[0]][:8], 16) ^ decoding.seed
-        limits = [decodings[i].max_new_tokens for i in order]
-        with progress_bar(label, total=len(order), unit="tok") as bar, torch.inference_mode():
-            for i, (out, finished) in self._decode([ids[i] for i in order], order, decoding, seed, bar, limits):
-                results[i] = Output(tok.decode(out, skip_special_tokens=True), len(out), finished, token_ids=list(out))
-                self.cache.put_many([(keys[i], results[i])])
-                self.stats.new_tokens += len(out)
-                self.stats.generated += 1
-        self.stats.seconds += time.time() - started
+        if not prompts:
+            return []
+        limits = limits or [decoding.max_new_tokens] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        self.current_batch = self.batch_size or auto_batch_size(self.model, len(order), len(prompts[order[0]]) + max(limits))
+        results: list = [None] * len(prompts)
+        with torch.inference_mode():
+            for i, done in self._decode([prompts[i] for i in order], order, decoding, seed, _Silent(), [limits[i] for i in order]):
+                results[i] = done
+        return results
+
+
 
     def _decode(self, prompts: list[list[int]], ids_of: list[int], decoding: Decoding, seed: int, bar, limits: list[int]):
         """Continuous batching with a KV cache: a sequence that reaches end of turn leaves the
@@ -240,3 +186,93 @@ class Generator:
             sorted_probs[outside] = 0.0
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+class _Silent:
+    """A progress bar that shows nothing (sampling inside a training step has the training's bar)."""
+
+    def advance(self, *args, **kwargs) -> None:
+        pass
+
+
+class Generator(Decoder):
+    """Generates chat completions for one model (base + optional adapter), through the cache.
+
+    This is the transformers backend; harness/model/vllm_backend.py has a vLLM one with the
+    same surface, prompts and cache keys."""
+
+    backend = "transformers"
+
+    def __init__(self, model, tokenizer, fingerprint: str, cache: GenerationCache | None = None, batch_size: int = 0):
+        super().__init__(model, tokenizer, batch_size)
+        self.fingerprint = fingerprint
+        self.cache = cache or GenerationCache()
+        self.stats = GenerationStats()
+        use_decode_attention(model)  # on a CPU: single-query attention without copying keys per head
+
+    def key(self, prompt_text: str, decoding: Decoding, prefix: bool = False) -> str:
+        parts = [self.fingerprint, prompt_text, decoding.key()]
+        if prefix:  # the assistant prefix is tokenised on its own (``request_ids``): other ids than the joined text's
+            parts.append("prefix tokenised apart")
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def prompt_text(self, request: Request) -> str:
+        return render_chat(self.tokenizer, request.messages, request.assistant_prefix)
+
+    def generate(self, requests: list[Request], decoding: Decoding = Decoding(), label: str = "generating",
+                 require_ids: bool = False) -> list[Output]:
+        """Outputs in the order of ``requests``; only cache misses are generated."""
+        return self.generate_many([(r, decoding) for r in requests], label, require_ids)
+
+    def generate_many(self, items: list[tuple[Request, Decoding]], label: str = "generating",
+                      require_ids: bool = False) -> list[Output]:
+        """Like ``generate`` with a decoding per request: requests that differ only in
+        ``max_new_tokens`` decode in one batch (e.g. every suite's questions to one model).
+        ``require_ids``: a cached output without its token ids (a cache row older than them)
+        counts as missing and is generated again."""
+        texts = [self.prompt_text(r) for r, _ in items]
+        keys = [self.key(t, d, bool(r.assistant_prefix)) for t, (r, d) in zip(texts, items)]
+        results: list[Output | None] = [self.cache.get(k) for k in keys]
+        if require_ids:
+            results = [r if r is not None and r.token_ids is not None else None for r in results]
+        todo = [i for i, r in enumerate(results) if r is None]
+        # the same prompt twice in one call is generated once
+        first_of: dict[str, int] = {}
+        unique = [i for i in todo if first_of.setdefault(keys[i], i) == i]
+        self.stats.cache_hits += len(items) - len(unique)
+        groups: dict[str, list[int]] = {}
+        for i in unique:
+            groups.setdefault(self._batch_key(items[i][1]), []).append(i)
+        prompts = {i: request_ids(self.tokenizer, items[i][0].messages, items[i][0].assistant_prefix) for i in unique}
+        for group in groups.values():
+            self._generate_missing(prompts, keys, group, {i: items[i][1] for i in group}, results, label)
+        for i in todo:
+            if results[i] is None:
+                results[i] = results[first_of[keys[i]]]
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _batch_key(decoding: Decoding) -> str:
+        """Requests with equal keys can share a batch: everything but the length limit."""
+        return json.dumps({**decoding.key(), "max_new_tokens": None}, sort_keys=True)
+
+    def _generate_missing(self, prompts, keys, todo, decodings: dict[int, Decoding], results, label):
+        """Generate ``todo`` (indices into ``keys``) from their prompt token ids, caching each output."""
+        import torch
+
+        tok = self.tokenizer
+        ids = {i: prompts[i] for i in todo}
+        order = sorted(todo, key=lambda i: -len(ids[i]))
+        decoding = decodings[order[0]]  # the sampling settings the whole group shares
+        longest = max(decodings[i].max_new_tokens for i in order)
+        self.current_batch = self.batch_size or auto_batch_size(self.model, len(order), len(ids[order[0]]) + longest)
+        started = time.time()
+        seed = int(keys[order[0]][:8], 16) ^ decoding.seed
+        limits = [decodings[i].max_new_tokens for i in order]
+        with progress_bar(label, total=len(order), unit="tok") as bar, torch.inference_mode():
+            for i, (out, finished) in self._decode([ids[i] for i in order], order, decoding, seed, bar, limits):
+                results[i] = Output(tok.decode(out, skip_special_tokens=True), len(out), finished, token_ids=list(out))
+                self.cache.put_many([(keys[i], results[i])])
+                self.stats.new_tokens += len(out)
+                self.stats.generated += 1
+        self.stats.seconds += time.time() - started

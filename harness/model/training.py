@@ -1,10 +1,12 @@
 """The one trainer every method goes through: same budget, same loop, complete resumable state.
 
 A recipe of small steps (torchtune's shape), read top to bottom in ``train``: examples are
-tokenised once (``harness.model.examples``), the adapter is attached and seeded (``_setup``),
-then each optimiser step takes ``budget.batch_size`` examples in a seeded order, groups them
-by length into ``grad_accum`` micro-batches, and minimises the token-weighted mean NLL of the
-step plus a method's optional extra loss (``_step``). Every ``budget.save_every`` steps the
+tokenised once (``harness.model.examples``), the adapter is attached and seeded (``_setup``,
+``harness.model.adapters``), then each optimiser step takes ``budget.batch_size`` examples in a
+seeded order (or, for an on-policy method, the sequences it samples for them from the current
+weights: ``harness.model.onpolicy``), groups them by length into ``grad_accum`` micro-batches,
+and minimises the token-weighted mean NLL of the step (or the method's own per-token loss) plus
+a method's optional extra loss (``_step``). Every ``budget.save_every`` steps the
 whole state is saved atomically (``harness.model.checkpoints``); a rerun resumes from it and
 ends with the same weights. ``_finish`` saves the result and the statistics, which mark the
 training finished.
@@ -34,8 +36,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness.config.settings import Budget, LoRASettings, launched_processes
+from harness.config.settings import Budget, LoRASettings, check_on_policy_budget, launched_processes
 from harness.errors import UserError
+from harness.model.adapters import attach_adapter, save_result
 from harness.model.checkpoints import (
     FINAL_DIR,
     STATE_DIR,
@@ -58,7 +61,9 @@ from harness.model.examples import (
     steps_for_tokens,
     tokenise_example,
     weighted_nll,
+    weighted_token_loss,
 )
+from harness.model.onpolicy import SampleStep, on_policy_stats, sampled_items
 from harness.plugins.method import TrainingExample
 from harness.progress import progress_bar
 from harness.store import write_json
@@ -66,31 +71,13 @@ from harness.store import write_json
 log = logging.getLogger("radis_bench")
 
 ExtraLoss = Callable[[Any, dict, Any], torch.Tensor]
+TokenLoss = Callable[[Any, dict, torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class TrainResult:
     model: Any  # a peft PeftModel (LoRA) or the fully fine-tuned model
     stats: dict  # JSON-able accounting of what was trained (see ``train``)
-
-
-def _attach_adapter(model, lora: LoRASettings):
-    if lora.full_finetune:
-        for param in model.parameters():
-            param.requires_grad_(True)
-        return model
-    from peft import LoraConfig, get_peft_model
-
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    targets = [m for m in lora.target_modules if m in present]
-    if not targets:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise UserError(
-            f"None of the LoRA target modules {', '.join(lora.target_modules)} exist in this model; "
-            f"set lora.target_modules to some of: {', '.join(linear)}."
-        )
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
 
 
 # Below this size each operation is too small for intra-op threads to pay off: on a busy
@@ -137,6 +124,17 @@ def _peak_mem_mb(device: torch.device) -> float:
 
 
 @dataclass
+class OnPolicy:
+    """An on-policy method's part of a training: its step (``Method.sample_step``), the examples it
+    samples for and how many sequences it trains on per prompt."""
+
+    sample_step: SampleStep
+    examples: list[TrainingExample]
+    tokenizer: Any
+    per_prompt: int = 1
+
+
+@dataclass
 class _Session:
     """One training under way: the prepared model and optimiser, its data and its statistics."""
 
@@ -153,10 +151,18 @@ class _Session:
     device: Any  # where the model came from (and goes back to)
     step: int = 0
     by_kind: Counter = field(default_factory=Counter)
+    token_loss: TokenLoss | None = None
+    on_policy: "OnPolicy | None" = None
 
     @property
     def world(self) -> int:
         return self.accelerator.num_processes
+
+
+def method_hooks(method) -> dict:
+    """``train``'s keyword arguments for a method's hooks into the loss, the model and the step."""
+    return {"extra_loss": method.extra_loss, "prepare": method.prepare_model, "token_loss": method.token_loss,
+            "sample_step": method.sample_step, "samples_per_prompt": method.samples_per_prompt()}
 
 
 def train(
@@ -171,6 +177,9 @@ def train(
     label: str = "training",
     record: dict | None = None,
     prepare: Callable[[Any, Any, int], None] | None = None,
+    token_loss: TokenLoss | None = None,
+    sample_step: SampleStep | None = None,
+    samples_per_prompt: int = 1,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` under ``budget``; resumes from ``workdir/state``.
 
@@ -183,6 +192,11 @@ def train(
     target_tokens_by_kind, total_tokens (non-padding), padded_tokens, padding_share, wall_s,
     peak_mem_mb, per-step losses (and extra_losses), the final lr, resumed_from_step and
     trainable_params; ``record`` adds the caller's own fields.
+
+    ``token_loss(model, batch, logits)`` replaces the NLL per token (``Method.token_loss``).
+    With ``sample_step`` the training is on-policy (``harness.model.onpolicy``): each step
+    trains on the ``batch_size`` sequences it returns for ``batch_size / samples_per_prompt``
+    of the examples, and the stats add what was generated (``generated_tokens`` ...).
     """
     workdir = Path(workdir)
     finished = load_trained(model, workdir)
@@ -191,7 +205,16 @@ def train(
     if not examples:
         raise ValueError("train() needs at least one example")
     items = [tokenise_example(tokenizer, ex, budget.max_length) for ex in examples]
+    on_policy = OnPolicy(sample_step, examples, tokenizer, samples_per_prompt) if sample_step is not None else None
+    if on_policy is not None:
+        check_on_policy_budget(budget, samples_per_prompt, label)
     session = _setup(model, tokenizer, items, budget, lora, workdir, seed, extra_loss, prepare, label)
+    session.token_loss, session.on_policy = token_loss, on_policy
+    if on_policy is not None:
+        if session.world > 1:
+            raise UserError(f"{label}: a method that samples during training runs on one process; launch it without "
+                            "accelerate's several processes.")
+        session.stats = on_policy_stats() | session.stats  # a resumed state keeps its own counts
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     started, wall_before = time.time(), session.stats["wall_s"]
     session.model.train()
@@ -231,7 +254,7 @@ def _setup(model, tokenizer, items: list[TokenisedExample], budget: Budget, lora
     torch.manual_seed(seed)  # adapter initialisation and dropout
     if budget.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = _attach_adapter(model, lora)
+    model = attach_adapter(model, lora, workdir)
     if prepare is not None:
         prepare(model, tokenizer, seed)
     params = list(trainable(model).values())
@@ -262,8 +285,7 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
     budget, accelerator, world, rank = s.budget, s.accelerator, s.world, s.accelerator.process_index
     device = accelerator.device if world > 1 else s.device
     # sorting the step's examples by length keeps padding low inside each micro-batch
-    batch_items = sorted((s.items[i] for i in step_indices(s.step, budget.batch_size, len(s.items), s.seed)),
-                         key=lambda it: len(it.input_ids))
+    batch_items = sorted(_step_items(s), key=lambda it: len(it.input_ids))
     step_weight = max(sum(sum(it.weights[1:]) for it in batch_items), 1e-8)
     lr = budget.learning_rate * lr_factor(s.step, s.total_steps, budget)
     for group in s.optimizer.param_groups:
@@ -281,12 +303,17 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
     sums = [0.0, 0.0, 0, 0]  # loss, extra loss, tokens, padding
     for n, chunk in enumerate(mine):
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+        batch["extras"] = [item.extra for item in chunk]
         # gradients are exchanged once per step, after the last micro-batch
         with accelerator.no_sync(s.model) if n < len(mine) - 1 else contextlib.nullcontext():
             start = first_scored(batch["weights"]) if skip_prompt_logits else 0
             kwargs = {"logits_to_keep": batch["input_ids"].shape[1] - start} if start else {}
             outputs = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
-            nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"][:, start:], batch["weights"][:, start:])
+            if s.token_loss is None:
+                nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"][:, start:], batch["weights"][:, start:])
+            else:
+                nll_sum, weight_sum = weighted_token_loss(s.token_loss, accelerator.unwrap_model(s.model), batch,
+                                                          outputs.logits, start)
             # each micro-batch counts by its share of the global step's weighted tokens, so the
             # step minimises one token-level mean whatever grad_accum and the process count are
             loss = nll_sum / step_weight
@@ -307,6 +334,15 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
     s.step += 1
     _account(s, batch_items, every, lr)
     return s.stats["losses"][-1], int(every[:, 2].sum())
+
+
+def _step_items(s: _Session) -> list[TokenisedExample]:
+    """The step's examples in the seeded order, or, on-policy, the sequences sampled for them."""
+    if s.on_policy is None:
+        return [s.items[i] for i in step_indices(s.step, s.budget.batch_size, len(s.items), s.seed)]
+    p = s.on_policy
+    return sampled_items(p.sample_step, p.examples, s.accelerator.unwrap_model(s.model), p.tokenizer, s.step, s.seed,
+                         s.budget.batch_size, p.per_prompt, s.budget.max_length, s.stats)
 
 
 def _account(s: _Session, batch_items: list[TokenisedExample], every, lr: float) -> None:
@@ -339,7 +375,7 @@ def _finish(s: _Session, workdir: Path, record: dict | None) -> TrainResult:
     if s.accelerator.is_main_process:
         tmp = workdir / (FINAL_DIR + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)  # the adapter for LoRA, the whole model for full fine-tuning
+        save_result(model, tmp, workdir)  # the adapter for LoRA, the whole model for full fine-tuning
         replace_dir(tmp, workdir / FINAL_DIR)
         s.stats |= record or {}  # the caller's extra fields, e.g. who computed it
         write_json(workdir / STATS_FILE, s.stats)

@@ -10,6 +10,16 @@ generations it asks of the frozen original model (generated in one wide batch wi
 original's other work, then found in the cache). Optional hooks: ``extra_loss`` (called
 by the trainer on every micro-batch), ``prepare_model`` (after the adapter is attached,
 before the optimiser is built) and ``after_training``.
+
+Two hooks change what a step trains on, not only what is added to it:
+- ``token_loss(model, batch, logits)`` replaces the per-token NLL of the fixed examples
+  (token-level losses such as an entropy weight);
+- ``sample_step(step)`` makes the method on-policy: every optimiser step, the trainer hands it
+  the step's examples and a sampler that generates from the current weights
+  (``harness.model.onpolicy.TrainingStep``), and the method returns the sequences the step
+  trains on (the sampled tokens, their loss weights and what ``token_loss`` needs). The step
+  count and batch stay the shared budget's; ``samples_per_prompt`` sequences per prompt fill
+  the batch, and the tokens generated are recorded in the training's statistics.
 """
 
 from __future__ import annotations
@@ -103,9 +113,27 @@ class Method(Configurable):
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         raise NotImplementedError
 
+    # the adapter kinds (``lora.kind``) whose result the method's hooks handle correctly; None: every kind
+    adapter_kinds: ClassVar[tuple[str, ...] | None] = None
+
     # Optional: an extra loss term added to the trainer's loss on each micro-batch.
     # ``batch`` holds input_ids, attention_mask, weights; ``outputs`` the model outputs.
     extra_loss = None
+
+    # Optional: ``token_loss(model, batch, logits)`` -> the loss of every predicted token, replacing the NLL:
+    # a tensor [rows, width - 1 - start] for the tokens start+1 ... of ``batch["input_ids"]`` (``batch["start"]``:
+    # the logits begin at that position, those before it carry no loss). The trainer weights it with
+    # ``batch["weights"]`` and divides by the step's weighted tokens, as it does the NLL. ``batch["extras"]``
+    # holds what ``sample_step`` attached to each row.
+    token_loss = None
+
+    # Optional: ``sample_step(step)`` -> the step's sequences (on-policy training, see the module docstring).
+    sample_step = None
+
+    def samples_per_prompt(self) -> int:
+        """Sequences an on-policy step trains on per prompt (a GRPO group): the step takes
+        ``budget.batch_size / samples_per_prompt()`` prompts."""
+        return 1
 
     def prepare_model(self, model, tokenizer, seed: int) -> None:
         """Called once the adapter is attached and seeded, before the optimiser is built:

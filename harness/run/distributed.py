@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.config.settings import launched_processes
-from harness.model.training import train
+from harness.model.training import method_hooks, train
 
 
 def distributed() -> bool:
@@ -43,4 +43,4 @@ def follow(plan, models, units) -> Path:
         label, seed, examples, budget, method = message[0]
         base, tokenizer = models.load_base()
         train(base, tokenizer, examples, budget, plan.loras[label], units.workdir(label, seed), seed,
-              extra_loss=method.extra_loss, prepare=method.prepare_model, label=f"train {label} s{seed}")
+              label=f"train {label} s{seed}", **method_hooks(method))

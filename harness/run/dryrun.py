@@ -48,7 +48,9 @@ def print_plan(plan) -> None:
     out.print(f"[bold]Methods:[/bold] {', '.join(plan.entries)}   [bold]Seeds:[/bold] {', '.join(map(str, seeds))}")
     out.print(f"[bold]Suites:[/bold] {', '.join(plan.suites)}")
     lora = plan.cfg.lora
-    adapter = "full fine-tuning" if lora.full_finetune else f"LoRA r={lora.r} alpha={lora.alpha} on {','.join(lora.target_modules)}"
+    names = {"lora": "LoRA", "rslora": "rsLoRA", "dora": "DoRA", "pissa": "PiSSA-initialised LoRA"}
+    adapter = ("full fine-tuning" if lora.adapter == "full"
+               else f"{names[lora.adapter]} r={lora.r} alpha={lora.alpha} on {','.join(lora.target_modules)}")
     out.print(
         f"[bold]Shared budget:[/bold] {b.steps} steps x {b.batch_size} examples, lr {b.learning_rate:g} {b.schedule}, "
         f"max length {b.max_length}, equalise {b.equalise}; {adapter}"

@@ -67,7 +67,9 @@ class LoadedModels:
         if self.backend != "vllm" or (fingerprint != spec.fingerprint and adapter is None):
             return Generator(model, tokenizer, fingerprint, batch_size=cfg.gen_batch_size)
         if self._engine is None:
-            lora = None if cfg.lora.full_finetune else max(l.r for l in self.plan.loras.values())
+            # a PiSSA result is served as the plain LoRA it was converted to, of twice the rank
+            ranks = [l.r * (2 if l.adapter == "pissa" else 1) for l in self.plan.loras.values() if l.adapter != "full"]
+            lora = max(ranks) if ranks else None
             self._engine = load_engine(spec.path, lora_rank=lora, trust_remote_code=spec.trust_remote_code)
         lora_id = self._lora_ids.setdefault(str(adapter), len(self._lora_ids) + 1) if adapter else 1
         return VLLMGenerator(self._engine, tokenizer, fingerprint, batch_size=cfg.gen_batch_size,

@@ -52,6 +52,7 @@ import hashlib
 import json
 from dataclasses import asdict
 
+from harness.config.settings import lora_key
 from harness.data.sources import file_hash
 from harness.model.loading import scheme1_fingerprints as model_scheme1_fingerprints
 from harness.plugins import registry
@@ -90,8 +91,9 @@ class UnitKeys:
         method = self.plan.methods[label]
         for spec in method.uses_data():
             self.plan.data.general(spec)
+        # lora_key leaves out lora.kind while it is the default: the keys made before it existed stay as they were
         return {"base": self.plan.spec.fingerprint, "method": self.plan.entries[label].method, "options": options,
-                "budget": asdict(self.plan.budgets[label]), "lora": asdict(self.plan.loras[label]), "seed": seed,
+                "budget": asdict(self.plan.budgets[label]), "lora": lora_key(self.plan.loras[label]), "seed": seed,
                 "data": self.plan.keys.data_key(), "data_sets": self.plan.data.content_key([f"set:{s.name}" for s in method.uses_data()])}
 
     def model_key(self, cell: str) -> str:
@@ -130,10 +132,11 @@ class UnitKeys:
         written to examples.jsonl), the method's hooks into the loss or the model, budget,
         adapter and seed. Rows that differ only after training (wise) share it."""
         m = self.plan.methods[label]
-        hooked = m.extra_loss is not None or type(m).prepare_model is not Method.prepare_model
+        hooked = (m.extra_loss is not None or m.token_loss is not None or m.sample_step is not None
+                  or type(m).prepare_model is not Method.prepare_model)
         return digest({
             "base": self.plan.spec.fingerprint, "seed": seed, "budget": asdict(budget), "trainer": TRAINER,
-            "lora": asdict(self.plan.loras[label]),
+            "lora": lora_key(self.plan.loras[label]),
             "examples": [[e["messages"], e["response"], e.get("end_of_turn", True), e.get("end_weight")] for e in examples],
             "hooks": [self.plan.entries[label].method, m.options_dict()] if hooked else None,
         })
@@ -255,7 +258,7 @@ class EarlierKeys:
             replay_hash = plan.data.hashes.get(spec.path)
         hashes = {k: v for k, v in sorted(plan.data.hashes.items()) if k.startswith("alma/") and "/train." in k}
         return [(fingerprint, data_label, digest({"base": fingerprint, "method": label, "options": options,
-                        "budget": asdict(plan.budgets[label]), "lora": asdict(plan.loras[label]), "seed": seed,
+                        "budget": asdict(plan.budgets[label]), "lora": lora_key(plan.loras[label]), "seed": seed,
                         "data": {"data": data_label, "directions": [d.name for d in plan.directions],
                                  "train_size": plan.cfg.train_size, "data_seed": plan.cfg.data_seed, "hashes": hashes},
                         "replay": replay_hash}))

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.parse import apply_settings
-from harness.config.settings import RunConfig, check_budget, check_lora
+from harness.config.settings import RunConfig, check_budget, check_lora, check_on_policy_budget
 from harness.data.records import Direction, parse_directions
 from harness.data.sources import DataSource, sample
 from harness.errors import UserError
@@ -246,6 +246,12 @@ class Plan:
         check_lora(lora, f"{where} lora")
         method.check_ranges()
         method.check()
+        kinds = type(method).adapter_kinds
+        if kinds is not None and lora.adapter not in kinds:
+            raise UserError(f"{where}: {entry.method} handles the adapter kinds {', '.join(kinds)}, not lora.kind={lora.adapter}; "
+                            "set another lora.kind for this row or leave it out.")
+        if method.sample_step is not None:
+            check_on_policy_budget(budget, method.samples_per_prompt(), where)
         if entry.seeds is not None and (not entry.seeds or len(set(entry.seeds)) != len(entry.seeds) or min(entry.seeds) < 0):
             raise UserError(f"{where}: seeds must be distinct numbers of at least 0, got {entry.seeds}.")
         self.entries[label] = entry

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 from harness.errors import UserError, raise_if_stopping
+from harness.model.adapters import save_result
 from harness.model.checkpoints import FINAL_DIR, STATS_FILE, load_trained
 from harness.model.examples import target_tokens_in_steps
-from harness.model.training import train
+from harness.model.training import method_hooks, train
 from harness.plugins import registry
 from harness.plugins.method import MethodContext
 from harness.run.distributed import distributed, tell
@@ -82,10 +83,11 @@ class Trainings:
         original_model = self.models.original[0]
         trained = method.after_training(trained, dict(original_model.state_dict()))
         adapter = None
-        if self.models.backend == "vllm" and hasattr(trained, "peft_config"):
-            # vLLM serves base + this adapter, saved after after_training (e.g. WiSE scaling)
+        if self.models.backend == "vllm" and hasattr(trained, "peft_config") and plan.loras[label].adapter != "dora":
+            # vLLM serves base + this adapter, saved after after_training (e.g. WiSE scaling); it serves no DoRA
+            # adapter, so a DoRA model generates with transformers
             adapter = workdir / "eval_adapter"
-            trained.save_pretrained(adapter)
+            save_result(trained, adapter, workdir)
         if hasattr(trained, "merge_and_unload"):
             # merged weights evaluate faster than base + adapter; the original stays a separate model
             trained = trained.merge_and_unload()
@@ -98,9 +100,8 @@ class Trainings:
         self.say(f"training: {label} seed {seed} ({budget.steps} steps x {budget.batch_size})")
         tell((label, seed, examples, budget, method))
         stamp = self.publisher.stamp()
-        result = train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, extra_loss=method.extra_loss,
-                       prepare=method.prepare_model, label=f"train {label} s{seed}",
-                       record={"computed": stamp, "code": training_code(method)})
+        result = train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, label=f"train {label} s{seed}",
+                       record={"computed": stamp, "code": training_code(method)}, **method_hooks(method))
         self.counts["computed"] += 1
         self.publisher.computed(f"{label}-seed{seed}", stamp)
         return result.model
