@@ -60,7 +60,8 @@ def mentions_reference(text: str) -> bool:
 
 class SDFT(Method):
     name = "sdft"
-    description = "Self-distillation fine-tuning: train on the original model's rewrites of the references (Yang et al. 2024)."
+    description = ("Self-distillation fine-tuning (Yang et al. 2024), off-policy: train on the original model's rewrites of the "
+                   "references, made before training (not `opsd`, Shenfeld et al.'s on-policy self-distillation).")
     citation = "Yang et al., Self-Distillation Bridges Distribution Gap in Language Model Fine-Tuning, ACL 2024 (arXiv 2402.13669)"
     Options = SDFTOptions
     generation_in_target = "replaces"

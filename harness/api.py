@@ -16,6 +16,7 @@ from harness.intervals import bootstrap_ci, bootstrap_ci_of
 from harness.model.comet import CometScorer, CometUnavailable, comet_checkpoint, comet_label
 from harness.model.examples import collate, tokenise_example, weighted_nll
 from harness.model.generation import Generator
+from harness.model.onpolicy import TrainingStep, WeightSnapshot
 from harness.model.loading import check_model, load_model, looks_like_path, resolve_model
 from harness.model.prompts import (
                                    EXTRACTION_RULES,
@@ -45,7 +46,7 @@ __all__ = [
     "check_model", "load_model", "looks_like_path", "resolve_model",
     "EXTRACTION_RULES", "end_of_turn_ids", "extract_translation", "render_chat", "request_ids", "translation_prompt",
     "turn_end_tokens", "user_turn",
-    "collate", "tokenise_example", "weighted_nll", "Generator",
+    "collate", "tokenise_example", "weighted_nll", "Generator", "TrainingStep", "WeightSnapshot",
     "cache_dir",
     "Method", "MethodContext", "Segment", "TrainingExample",
     "NoOptions", "generation_limit",

@@ -35,9 +35,10 @@ NOT_CODE = (":(exclude)reports", ":(exclude,glob)**/*.md")
 
 def training_code(method) -> dict:
     """The code versions a training of ``method`` depends on: the trainer, the method and,
-    when the method builds its data by generating with the original model, the generator."""
+    when the method builds its data by generating with the original model or samples during
+    training, the generator."""
     code = {"trainer": TRAINER, "method": type(method).version}
-    if method.generates_with_original():
+    if method.generates_with_original() or method.sample_step is not None:
         code["generator"] = GENERATOR
     return code
 

@@ -38,7 +38,8 @@ ALPACA = [
     {"instruction": "Translate to German.", "input": "The dog", "output": "Der Hund"},
 ]
 # generation-heavy methods get short outputs from the random tiny model
-SHORT = {"radis": {"max_new_tokens": 12}, "sdft": {"max_new_tokens": 12}, "seqkd": {"max_new_tokens": 12}}
+SHORT = {"radis": {"max_new_tokens": 12}, "sdft": {"max_new_tokens": 12}, "seqkd": {"max_new_tokens": 12},
+         "stm": {"threshold": 1e9}}  # the random tiny model finds every token surprising: keep them all
 
 
 class FakeGenerator:
@@ -81,6 +82,7 @@ def test_every_registered_method_builds_data_the_trainer_learns_from(tiny_tokeni
         model = build_tiny_model(tiny_tokenizer)
         original = Generator(model, tiny_tokenizer, "tiny", GenerationCache(tmp_path / "generations.sqlite"), batch_size=8)
         ctx = context(original, data)
+        ctx.original_model = model
         examples = method.build_training_examples(ctx)
         assert examples and all(ex.response and ex.response_text for ex in examples), name
         result = train(model, tiny_tokenizer, examples, budget, LoRASettings(r=4, alpha=8), tmp_path / name, seed=0,

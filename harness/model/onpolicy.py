@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
-
 from harness.model.examples import TokenisedExample, step_indices
 from harness.model.generation import Decoder
 from harness.model.prompts import request_ids, turn_end_tokens
@@ -115,7 +113,8 @@ def sampled_items(sample_step: SampleStep, examples: list[TrainingExample], mode
 
 
 class WeightSnapshot:
-    """A copy of a model's trainable weights, run in place of the current ones (``used_by``).
+    """A copy of a model's trainable weights, run in place of the current ones (``used_by``). (torch is
+    imported where it is used: plugins import this through ``harness.api`` when they are listed.)
 
     Taken before the first step it is the original model, whatever the adapter kind; ``follow``
     moves it towards the current weights (an exponential moving average)."""
@@ -125,9 +124,12 @@ class WeightSnapshot:
 
     @contextlib.contextmanager
     def used_by(self, model):
-        """``model`` with these weights, without gradients, until the block ends."""
+        """``model`` with these weights, without gradients or dropout, until the block ends."""
+        import torch
+
         params = dict(model.named_parameters())
-        current = {}
+        current, was_training = {}, model.training
+        model.eval()
         try:
             with torch.no_grad():
                 for name, value in self.values.items():
@@ -137,9 +139,12 @@ class WeightSnapshot:
         finally:
             for name, data in current.items():
                 params[name].data = data
+            model.train(was_training)
 
     def follow(self, model, rate: float) -> None:
         """values ← (1 − rate)·values + rate·current weights."""
+        import torch
+
         if rate <= 0:
             return
         params = dict(model.named_parameters())

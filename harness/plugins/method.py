@@ -80,6 +80,7 @@ class MethodContext:
     budget: Budget
     seed: int
     stats: dict[str, Any] = field(default_factory=dict)  # recorded in the manifest
+    original_model: Any = None  # the frozen original model itself (torch), to score with; None while planning
 
 
 class Method(Configurable):

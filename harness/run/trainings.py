@@ -20,9 +20,10 @@ from harness.store import read_json, read_jsonl, write_atomic, write_json, write
 from harness.versions import training_code
 
 
-def method_context(plan, label: str, seed: int, original) -> MethodContext:
-    """What a row's method builds its data from; ``original`` None while planning."""
-    return MethodContext(pairs=plan.train_pairs, original=original, data=plan.data, budget=plan.budgets[label], seed=seed)
+def method_context(plan, label: str, seed: int, original, original_model=None) -> MethodContext:
+    """What a row's method builds its data from; ``original`` (its generator) None while planning."""
+    return MethodContext(pairs=plan.train_pairs, original=original, data=plan.data, budget=plan.budgets[label], seed=seed,
+                         original_model=original_model)
 
 
 class Trainings:
@@ -53,7 +54,7 @@ class Trainings:
                 shutil.rmtree(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
             write_atomic(workdir / "unit_key.txt", key)
-            ctx = method_context(self.plan, label, seed, self.models.original[2])
+            ctx = method_context(self.plan, label, seed, self.models.original[2], self.models.original[0])
             t0 = time.time()
             self.say(f"building training data: {label} seed {seed}")
             examples = method.build_training_examples(ctx)
