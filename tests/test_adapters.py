@@ -5,10 +5,12 @@ methods that refuse kinds their hooks do not handle."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
 import torch
+import pandas as pd
 from conftest import build_tiny_model
 
 from baselines.vanilla import Vanilla
@@ -18,7 +20,9 @@ from harness.model.adapters import attach_adapter
 from harness.model.checkpoints import load_trained
 from harness.model.onpolicy import WeightSnapshot
 from harness.model.training import train
+from harness.report.board import row_adapter
 from test_methods import context
+from test_run import cli
 from test_variants import plan_of
 
 BUDGET = Budget(steps=3, batch_size=4, learning_rate=2e-2, warmup_ratio=0.0, save_every=0, max_length=160)
@@ -90,6 +94,20 @@ def test_a_sweep_over_kinds_makes_rows_of_their_own_marked_as_another_adapter(ti
     assert old.keys.train_key("vanilla", 0) == full.keys.train_key("vanilla", 0)
     explicit = plan_of(tiny_checkpoint, methods=["vanilla"], lora={"kind": "lora"})
     assert explicit.keys.train_key("vanilla", 0) == plan.keys.train_key("vanilla", 0)
+    # an axis lora.<setting> (or budget.<setting>) sweeps every row of the run
+    every = plan_of(tiny_checkpoint, methods=["vanilla", "grpo@group_size=2"], sweep={"lora.kind": ["lora", "dora", "full"]})
+    assert list(every.entries) == ["vanilla", "grpo@group_size=2", "vanilla@lora.kind=dora", "vanilla@lora.kind=full",
+                                   "grpo@group_size=2@lora.kind=dora", "grpo@group_size=2@lora.kind=full"]
+    assert every.entries["grpo@group_size=2@lora.kind=full"].varies == "grpo@group_size=2"
+    assert every.methods["grpo@group_size=2@lora.kind=full"].options.group_size == 2
+    assert {label: every.loras[label].adapter for label in every.entries} == {
+        "vanilla": "lora", "grpo@group_size=2": "lora", "vanilla@lora.kind=dora": "dora", "vanilla@lora.kind=full": "full",
+        "grpo@group_size=2@lora.kind=dora": "dora", "grpo@group_size=2@lora.kind=full": "full"}
+    assert every.keys.train_key("vanilla@lora.kind=dora", 0) == plan.keys.train_key("vanilla@lora.kind=dora", 0)
+    assert {r["label"]: r["adapter"] for r in every.describe_rows()}["vanilla@lora.kind=full"] == "full"
+    lrs = plan_of(tiny_checkpoint, methods=["vanilla", "eaft"], sweep={"budget.lr": ["1e-4"]})
+    assert {label: lrs.budgets[label].learning_rate for label in lrs.entries} == {
+        "vanilla": 2e-4, "eaft": 2e-4, "vanilla@budget.lr=1e-4": 1e-4, "eaft@budget.lr=1e-4": 1e-4}
 
 
 @pytest.mark.parametrize("method,kind", [("kl", "pissa"), ("kl", "full"), ("wise", "dora"), ("merge", "pissa")])
@@ -104,3 +122,89 @@ def test_an_on_policy_row_is_checked_against_its_budget_before_any_compute(tiny_
         plan_of(tiny_checkpoint, methods=["grpo@group_size=3"])
     with pytest.raises(UserError, match="equalise=tokens cannot set the steps"):
         plan_of(tiny_checkpoint, methods=["opsd"], budget={"equalise": "tokens"})
+
+
+def test_a_rows_adapter_is_read_from_manifests_old_and_new():
+    assert row_adapter({"r": 16, "full_finetune": False}, {}) == "lora"  # before lora.kind
+    assert row_adapter({"r": 16, "full_finetune": True}, {}) == "full"
+    assert row_adapter({"r": 16, "full_finetune": False}, {"own_settings": {"lora.full_finetune": "true"}}) == "full"
+    assert row_adapter({"kind": "lora", "full_finetune": False}, {"own_settings": {"lora.kind": "dora"}}) == "dora"
+    assert row_adapter({"kind": "pissa", "full_finetune": False}, {"own_settings": {}}) == "pissa"  # the run's shared kind
+    assert row_adapter({"kind": "lora"}, {"adapter": "rslora", "own_settings": {}}) == "rslora"  # the row's own record wins
+
+
+def test_a_sweep_over_kinds_runs_and_every_table_marks_each_rows_adapter(tiny_checkpoint, tmp_path):
+    """`--sweep lora.kind=lora,dora,full` end to end on the tiny model, with an on-policy row: the
+    rows are marked as another adapter in the leaderboard (md, csv, html), the differences (md, csv,
+    html) and the training table; full fine-tuning trains every weight and its peak memory is
+    recorded; the tokens opsd generated while training are in each unit's stats and the manifest."""
+    run_dir = tmp_path / "run"
+    result = cli(["run", "--model", str(tiny_checkpoint), "--methods", "vanilla,opsd@max_new_tokens=6", "--suites", "retention",
+                  "--train-size", "8", "--eval-size", "4", "--steps", "2", "--batch-size", "4", "--out", str(run_dir),
+                  "--set", "retention.max_new_tokens=6", "--set", "budget.learning_rate=0.01",
+                  "--sweep", "lora.kind=lora,dora,full"], {"RADIS_BENCH_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    kinds = {"vanilla": "lora", "vanilla@lora.kind=dora": "dora", "vanilla@lora.kind=full": "full",
+             "opsd@max_new_tokens=6": "lora", "opsd@max_new_tokens=6@lora.kind=dora": "dora",
+             "opsd@max_new_tokens=6@lora.kind=full": "full"}
+    assert {label: row["adapter"] for label, row in manifest["methods"].items()} == kinds
+    training = {label: seeds["0"] for label, seeds in manifest["training"].items()}
+    n_params = sum(p.numel() for p in build_tiny_model_like(tiny_checkpoint).parameters())
+    for label, kind in kinds.items():
+        stats = training[label]
+        assert stats == json.loads((run_dir / "models" / label / "seed0" / "train_stats.json").read_text())  # per unit
+        assert (stats["trainable_params"] == n_params) == (kind == "full") and stats["peak_mem_mb"] > 0
+        if label.startswith("opsd"):  # 2 steps x 4 samples, each 1..6 tokens
+            assert stats["generated_samples"] == 8 and 8 <= stats["generated_tokens"] <= 48
+            assert sum(stats["generated_tokens_per_step"]) == stats["generated_tokens"]
+        else:
+            assert "generated_tokens" not in stats
+    assert training["vanilla@lora.kind=dora"]["trainable_params"] > training["vanilla"]["trainable_params"]  # + magnitudes
+    assert len({json.dumps(manifest["keys"][label]["0"]) for label in kinds}) == len(kinds)
+
+    report = run_dir / "report"
+    md = (report / "leaderboard.md").read_text()
+    assert "A row's adapter after its name" in md
+    names = {"vanilla": "vanilla", "vanilla@lora.kind=dora": "vanilla@lora.kind=dora [DoRA]",
+             "vanilla@lora.kind=full": "vanilla@lora.kind=full [full FT]", "opsd@max_new_tokens=6": "opsd@max_new_tokens=6",
+             "opsd@max_new_tokens=6@lora.kind=dora": "opsd@max_new_tokens=6@lora.kind=dora [DoRA]",
+             "opsd@max_new_tokens=6@lora.kind=full": "opsd@max_new_tokens=6@lora.kind=full [full FT]"}
+    main_table = md.split("## Main metrics", 1)[1].split("##", 1)[0]
+    train_table = md.split("## Training", 1)[1].split("##", 1)[0]
+    for table in (main_table, train_table):
+        shown = [line.split(" | ")[0 if table is main_table else 1].lstrip("| ") for line in table.splitlines()
+                 if line.startswith("| ") and " original " not in line and not line.startswith(("| method", "| model"))]
+        # the name, then " (extension)" for opsd, then † where the adapter is not the shared one
+        assert [name.split(" (extension)")[0].split(" †")[0] for name in shown] == list(names.values())
+        assert [name.endswith(("†3", "†4")) for name in shown] == [kind != "lora" for kind in kinds.values()] or table is train_table
+    differences = md.split("## Differences", 1)[1].split("## Methods", 1)[0]
+    assert "| vanilla@lora.kind=full [full FT] − vanilla |" in differences
+    assert "| opsd@max_new_tokens=6@lora.kind=dora [DoRA] − opsd@max_new_tokens=6 |" in differences
+    header = next(line for line in train_table.splitlines() if line.startswith("| model")).split(" | ")
+    for line in train_table.splitlines():
+        for label in ("vanilla", "opsd@max_new_tokens=6"):
+            if f"| {label} |" in line or f"| {label} (extension) |" in line:  # "—": nothing generated
+                generated = line.split(" | ")[header.index("generated tokens")]
+                assert generated == (f"{training[label]['generated_tokens']:,}" if label.startswith("opsd") else "—"), line
+
+    board = pd.read_csv(report / "leaderboard.csv", keep_default_na=False)
+    assert dict(zip(board["method"], board["adapter"])) == {"original": "", **kinds}
+    assert dict(zip(board["method"], board["label"]))["vanilla@lora.kind=full"] == "vanilla@lora.kind=full [full FT]"
+    diffs = pd.read_csv(report / "differences.csv", keep_default_na=False)
+    assert list(diffs.columns[:5]) == ["model", "method", "versus", "adapter", "versus_adapter"]
+    assert all(a == kinds[m] for m, a in zip(diffs["method"], diffs["adapter"]))
+    assert all(a == kinds.get(v, "") for v, a in zip(diffs["versus"], diffs["versus_adapter"]))
+    assert {"full", "dora", "lora"} <= set(diffs["adapter"]) and "" in set(diffs["versus_adapter"])  # versus the original
+
+    page = (report / "leaderboard.html").read_text()
+    for name in names.values():  # the main and other metrics, the differences and the training table
+        assert page.count(f">{name}") >= (3 if name == "vanilla" else 4), name
+    assert "vanilla@lora.kind=full [full FT] − vanilla" in page.replace("&minus;", "−")
+    assert "A row&#x27;s adapter after its name" in page or "A row's adapter after its name" in page
+
+
+def build_tiny_model_like(checkpoint):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(checkpoint)

@@ -358,3 +358,30 @@ def test_grpo_steps_take_batch_over_group_prompts_and_train_on_the_batch(tiny_to
     with pytest.raises(Exception, match="divisible by the 3 sequences"):
         train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, references(tiny_tokenizer), BUDGET, LORA, tmp_path / "x", seed=0,
               **method_hooks(GRPO(GRPOOptions(group_size=3))))
+
+
+# --- what `radis-bench list` says ---------------------------------------------------------------
+
+FRONTIER = {"opsd": "2601.19897", "grpo": "2402.03300", "eaft": "2601.02151", "stm": "2501.14315"}
+
+
+def test_list_shows_the_four_with_their_papers_and_tells_sdft_from_opsd():
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+    from harness.plugins import registry
+
+    out = CliRunner().invoke(app, ["list"], env={"COLUMNS": "250"}).output
+    rows, name = {}, None
+    for line in out.splitlines():  # a method's row and its citation line below it
+        if line.startswith("│"):
+            first, text = (cell.strip() for cell in line.split("│")[1:3])
+            name = first or name
+            rows[name] = f"{rows.get(name, '')} {text}"
+    for method, arxiv in FRONTIER.items():
+        cls = registry.get_method(method)
+        module = __import__(cls.__module__, fromlist=["_"])
+        assert f"arXiv {arxiv}" in rows[method] and arxiv in module.__doc__ and "(extension)" in rows[method], method
+    assert "2509.04259" in rows["grpo"]  # RL's Razor, which runs GRPO against SFT
+    assert "on-policy" in rows["opsd"] and "Shenfeld" in rows["opsd"] and "not `sdft`" in rows["opsd"]
+    assert "off-policy" in rows["sdft"] and "Yang et al." in rows["sdft"] and "not `opsd`" in rows["sdft"]

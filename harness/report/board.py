@@ -24,6 +24,20 @@ from harness.report.read import Run, item_stats, public, read_runs
 from harness.store import ORIGINAL
 
 
+ADAPTER_MARKS = {"rslora": "rsLoRA", "dora": "DoRA", "pissa": "PiSSA", "full": "full FT"}  # plain LoRA is unmarked
+
+
+def row_adapter(shared: dict | None, row: dict) -> str:
+    """A row's adapter kind from its manifest: its own record, else the run's adapter settings with the
+    row's own ``lora.*`` over them (manifests before lora.kind knew only ``full_finetune``)."""
+    if row.get("adapter"):
+        return str(row["adapter"])
+    own = {k.split(".", 1)[1]: v for k, v in (row.get("own_settings") or {}).items() if k.startswith("lora.")}
+    settings = {**(shared or {}), **own}
+    full = str(settings.get("full_finetune", False)).lower() in ("true", "1")
+    return "full" if full else str(settings.get("kind") or "lora")
+
+
 @dataclass(frozen=True)
 class Row:
     model: str
@@ -34,10 +48,16 @@ class Row:
     baseline: bool = False  # plain fine-tuning, the reference of every other row
     budget_differs: tuple[str, ...] = ()
     sweep: tuple[tuple[str, str], ...] = ()  # (axis, value) of a row made by a sweep
+    adapter: str = "lora"  # what trained: lora, rslora, dora, pissa or full (LoRASettings.adapter)
+
+    @property
+    def marked(self) -> str:
+        """The label with its adapter where that is not plain LoRA: every table shows it."""
+        return self.label if self.adapter == "lora" or self.original else f"{self.label} [{ADAPTER_MARKS.get(self.adapter, self.adapter)}]"
 
     @property
     def name(self) -> str:
-        return f"{self.label} (extension)" if self.extension else self.label
+        return f"{self.marked} (extension)" if self.extension else self.marked
 
     @property
     def original(self) -> bool:
@@ -119,6 +139,17 @@ class Leaderboard:
     def several_models(self) -> bool:
         return len({r.model for r in self.rows}) > 1
 
+    @property
+    def marks_adapters(self) -> bool:
+        """Whether a row trained something other than plain LoRA (then the tables say which adapter each row
+        trained; reports of LoRA rows only render as they always did)."""
+        return any(r.adapter != "lora" for r in self.rows if not r.original)
+
+    def adapter_of(self, model: str, label: str) -> str:
+        """A row's adapter kind ('' for the original)."""
+        found = next((r for r in self.rows if (r.model, r.label) == (model, label)), None)
+        return "" if found is None or found.original else found.adapter
+
 
 def build_leaderboard(run_dirs: list[Path], title: str | None = None, prefixes: dict[str, str] | None = None,
                       record_looks: bool = False) -> Leaderboard:
@@ -164,7 +195,8 @@ def _rows(scores: pd.DataFrame, runs: list[Run]) -> tuple[list[Row], dict[str, t
             row = row or {}
             full = run.prefix + label
             varies = row.get("varies")
-            info.setdefault(full, {**row, "varies": run.prefix + varies if varies else None})
+            info.setdefault(full, {**row, "varies": run.prefix + varies if varies else None,
+                                   "adapter": row_adapter(run.manifest.get("lora"), row)})
             if run.prefix:
                 renamed[full] = label
             if row.get("baseline"):
@@ -188,7 +220,8 @@ def _rows(scores: pd.DataFrame, runs: list[Run]) -> tuple[list[Row], dict[str, t
             method = row.get("method") or label
             is_baseline = bool(row.get("baseline")) if "baseline" in row else (baseline is None and method == fallback and label == method)
             rows.append(Row(model, label, method, bool(row.get("extension")), row.get("varies"), is_baseline,
-                            tuple(row.get("budget_differs") or ()), tuple(sorted((row.get("sweep") or {}).items()))))
+                            tuple(row.get("budget_differs") or ()), tuple(sorted((row.get("sweep") or {}).items())),
+                            str(row.get("adapter") or "lora")))
             described.setdefault(label, (str(row.get("description", "")), str(row.get("citation", ""))))
     return rows, described
 

@@ -18,6 +18,10 @@ from harness.store import ORIGINAL
 NOT_RUN = "no score in these runs (the suite was not run for this model and row)"
 
 
+ADAPTERS = ("A row's adapter after its name: [rsLoRA], [DoRA], [PiSSA] (peft's variants of LoRA at the same rank) or "
+            "[full FT] (every weight trained); no mark: plain LoRA (lora.kind; the adapter column of the CSV files).")
+
+
 ONE_SEED = "one training seed: the interval covers item noise only, seed variance not estimated"
 
 
@@ -111,7 +115,7 @@ def legend(board: Leaderboard) -> list[str]:
         f"Main metric of each suite: {mains}. ↑ higher is better, ↓ lower is better, no arrow: neither.",
         "Bold: the best fine-tuned row of a column, significantly ahead of every other one (adjusted together); ≈: tied "
         "for best (the top row does not beat these significantly).",
-    ]
+    ] + ([ADAPTERS] if board.marks_adapters else [])
 
 
 def marked_value(text: CellText, markdown: bool = True) -> str:
@@ -173,17 +177,24 @@ def leaderboard_csv(board: Leaderboard) -> str:
                 "seed_variance_estimated": "" if iv is None else iv.seed_variance, "n_items": cell.n_items,
                 "delta": cell.delta, "delta_low": div.low if div is not None else None,
                 "delta_high": div.high if div is not None else None, "best": cell.best, "tied": cell.tied,
-                "note": "; ".join(cell.notes),
+                "note": "; ".join(cell.notes), "adapter": "" if row.original else row.adapter,
             })
     columns = ["model", "method", "label", "base_method", "extension", "varies", "budget_differs", "suite", "metric",
                "main", "higher_is_better", "mean", "n_seeds", "seed_values", "std", "ci_low", "ci_high", "interval",
                "seed_variance_estimated", "n_items", "delta", "delta_low", "delta_high", "best", "tied", "note"]
+    if board.marks_adapters:  # reports of LoRA rows only keep the columns they always had
+        columns.insert(columns.index("budget_differs") + 1, "adapter")
     return pd.DataFrame(records, columns=columns).to_csv(index=False, lineterminator="\n", float_format="%.6g")
 
 
 def differences_csv(board: Leaderboard) -> str:
     buf = io.StringIO()
-    board.differences.reindex(columns=COLUMNS).to_csv(buf, index=False, float_format="%.6g", lineterminator="\n")
+    frame = board.differences.reindex(columns=COLUMNS)
+    if board.marks_adapters:  # which adapter each side trained (reports of LoRA rows only keep their columns)
+        for column, side in (("adapter", "method"), ("versus_adapter", "versus")):
+            frame.insert(frame.columns.get_loc("versus") + (1 if side == "method" else 2), column,
+                         [board.adapter_of(m, label) for m, label in zip(frame["model"], frame[side])])
+    frame.to_csv(buf, index=False, float_format="%.6g", lineterminator="\n")
     return buf.getvalue()
 
 
@@ -192,6 +203,7 @@ def difference_cells(board: Leaderboard, columns: list[Column]) -> list[tuple[st
     if diffs.empty:
         return []
     keyed = {(r.model, r.method, r.versus, r.suite, r.metric): r for r in diffs.itertuples(index=False)}
+    marked = {(r.model, r.label): r.marked for r in board.rows}
     out = []
     for model, method, versus in dict.fromkeys(zip(diffs["model"], diffs["method"], diffs["versus"])):
         texts = []
@@ -209,7 +221,7 @@ def difference_cells(board: Leaderboard, columns: list[Column]) -> list[tuple[st
             elif r.power_note:
                 text += " (—)"
             texts.append(text.strip())
-        out.append((model, method, versus, texts))
+        out.append((model, marked.get((model, method), method), marked.get((model, versus), versus), texts))
     return out
 
 
@@ -267,13 +279,20 @@ def training_table(board: Leaderboard) -> tuple[list[str], list[list[str]]]:
     header = ["model", "method", "seeds", "steps", "trainable params", "target tokens", "total tokens", "wall s", "final loss"]
     rows = []
     names = {r.label: r.name for r in board.rows}
-    for model, label, runs in training_runs(board):
+    trained = training_runs(board)
+    sampled = any("generated_tokens" in r for _, _, runs in trained for r in runs)
+    if sampled:  # on-policy rows generate while they train (reports without one keep their columns)
+        header.insert(header.index("wall s"), "generated tokens")
+    for model, label, runs in trained:
         def mean_of(key):
             values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
             return statistics.fmean(values) if values else None
         final = [r["losses"][-1] for r in runs if r.get("losses")]
         cells = [f"{v:,.0f}" if v is not None else "—" for v in
                  (mean_of("steps"), mean_of("trainable_params"), mean_of("target_tokens"), mean_of("total_tokens"))]
+        if sampled:
+            generated = mean_of("generated_tokens")
+            cells.append(f"{generated:,.0f}" if generated is not None else "—")
         wall = mean_of("wall_s")
         cells.append(f"{wall:,.1f}" if wall is not None else "—")
         cells.append(f"{statistics.fmean(final):.3f}" if final else "—")

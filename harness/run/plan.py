@@ -108,8 +108,9 @@ def value_text(value: Any) -> str:
 
 def expand_sweeps(entries: list[Entry], sweep: dict[str, list], effective) -> list[Entry]:
     """One variant per combination of a row's swept values (axes ``ROW.key``, ROW a row label
-    or a method name); a combination equal to the row itself is that row. ``effective(entry)``
-    gives what a row trains with, to compare."""
+    or a method name; an axis ``lora.<setting>`` or ``budget.<setting>`` sweeps every row of the
+    run); a combination equal to the row itself is that row. ``effective(entry)`` gives what a
+    row trains with, to compare."""
     axes: dict[str, list[tuple[str, list]]] = {}
     for axis, values in sweep.items():
         row, dot, key = str(axis).partition(".")
@@ -117,7 +118,8 @@ def expand_sweeps(entries: list[Entry], sweep: dict[str, list], effective) -> li
             raise UserError(f"Sweep axis '{axis}' must look like METHOD.option, e.g. radis.rationale_weight=0,0.5,1.")
         if not values:
             raise UserError(f"Sweep axis '{axis}' has no values; give them comma-separated, e.g. {axis}=0,0.5,1.")
-        axes.setdefault(row, []).append((key, list(values)))
+        for target in [e.label for e in entries] if row in ("lora", "budget") else [row]:
+            axes.setdefault(target, []).append((str(axis) if row in ("lora", "budget") else key, list(values)))
     by_label = {e.label: e for e in entries}
     out = list(entries)
     for row, row_axes in axes.items():
@@ -338,5 +340,5 @@ class Plan:
                          "options": method.options_dict(), "own_settings": {**entry.options, **{f"budget.{k}": v for k, v in entry.budget.items()},
                                                                              **{f"lora.{k}": v for k, v in entry.lora.items()}},
                          "seeds": self.seeds_of(label), "sweep": entry.sweep, "varies": entry.varies,
-                         "budget_differs": self.budget_differs(label)})
+                         "budget_differs": self.budget_differs(label), "adapter": self.loras[label].adapter})
         return rows
