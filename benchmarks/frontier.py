@@ -14,9 +14,14 @@ loaded model:
   scores them with sentence chrF and trains on the clipped policy-gradient loss with the
   KL to the original (one more forward per step for the reference model).
 
-Prints seconds per optimiser step (and the share of it spent sampling), tokens generated,
-the peak resident memory of the process during the row (and its increase over the row's
-start) and the ratios against vanilla measured in the same process.
+Prints seconds per optimiser step (the whole training call, setup and saving included, over its
+steps; and the part spent sampling), tokens generated,
+peak resident memory and the ratios against vanilla measured in the same run of the script.
+Each row runs in a child process of its own, one after another on the same inputs: resident
+memory never shrinks back within a process and the first training of a process pays one-time
+costs, so rows sharing one process would not compare; the peak is the child's whole peak
+(model loaded, trained, saved: what the machine must hold) and its increase over the loaded
+model.
 
     python benchmarks/frontier.py                                   # 4 steps x 8, samples <= 64 tokens
     python benchmarks/frontier.py --steps 8 --max-new-tokens 128 --rows vanilla,opsd,grpo
@@ -25,6 +30,10 @@ start) and the ratios against vanilla measured in the same process.
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -68,9 +77,17 @@ def run_row(row: str, pairs, args) -> dict:
         result = train(model, tokenizer, examples, budget, lora, Path(tmp), seed=0, label=row, **method_hooks(method))
         seconds = time.perf_counter() - start
     s = result.stats
+    peak = max(mem["peak_mb"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
     return {"seconds": seconds, "per_step": seconds / s["steps"], "sampling_s": s.get("sampling_s", 0.0),
             "generated": s.get("generated_tokens", 0), "trained_tokens": s["total_tokens"], "trainable": s["trainable_params"],
-            "peak_mb": mem["peak_mb"], "increase_mb": mem["increase_mb"], "loss": s["losses"][-1]}
+            "peak_mb": peak, "increase_mb": peak - mem["start_mb"], "loss": s["losses"][-1]}
+
+
+def in_child(row: str) -> dict:
+    """``row`` measured in a fresh process running this script (its last stdout line is the result)."""
+    args = [a for a in sys.argv[1:]]
+    done = subprocess.run([sys.executable, __file__, *args, "--child", row], stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -82,7 +99,11 @@ def main() -> None:
     ap.add_argument("--group-size", type=int, default=4, help="grpo's answers per prompt")
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)} (vanilla always runs)")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # measure one row in this process
     args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_row(args.child, pairs_for(data_source(args.data_dir), args.steps * args.batch_size, seed=0), args)))
+        return
     rows = ["vanilla"] + [r.strip() for r in args.rows.split(",") if r.strip() and r.strip() != "vanilla"]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
@@ -96,10 +117,11 @@ def main() -> None:
           f"tokens, grpo group {args.group_size}")
     results = {}
     for row in rows:
-        r = results[row] = run_row(row, pairs, args)
+        r = results[row] = in_child(row)
         print(f"{row}: {r['per_step']:.2f} s/step ({r['seconds']:.1f} s, sampling {r['sampling_s']:.1f} s), "
               f"{r['trained_tokens']} trained tokens, {r['generated']} generated, {r['trainable'] / 1e6:.2f}M trainable, "
-              f"peak RSS {r['peak_mb']:.0f} MiB (+{r['increase_mb']:.0f} MiB during the row), final loss {r['loss']:.3f}")
+              f"peak RSS {r['peak_mb']:.0f} MiB (+{r['increase_mb']:.0f} MiB over the loaded model), final loss {r['loss']:.3f}",
+              flush=True)
     base = results["vanilla"]
     for row, r in results.items():
         if row != "vanilla":
