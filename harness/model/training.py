@@ -47,6 +47,7 @@ from harness.model.checkpoints import (
     state_identity,
     trainable,
 )
+from harness.model.compute import KINDS, Meter, install, metering
 from harness.model.examples import (
     TokenisedExample,
     accepts_logits_to_keep,
@@ -232,8 +233,10 @@ def _setup(model, tokenizer, items: list[TokenisedExample], budget: Budget, lora
     if budget.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = _attach_adapter(model, lora)
-    if prepare is not None:
-        prepare(model, tokenizer, seed)
+    install(model)
+    with metering(Meter()) as prepared:  # e.g. EWC's Fisher: counted afresh when a training resumes
+        if prepare is not None:
+            prepare(model, tokenizer, seed)
     params = list(trainable(model).values())
     optimizer = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
     stats: dict[str, Any] = {
@@ -251,6 +254,7 @@ def _setup(model, tokenizer, items: list[TokenisedExample], budget: Budget, lora
         stats["resumed_from_step"] = step
         log.info("%s: resuming from step %d of %d", label, step, total_steps)
     stats["processes"] = world
+    stats["flops"] = {"prepare": prepared.record(), "steps": stats.get("flops", {}).get("steps", Meter().record())}
     model, optimizer = accelerator.prepare(model, optimizer)
     return _Session(model, optimizer, accelerator, items, budget, seed, total_steps, identity, stats, extra_loss, device, step,
                     Counter(stats["target_tokens_by_kind"]))
@@ -279,28 +283,31 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
     # vocabulary projection and softmax are a fifth of the compute (an extra loss sees all)
     skip_prompt_logits = s.extra_loss is None and accepts_logits_to_keep(s.model)
     sums = [0.0, 0.0, 0, 0]  # loss, extra loss, tokens, padding
+    meter = Meter()
     for n, chunk in enumerate(mine):
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         # gradients are exchanged once per step, after the last micro-batch
         with accelerator.no_sync(s.model) if n < len(mine) - 1 else contextlib.nullcontext():
             start = first_scored(batch["weights"]) if skip_prompt_logits else 0
             kwargs = {"logits_to_keep": batch["input_ids"].shape[1] - start} if start else {}
-            outputs = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
-            nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"][:, start:], batch["weights"][:, start:])
-            # each micro-batch counts by its share of the global step's weighted tokens, so the
-            # step minimises one token-level mean whatever grad_accum and the process count are
-            loss = nll_sum / step_weight
-            if s.extra_loss is not None:
-                extra = s.extra_loss(accelerator.unwrap_model(s.model), batch, outputs) * (weight_sum / step_weight)
-                loss = loss + extra
-                sums[1] += extra.item()
+            with metering(meter):
+                outputs = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+                nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"][:, start:], batch["weights"][:, start:])
+                # each micro-batch counts by its share of the global step's weighted tokens, so the
+                # step minimises one token-level mean whatever grad_accum and the process count are
+                loss = nll_sum / step_weight
+                if s.extra_loss is not None:
+                    extra = s.extra_loss(accelerator.unwrap_model(s.model), batch, outputs) * (weight_sum / step_weight)
+                    loss = loss + extra
+                    sums[1] += extra.item()
             # processes average their gradients; times N that is the sum over the global batch
             accelerator.backward(loss * world)
         sums[0] += loss.item()
         real = int(batch["attention_mask"].sum())
         sums[2] += real
         sums[3] += batch["attention_mask"].numel() - real
-    every = accelerator.gather(torch.tensor([sums + [_peak_mem_mb(device)]], dtype=torch.float64, device=device)).cpu()
+    spent = [float(meter.flops[k]) for k in KINDS]
+    every = accelerator.gather(torch.tensor([sums + [_peak_mem_mb(device)] + spent], dtype=torch.float64, device=device)).cpu()
     if budget.max_grad_norm > 0:
         accelerator.clip_grad_norm_(s.model.parameters(), budget.max_grad_norm)
     s.optimizer.step()
@@ -327,6 +334,10 @@ def _account(s: _Session, batch_items: list[TokenisedExample], every, lr: float)
     stats["lr"] = lr
     stats["padding_share"] = stats["padded_tokens"] / max(stats["padded_tokens"] + stats["total_tokens"], 1)
     stats["peak_mem_mb"] = max(stats["peak_mem_mb"], every[:, 4].max().item())
+    steps = Meter(stats["flops"]["steps"])
+    for n, kind in enumerate(KINDS):  # every process's passes
+        steps.add(kind, int(every[:, 5 + n].sum().item()))
+    stats["flops"]["steps"] = steps.record()
 
 
 def _finish(s: _Session, workdir: Path, record: dict | None) -> TrainResult:

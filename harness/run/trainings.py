@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from harness.errors import UserError, raise_if_stopping
+from harness.model.compute import Meter, metering
 from harness.model.checkpoints import FINAL_DIR, STATS_FILE, load_trained
 from harness.model.examples import target_tokens_in_steps
 from harness.model.training import train
@@ -55,8 +56,10 @@ class Trainings:
             ctx = method_context(self.plan, label, seed, self.models.original[2])
             t0 = time.time()
             self.say(f"building training data: {label} seed {seed}")
-            examples = method.build_training_examples(ctx)
+            with metering(Meter()) as meter:  # what building the data costs (the original's generations)
+                examples = method.build_training_examples(ctx)
             raise_if_stopping()
+            ctx.stats["data_flops"] = meter.record()
             ctx.stats["build_s"] = round(time.time() - t0, 1)
             ctx.stats["examples"] = len(examples)
             rows = [{"messages": e.messages, "response": [dataclasses.asdict(s) for s in e.response], "source": e.source,
