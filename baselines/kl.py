@@ -34,6 +34,8 @@ class KL(Method):
     extension = True
     Options = KLOptions
 
+    reference_passes = 1  # the original beside every micro-batch
+
     def check(self) -> None:
         if self.options.kl_weight < 0:
             raise UserError(f"kl.kl_weight must be 0 or more, got {self.options.kl_weight}.")

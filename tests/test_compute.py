@@ -126,3 +126,31 @@ def test_a_run_counts_every_unit_and_reports_its_compute(tiny_checkpoint, tmp_pa
     assert not all(p["dominated"] for p in points.values())
     # vanilla is cheaper to train than kl (kl runs the original beside every step)
     assert points["vanilla"]["flops"] < points["kl"]["flops"]
+
+
+def test_equal_compute_gives_every_row_the_baselines_flops_within_one_step(tiny_checkpoint, tmp_path):
+    """budget.equalise=compute: vanilla trains its steps; radis pays for its rationales and kl for
+    the original beside every step with fewer steps; every row's measured total (data building,
+    preparation, steps) is within one of its steps of the target."""
+    run_dir = tmp_path / "run"
+    args = ["run", "--model", str(tiny_checkpoint), "--methods", "vanilla,kl,radis", "--suites", "gsm8k",
+            "--seeds", "0", "--train-size", "8", "--eval-size", "2", "--steps", "6", "--batch-size", "2", "--budget", "compute",
+            "--out", str(run_dir), "--set", "max_new_tokens=4", "--set", "radis.max_new_tokens=24"]
+    dry = cli(args + ["--dry-run"], {"RADIS_BENCH_CACHE": str(tmp_path / "cache")})
+    assert dry.returncode == 0 and "Compute budget:" in dry.stdout, dry.stdout + dry.stderr
+    result = cli(args, {"RADIS_BENCH_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats, totals = {}, {}
+    for m in ("vanilla", "kl", "radis"):
+        workdir = run_dir / "models" / m / "seed0"
+        stats[m] = json.loads((workdir / "train_stats.json").read_text())
+        data = json.loads((workdir / "method_stats.json").read_text())["data_flops"]["total"]
+        flops = stats[m]["flops"]
+        totals[m] = data + flops["prepare"]["total"] + flops["steps"]["total"]
+    target = stats["vanilla"]["compute_target"]
+    assert {s["compute_target"] for s in stats.values()} == {target}
+    assert stats["vanilla"]["steps"] == 6 and totals["vanilla"] == target  # the baseline's own cost
+    assert stats["kl"]["steps"] < 6 and stats["radis"]["steps"] < 6
+    for m in ("kl", "radis"):
+        per_step = stats[m]["flops"]["steps"]["total"] / stats[m]["steps"]
+        assert abs(totals[m] - target) <= per_step, (m, totals[m], target, per_step)

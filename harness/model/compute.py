@@ -91,6 +91,17 @@ def backward(parts: dict, full: bool) -> int:
     return parts["matmul"] + 2 * parts["attention"] + 2 * parts["adapter"]
 
 
+def pass_flops(shape: Shape, lengths: list[int], logits: int, adapter: int = 0, trained: bool = False, full: bool = False,
+               head_trains: bool = False) -> int:
+    """FLOPs of one pass over sequences of these lengths (no padding) with ``logits`` positions'
+    logits, as the hooks below count it: with its backward when ``trained``."""
+    total = 0
+    for n in lengths:
+        parts = shape.forward(n, n, adapter=adapter)
+        total += _sum(parts) + (backward(parts, full) if trained else 0)
+    return total + logits * shape.logits * ((3 if head_trains else 2) if trained else 1)
+
+
 # --- the meter: what the current unit has spent -----------------------------------------------
 
 class Meter:

@@ -47,7 +47,7 @@ from harness.model.checkpoints import (
     state_identity,
     trainable,
 )
-from harness.model.compute import KINDS, Meter, install, metering
+from harness.model.compute import KINDS, Meter, adapter_flops, install, metering, pass_flops, shape_of
 from harness.model.examples import (
     TokenisedExample,
     accepts_logits_to_keep,
@@ -67,6 +67,17 @@ from harness.store import write_json
 log = logging.getLogger("radis_bench")
 
 ExtraLoss = Callable[[Any, dict, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ComputeTarget:
+    """What ``budget.equalise: compute`` needs: the baseline's examples (what they cost in
+    ``budget.steps`` steps under this row's adapter is every row's total), what building this
+    row's data cost, and the original's passes per micro-batch that the method makes."""
+
+    baseline: list[TrainingExample]
+    data_flops: int = 0
+    reference_passes: int = 0
 
 
 @dataclass
@@ -172,6 +183,7 @@ def train(
     label: str = "training",
     record: dict | None = None,
     prepare: Callable[[Any, Any, int], None] | None = None,
+    compute: ComputeTarget | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` under ``budget``; resumes from ``workdir/state``.
 
@@ -183,7 +195,9 @@ def train(
     The stats hold steps, examples_seen, target_tokens (tokens with loss weight > 0) and
     target_tokens_by_kind, total_tokens (non-padding), padded_tokens, padding_share, wall_s,
     peak_mem_mb, per-step losses (and extra_losses), the final lr, resumed_from_step and
-    trainable_params; ``record`` adds the caller's own fields.
+    trainable_params; ``record`` adds the caller's own fields. With ``budget.equalise ==
+    "compute"`` the steps are the number whose FLOPs, with the data building and ``prepare``,
+    come closest to what the baseline's examples cost in ``budget.steps`` steps (``compute``).
     """
     workdir = Path(workdir)
     finished = load_trained(model, workdir)
@@ -192,7 +206,7 @@ def train(
     if not examples:
         raise ValueError("train() needs at least one example")
     items = [tokenise_example(tokenizer, ex, budget.max_length) for ex in examples]
-    session = _setup(model, tokenizer, items, budget, lora, workdir, seed, extra_loss, prepare, label)
+    session = _setup(model, tokenizer, items, budget, lora, workdir, seed, extra_loss, prepare, label, compute)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     started, wall_before = time.time(), session.stats["wall_s"]
     session.model.train()
@@ -213,7 +227,7 @@ def train(
 
 
 def _setup(model, tokenizer, items: list[TokenisedExample], budget: Budget, lora: LoRASettings, workdir: Path, seed: int,
-           extra_loss: ExtraLoss | None, prepare, label: str) -> _Session:
+           extra_loss: ExtraLoss | None, prepare, label: str, compute: ComputeTarget | None = None) -> _Session:
     """The adapter attached and seeded, the optimiser, the accelerator, and the statistics, from a
     saved state when one belongs to this training."""
     device = next(model.parameters()).device
@@ -255,6 +269,12 @@ def _setup(model, tokenizer, items: list[TokenisedExample], budget: Budget, lora
         log.info("%s: resuming from step %d of %d", label, step, total_steps)
     stats["processes"] = world
     stats["flops"] = {"prepare": prepared.record(), "steps": stats.get("flops", {}).get("steps", Meter().record())}
+    if budget.equalise == "compute":
+        if compute is None:
+            raise ValueError("budget.equalise='compute' needs train(compute=ComputeTarget(...))")
+        total_steps, target = _steps_for_compute(model, tokenizer, items, budget, seed, world, extra_loss is None, compute,
+                                                 compute.data_flops + prepared.total())
+        stats["schedule_steps"], stats["compute_target"] = total_steps, target
     model, optimizer = accelerator.prepare(model, optimizer)
     return _Session(model, optimizer, accelerator, items, budget, seed, total_steps, identity, stats, extra_loss, device, step,
                     Counter(stats["target_tokens_by_kind"]))
@@ -273,12 +293,7 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
     for group in s.optimizer.param_groups:
         group["lr"] = lr
     s.optimizer.zero_grad(set_to_none=True)
-    micro_size = budget.batch_size // (budget.grad_accum * world)
-    if world == 1:
-        chunks = length_groups(batch_items, micro_size)
-    else:  # a fixed split, so every process gets micro-batches and joins each gradient exchange
-        chunks = [batch_items[start : start + micro_size] for start in range(0, len(batch_items), micro_size)]
-    mine = chunks[rank::world]  # process r takes micro-batches r, r+N, ...: disjoint, similar lengths
+    mine = _chunks(batch_items, budget, world)[rank::world]  # process r takes micro-batches r, r+N, ...: disjoint, similar lengths
     # no logits for the shared prompt prefix of a micro-batch: they carry no loss, and the
     # vocabulary projection and softmax are a fifth of the compute (an extra loss sees all)
     skip_prompt_logits = s.extra_loss is None and accepts_logits_to_keep(s.model)
@@ -314,6 +329,52 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
     s.step += 1
     _account(s, batch_items, every, lr)
     return s.stats["losses"][-1], int(every[:, 2].sum())
+
+
+def _chunks(batch_items: list[TokenisedExample], budget: Budget, world: int) -> list[list[TokenisedExample]]:
+    """A step's micro-batches over every process (process r takes r, r+N, ...)."""
+    micro_size = budget.batch_size // (budget.grad_accum * world)
+    if world == 1:
+        return length_groups(batch_items, micro_size)
+    # a fixed split, so every process gets micro-batches and joins each gradient exchange
+    return [batch_items[start : start + micro_size] for start in range(0, len(batch_items), micro_size)]
+
+
+def _steps_for_compute(model, tokenizer, items, budget: Budget, seed: int, world: int, no_extra_loss: bool,
+                       compute: ComputeTarget, spent: int) -> tuple[int, int]:
+    """(steps, target): the number of steps (at least one) whose FLOPs, added to ``spent``, come
+    closest to the target, what the baseline's examples cost in ``budget.steps`` steps. A step
+    is counted as the hooks of ``harness.model.compute`` count it, from its micro-batches, before
+    it runs: the data order is fixed by the seed, so this is exact for the passes the trainer
+    makes and those a method declares (``Method.reference_passes``)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    shape, adapter = shape_of(model), adapter_flops(model)
+    full = any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    head = model.get_output_embeddings()
+    head_trains = head is not None and head.weight.requires_grad
+    skips = accepts_logits_to_keep(model)
+
+    def step_flops(step_items, step: int, skip: bool, passes: int) -> int:
+        chosen = sorted((step_items[i] for i in step_indices(step, budget.batch_size, len(step_items), seed)),
+                        key=lambda it: len(it.input_ids))
+        total = 0
+        for chunk in _chunks(chosen, budget, world):
+            batch = collate(chunk, pad_id)
+            mask = batch["attention_mask"]
+            lengths = [int(n) for n in mask.sum(1)]
+            start = first_scored(batch["weights"]) if skip else 0
+            total += pass_flops(shape, lengths, int(mask[:, start:].sum()), adapter, trained=True, full=full, head_trains=head_trains)
+            total += passes * pass_flops(shape, lengths, int(mask.sum()))
+        return total
+
+    baseline = [tokenise_example(tokenizer, ex, budget.max_length) for ex in compute.baseline]
+    target = sum(step_flops(baseline, step, skips, 0) for step in range(budget.steps))
+    steps, total = 1, spent + step_flops(items, 0, skips and no_extra_loss, compute.reference_passes)
+    while True:
+        following = total + step_flops(items, steps, skips and no_extra_loss, compute.reference_passes)
+        if abs(following - target) >= abs(total - target):
+            return steps, target
+        steps, total = steps + 1, following
 
 
 def _account(s: _Session, batch_items: list[TokenisedExample], every, lr: float) -> None:
