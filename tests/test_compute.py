@@ -154,3 +154,17 @@ def test_equal_compute_gives_every_row_the_baselines_flops_within_one_step(tiny_
     for m in ("kl", "radis"):
         per_step = stats[m]["flops"]["steps"]["total"] / stats[m]["steps"]
         assert abs(totals[m] - target) <= per_step, (m, totals[m], target, per_step)
+
+
+def test_the_output_layer_on_stored_hidden_states_counts_one_row_per_position(tiny_tokenizer):
+    """Retention applies the output layer to hidden states it kept (n positions x width): n
+    positions' logits, not n x width."""
+    model = _eager_model(tiny_tokenizer)
+    shape = Shape.of(model.config)
+    head = model.get_output_embeddings()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter, metering(Meter()) as meter:
+        model(input_ids=torch.randint(0, 50, (2, 9)), attention_mask=torch.ones(2, 9, dtype=torch.long))
+        head(torch.randn(7, shape.hidden))
+    assert meter.flops["forward"] == 18 * (shape.layers * shape.layer_matmul + shape.logits) + 2 * shape.attention(9, 9) \
+        + 7 * shape.logits
+    assert meter.flops["forward"] == pytest.approx(counter.get_total_flops(), rel=0.01)

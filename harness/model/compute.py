@@ -231,9 +231,11 @@ def install(model) -> None:
         if meter is None or _PAUSED.get():
             return
         hidden = args[0]
-        kept = hidden.shape[1]
         mask = last["mask"]
-        positions = int(mask[:, -kept:].sum()) if mask is not None and mask.shape[1] >= kept else hidden.shape[0] * kept
+        if hidden.dim() == 3 and mask is not None and mask.shape[0] == hidden.shape[0] and mask.shape[1] >= hidden.shape[1]:
+            positions = int(mask[:, -hidden.shape[1]:].sum())  # the decoder's pass: padding left out
+        else:  # e.g. retention applies the output layer to stored hidden states, one row per position
+            positions = hidden.numel() // hidden.shape[-1]
         flops = positions * shape.logits
         if torch.is_grad_enabled() and hidden.requires_grad:  # input gradients, and the weights' when they train
             meter.add("trained", flops * (3 if module.weight.requires_grad else 2))
