@@ -36,6 +36,8 @@ class KL(Method):
     # the original is the base with the adapter off: not so after PiSSA's initialisation, and no adapter under full
     adapter_kinds = ("lora", "rslora", "dora")
 
+    reference_passes = 1  # the original beside every micro-batch
+
     def check(self) -> None:
         if self.options.kl_weight < 0:
             raise UserError(f"kl.kl_weight must be 0 or more, got {self.options.kl_weight}.")

@@ -122,6 +122,9 @@ def test_an_on_policy_row_is_checked_against_its_budget_before_any_compute(tiny_
         plan_of(tiny_checkpoint, methods=["grpo@group_size=3"])
     with pytest.raises(UserError, match="equalise=tokens cannot set the steps"):
         plan_of(tiny_checkpoint, methods=["opsd"], budget={"equalise": "tokens"})
+    with pytest.raises(UserError, match="equalise=compute cannot set the steps"):
+        plan_of(tiny_checkpoint, methods=["vanilla", "grpo"], budget={"equalise": "compute"})
+    assert plan_of(tiny_checkpoint, methods=["vanilla", "grpo@budget.equalise=steps"], budget={"equalise": "compute"})
 
 
 def test_a_rows_adapter_is_read_from_manifests_old_and_new():
@@ -158,8 +161,9 @@ def test_a_sweep_over_kinds_runs_and_every_table_marks_each_rows_adapter(tiny_ch
         if label.startswith("opsd"):  # 2 steps x 4 samples, each 1..6 tokens
             assert stats["generated_samples"] == 8 and 8 <= stats["generated_tokens"] <= 48
             assert sum(stats["generated_tokens_per_step"]) == stats["generated_tokens"]
+            assert stats["flops"]["steps"]["generated"] > 0  # the samples are part of the step's compute
         else:
-            assert "generated_tokens" not in stats
+            assert "generated_tokens" not in stats and stats["flops"]["steps"]["generated"] == 0
     assert training["vanilla@lora.kind=dora"]["trainable_params"] > training["vanilla"]["trainable_params"]  # + magnitudes
     assert len({json.dumps(manifest["keys"][label]["0"]) for label in kinds}) == len(kinds)
 

@@ -318,6 +318,18 @@ def test_in_training_samples_come_from_the_adapter_applied_model(tiny_tokenizer)
     assert step.generated_tokens == sum(len(ids) for ids, _ in sampled)
 
 
+def test_samples_drawn_inside_a_meter_count_once_as_generated_flops(tiny_tokenizer):
+    from harness.model.compute import Meter, metering, shape_of
+
+    model = build_tiny_model(tiny_tokenizer)
+    prompts = [request_ids(tiny_tokenizer, ex.messages) for ex in references(tiny_tokenizer)[:3]]
+    with metering(Meter()) as meter:
+        sampled = Decoder(model, tiny_tokenizer).sample(prompts, Decoding(max_new_tokens=5, do_sample=True), 0)
+    expected = sum(shape_of(model).generation(len(p), len(ids), done, 0) for p, (ids, done) in zip(prompts, sampled))
+    assert meter.flops["generated"] == expected > 0  # from the lengths, as the Generator counts its answers
+    assert meter.flops["forward"] == meter.flops["trained"] == 0  # the decode passes themselves are not counted again
+
+
 def test_on_policy_training_is_seeded_recorded_and_resumes_to_the_same_result(tiny_tokenizer, tmp_path):
     budget = Budget(steps=4, batch_size=4, learning_rate=2e-2, warmup_ratio=0.0, save_every=2, max_length=160)
     examples = references(tiny_tokenizer)

@@ -84,7 +84,7 @@ class Budget:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     max_length: int = field(default=224, metadata={"help": "Maximum tokens per training example (prompt + response)."})
-    equalise: str = field(default="steps", metadata={"help": "'steps' (same optimiser steps) or 'tokens' (same target tokens)."})
+    equalise: str = field(default="steps", metadata={"help": "'steps' (same optimiser steps), 'tokens' (same target tokens) or 'compute' (same FLOPs, data building included)."})
     target_tokens: int | None = field(default=None, metadata={"help": "With equalise=tokens: target tokens per method (default: what vanilla trains on in `steps`)."})
     save_every: int = field(default=8, metadata={"help": "Save resumable training state every N steps."})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision in training (accelerate mixed_precision='bf16')."})
@@ -215,16 +215,16 @@ def check_budget(b: Budget, where: str) -> None:
         raise UserError(f"{where}: max_length must be a positive number of tokens, got {b.max_length}.")
     if b.save_every < 0:
         raise UserError(f"{where}: save_every must be 0 (never) or a positive number of steps, got {b.save_every}.")
-    if b.equalise not in ("steps", "tokens"):
-        raise UserError(f"{where}: equalise (--budget) '{b.equalise}' is unknown; use steps or tokens.")
+    if b.equalise not in ("steps", "tokens", "compute"):
+        raise UserError(f"{where}: equalise (--budget) '{b.equalise}' is unknown; use steps, tokens or compute.")
     if b.target_tokens is not None and b.target_tokens <= 0:
         raise UserError(f"{where}: target_tokens must be a positive number of tokens, got {b.target_tokens}.")
 
 
 def check_on_policy_budget(b: Budget, per_prompt: int, where: str) -> None:
     """The budget of a method that trains on its own samples (``Method.sample_step``)."""
-    if b.equalise == "tokens":
-        raise UserError(f"{where}: budget.equalise=tokens cannot set the steps of a method that trains on its own samples "
+    if b.equalise in ("tokens", "compute"):
+        raise UserError(f"{where}: budget.equalise={b.equalise} cannot set the steps of a method that trains on its own samples "
                         "(their tokens are not known before training); use budget.equalise=steps for it.")
     if per_prompt < 1 or b.batch_size % per_prompt:
         raise UserError(f"{where}: budget.batch_size ({b.batch_size}) must be divisible by the {per_prompt} sequences the "

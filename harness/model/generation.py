@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.model.attention import use_decode_attention
+from harness.model.compute import adapter_flops, count_generation, counting, shape_of, uncounted
 from harness.model.fast_llama import FastLlama
 from harness.model.kv_cache import auto_batch_size, fill_holes
 from harness.model.prefill import Prefill, merge
@@ -82,6 +83,7 @@ class Decoder:
         self.tokenizer = tokenizer
         self.batch_size = batch_size  # 0: chosen per call by ``auto_batch_size``
         self.stop_ids = end_of_turn_ids(tokenizer)
+        self.shape = shape_of(model)  # what an answer costs (harness.model.compute)
         self.prefill = Prefill(model, tokenizer)
 
     def sample(self, prompts: list[list[int]], decoding: Decoding, seed: int, limits: list[int] | None = None
@@ -96,9 +98,12 @@ class Decoder:
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         self.current_batch = self.batch_size or auto_batch_size(self.model, len(order), len(prompts[order[0]]) + max(limits))
         results: list = [None] * len(prompts)
-        with torch.inference_mode():
+        with torch.inference_mode(), uncounted():  # counted below, from the lengths, as the Generator counts answers
             for i, done in self._decode([prompts[i] for i in order], order, decoding, seed, _Silent(), [limits[i] for i in order]):
                 results[i] = done
+        if counting():  # inside a training step's meter (an on-policy method's samples)
+            count_generation(self.shape, [len(p) for p in prompts], [Output("", len(ids), done) for ids, done in results],
+                             adapter_flops(self.model))
         return results
 
 
@@ -244,11 +249,16 @@ class Generator(Decoder):
         for i in unique:
             groups.setdefault(self._batch_key(items[i][1]), []).append(i)
         prompts = {i: request_ids(self.tokenizer, items[i][0].messages, items[i][0].assistant_prefix) for i in unique}
-        for group in groups.values():
-            self._generate_missing(prompts, keys, group, {i: items[i][1] for i in group}, results, label)
+        with uncounted():  # every answer is counted below, from its lengths, cached or not
+            for group in groups.values():
+                self._generate_missing(prompts, keys, group, {i: items[i][1] for i in group}, results, label)
         for i in todo:
             if results[i] is None:
                 results[i] = results[first_of[keys[i]]]
+        if counting():
+            lengths = [len(prompts[i]) if i in prompts else len(request_ids(self.tokenizer, r.messages, r.assistant_prefix))
+                       for i, (r, _) in enumerate(items)]
+            count_generation(self.shape, lengths, results, adapter_flops(self.model) if self.model is not None else 0)
         return results  # type: ignore[return-value]
 
     @staticmethod

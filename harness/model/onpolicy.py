@@ -87,6 +87,16 @@ class TrainingStep:
 SampleStep = Callable[[TrainingStep], list[TokenisedExample]]
 
 
+@dataclass
+class OnPolicy:
+    """An on-policy method's part of a training: its step (``Method.sample_step``), the examples it
+    samples for and how many sequences it trains on per prompt."""
+
+    sample_step: SampleStep
+    examples: list[TrainingExample]
+    tokenizer: Any
+    per_prompt: int = 1
+
 
 def on_policy_stats() -> dict:
     """The statistics an on-policy training adds to ``train_stats.json`` (and so to the manifest)."""

@@ -50,6 +50,7 @@ from harness.model.checkpoints import (
     state_identity,
     trainable,
 )
+from harness.model.compute import KINDS, Meter, adapter_flops, install, metering, pass_flops, shape_of
 from harness.model.examples import (
     TokenisedExample,
     accepts_logits_to_keep,
@@ -63,7 +64,7 @@ from harness.model.examples import (
     weighted_nll,
     weighted_token_loss,
 )
-from harness.model.onpolicy import SampleStep, on_policy_stats, sampled_items
+from harness.model.onpolicy import OnPolicy, SampleStep, on_policy_stats, sampled_items
 from harness.plugins.method import TrainingExample
 from harness.progress import progress_bar
 from harness.store import write_json
@@ -72,6 +73,17 @@ log = logging.getLogger("radis_bench")
 
 ExtraLoss = Callable[[Any, dict, Any], torch.Tensor]
 TokenLoss = Callable[[Any, dict, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ComputeTarget:
+    """What ``budget.equalise: compute`` needs: the baseline's examples (what they cost in
+    ``budget.steps`` steps under this row's adapter is every row's total), what building this
+    row's data cost, and the original's passes per micro-batch that the method makes."""
+
+    baseline: list[TrainingExample]
+    data_flops: int = 0
+    reference_passes: int = 0
 
 
 @dataclass
@@ -124,17 +136,6 @@ def _peak_mem_mb(device: torch.device) -> float:
 
 
 @dataclass
-class OnPolicy:
-    """An on-policy method's part of a training: its step (``Method.sample_step``), the examples it
-    samples for and how many sequences it trains on per prompt."""
-
-    sample_step: SampleStep
-    examples: list[TrainingExample]
-    tokenizer: Any
-    per_prompt: int = 1
-
-
-@dataclass
 class _Session:
     """One training under way: the prepared model and optimiser, its data and its statistics."""
 
@@ -180,6 +181,7 @@ def train(
     token_loss: TokenLoss | None = None,
     sample_step: SampleStep | None = None,
     samples_per_prompt: int = 1,
+    compute: ComputeTarget | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` under ``budget``; resumes from ``workdir/state``.
 
@@ -191,7 +193,9 @@ def train(
     The stats hold steps, examples_seen, target_tokens (tokens with loss weight > 0) and
     target_tokens_by_kind, total_tokens (non-padding), padded_tokens, padding_share, wall_s,
     peak_mem_mb, per-step losses (and extra_losses), the final lr, resumed_from_step and
-    trainable_params; ``record`` adds the caller's own fields.
+    trainable_params; ``record`` adds the caller's own fields. With ``budget.equalise ==
+    "compute"`` the steps are the number whose FLOPs, with the data building and ``prepare``,
+    come closest to what the baseline's examples cost in ``budget.steps`` steps (``compute``).
 
     ``token_loss(model, batch, logits)`` replaces the NLL per token (``Method.token_loss``).
     With ``sample_step`` the training is on-policy (``harness.model.onpolicy``): each step
@@ -208,7 +212,7 @@ def train(
     on_policy = OnPolicy(sample_step, examples, tokenizer, samples_per_prompt) if sample_step is not None else None
     if on_policy is not None:
         check_on_policy_budget(budget, samples_per_prompt, label)
-    session = _setup(model, tokenizer, items, budget, lora, workdir, seed, extra_loss, prepare, label)
+    session = _setup(model, tokenizer, items, budget, lora, workdir, seed, extra_loss, prepare, label, compute)
     session.token_loss, session.on_policy = token_loss, on_policy
     if on_policy is not None:
         if session.world > 1:
@@ -235,7 +239,7 @@ def train(
 
 
 def _setup(model, tokenizer, items: list[TokenisedExample], budget: Budget, lora: LoRASettings, workdir: Path, seed: int,
-           extra_loss: ExtraLoss | None, prepare, label: str) -> _Session:
+           extra_loss: ExtraLoss | None, prepare, label: str, compute: ComputeTarget | None = None) -> _Session:
     """The adapter attached and seeded, the optimiser, the accelerator, and the statistics, from a
     saved state when one belongs to this training."""
     device = next(model.parameters()).device
@@ -255,8 +259,10 @@ def _setup(model, tokenizer, items: list[TokenisedExample], budget: Budget, lora
     if budget.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = attach_adapter(model, lora, workdir)
-    if prepare is not None:
-        prepare(model, tokenizer, seed)
+    install(model)
+    with metering(Meter()) as prepared:  # e.g. EWC's Fisher: counted afresh when a training resumes
+        if prepare is not None:
+            prepare(model, tokenizer, seed)
     params = list(trainable(model).values())
     optimizer = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
     stats: dict[str, Any] = {
@@ -274,6 +280,13 @@ def _setup(model, tokenizer, items: list[TokenisedExample], budget: Budget, lora
         stats["resumed_from_step"] = step
         log.info("%s: resuming from step %d of %d", label, step, total_steps)
     stats["processes"] = world
+    stats["flops"] = {"prepare": prepared.record(), "steps": stats.get("flops", {}).get("steps", Meter().record())}
+    if budget.equalise == "compute":
+        if compute is None:
+            raise ValueError("budget.equalise='compute' needs train(compute=ComputeTarget(...))")
+        total_steps, target = _steps_for_compute(model, tokenizer, items, budget, seed, world, extra_loss is None, compute,
+                                                 compute.data_flops + prepared.total())
+        stats["schedule_steps"], stats["compute_target"] = total_steps, target
     model, optimizer = accelerator.prepare(model, optimizer)
     return _Session(model, optimizer, accelerator, items, budget, seed, total_steps, identity, stats, extra_loss, device, step,
                     Counter(stats["target_tokens_by_kind"]))
@@ -285,18 +298,15 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
     budget, accelerator, world, rank = s.budget, s.accelerator, s.world, s.accelerator.process_index
     device = accelerator.device if world > 1 else s.device
     # sorting the step's examples by length keeps padding low inside each micro-batch
-    batch_items = sorted(_step_items(s), key=lambda it: len(it.input_ids))
+    meter = Meter()
+    with metering(meter):  # an on-policy step's sampling counts as the step's generated FLOPs
+        batch_items = sorted(_step_items(s), key=lambda it: len(it.input_ids))
     step_weight = max(sum(sum(it.weights[1:]) for it in batch_items), 1e-8)
     lr = budget.learning_rate * lr_factor(s.step, s.total_steps, budget)
     for group in s.optimizer.param_groups:
         group["lr"] = lr
     s.optimizer.zero_grad(set_to_none=True)
-    micro_size = budget.batch_size // (budget.grad_accum * world)
-    if world == 1:
-        chunks = length_groups(batch_items, micro_size)
-    else:  # a fixed split, so every process gets micro-batches and joins each gradient exchange
-        chunks = [batch_items[start : start + micro_size] for start in range(0, len(batch_items), micro_size)]
-    mine = chunks[rank::world]  # process r takes micro-batches r, r+N, ...: disjoint, similar lengths
+    mine = _chunks(batch_items, budget, world)[rank::world]  # process r takes micro-batches r, r+N, ...: disjoint, similar lengths
     # no logits for the shared prompt prefix of a micro-batch: they carry no loss, and the
     # vocabulary projection and softmax are a fifth of the compute (an extra loss sees all)
     skip_prompt_logits = s.extra_loss is None and accepts_logits_to_keep(s.model)
@@ -308,26 +318,28 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
         with accelerator.no_sync(s.model) if n < len(mine) - 1 else contextlib.nullcontext():
             start = first_scored(batch["weights"]) if skip_prompt_logits else 0
             kwargs = {"logits_to_keep": batch["input_ids"].shape[1] - start} if start else {}
-            outputs = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
-            if s.token_loss is None:
-                nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"][:, start:], batch["weights"][:, start:])
-            else:
-                nll_sum, weight_sum = weighted_token_loss(s.token_loss, accelerator.unwrap_model(s.model), batch,
-                                                          outputs.logits, start)
-            # each micro-batch counts by its share of the global step's weighted tokens, so the
-            # step minimises one token-level mean whatever grad_accum and the process count are
-            loss = nll_sum / step_weight
-            if s.extra_loss is not None:
-                extra = s.extra_loss(accelerator.unwrap_model(s.model), batch, outputs) * (weight_sum / step_weight)
-                loss = loss + extra
-                sums[1] += extra.item()
+            with metering(meter):
+                outputs = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+                if s.token_loss is None:
+                    nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"][:, start:], batch["weights"][:, start:])
+                else:
+                    nll_sum, weight_sum = weighted_token_loss(s.token_loss, accelerator.unwrap_model(s.model), batch,
+                                                              outputs.logits, start)
+                # each micro-batch counts by its share of the global step's weighted tokens, so the
+                # step minimises one token-level mean whatever grad_accum and the process count are
+                loss = nll_sum / step_weight
+                if s.extra_loss is not None:
+                    extra = s.extra_loss(accelerator.unwrap_model(s.model), batch, outputs) * (weight_sum / step_weight)
+                    loss = loss + extra
+                    sums[1] += extra.item()
             # processes average their gradients; times N that is the sum over the global batch
             accelerator.backward(loss * world)
         sums[0] += loss.item()
         real = int(batch["attention_mask"].sum())
         sums[2] += real
         sums[3] += batch["attention_mask"].numel() - real
-    every = accelerator.gather(torch.tensor([sums + [_peak_mem_mb(device)]], dtype=torch.float64, device=device)).cpu()
+    spent = [float(meter.flops[k]) for k in KINDS]
+    every = accelerator.gather(torch.tensor([sums + [_peak_mem_mb(device)] + spent], dtype=torch.float64, device=device)).cpu()
     if budget.max_grad_norm > 0:
         accelerator.clip_grad_norm_(s.model.parameters(), budget.max_grad_norm)
     s.optimizer.step()
@@ -343,6 +355,52 @@ def _step_items(s: _Session) -> list[TokenisedExample]:
     p = s.on_policy
     return sampled_items(p.sample_step, p.examples, s.accelerator.unwrap_model(s.model), p.tokenizer, s.step, s.seed,
                          s.budget.batch_size, p.per_prompt, s.budget.max_length, s.stats)
+
+
+def _chunks(batch_items: list[TokenisedExample], budget: Budget, world: int) -> list[list[TokenisedExample]]:
+    """A step's micro-batches over every process (process r takes r, r+N, ...)."""
+    micro_size = budget.batch_size // (budget.grad_accum * world)
+    if world == 1:
+        return length_groups(batch_items, micro_size)
+    # a fixed split, so every process gets micro-batches and joins each gradient exchange
+    return [batch_items[start : start + micro_size] for start in range(0, len(batch_items), micro_size)]
+
+
+def _steps_for_compute(model, tokenizer, items, budget: Budget, seed: int, world: int, no_extra_loss: bool,
+                       compute: ComputeTarget, spent: int) -> tuple[int, int]:
+    """(steps, target): the number of steps (at least one) whose FLOPs, added to ``spent``, come
+    closest to the target, what the baseline's examples cost in ``budget.steps`` steps. A step
+    is counted as the hooks of ``harness.model.compute`` count it, from its micro-batches, before
+    it runs: the data order is fixed by the seed, so this is exact for the passes the trainer
+    makes and those a method declares (``Method.reference_passes``)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    shape, adapter = shape_of(model), adapter_flops(model)
+    full = any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    head = model.get_output_embeddings()
+    head_trains = head is not None and head.weight.requires_grad
+    skips = accepts_logits_to_keep(model)
+
+    def step_flops(step_items, step: int, skip: bool, passes: int) -> int:
+        chosen = sorted((step_items[i] for i in step_indices(step, budget.batch_size, len(step_items), seed)),
+                        key=lambda it: len(it.input_ids))
+        total = 0
+        for chunk in _chunks(chosen, budget, world):
+            batch = collate(chunk, pad_id)
+            mask = batch["attention_mask"]
+            lengths = [int(n) for n in mask.sum(1)]
+            start = first_scored(batch["weights"]) if skip else 0
+            total += pass_flops(shape, lengths, int(mask[:, start:].sum()), adapter, trained=True, full=full, head_trains=head_trains)
+            total += passes * pass_flops(shape, lengths, int(mask.sum()))
+        return total
+
+    baseline = [tokenise_example(tokenizer, ex, budget.max_length) for ex in compute.baseline]
+    target = sum(step_flops(baseline, step, skips, 0) for step in range(budget.steps))
+    steps, total = 1, spent + step_flops(items, 0, skips and no_extra_loss, compute.reference_passes)
+    while True:
+        following = total + step_flops(items, steps, skips and no_extra_loss, compute.reference_passes)
+        if abs(following - target) >= abs(total - target):
+            return steps, target
+        steps, total = steps + 1, following
 
 
 def _account(s: _Session, batch_items: list[TokenisedExample], every, lr: float) -> None:
@@ -363,6 +421,10 @@ def _account(s: _Session, batch_items: list[TokenisedExample], every, lr: float)
     stats["lr"] = lr
     stats["padding_share"] = stats["padded_tokens"] / max(stats["padded_tokens"] + stats["total_tokens"], 1)
     stats["peak_mem_mb"] = max(stats["peak_mem_mb"], every[:, 4].max().item())
+    steps = Meter(stats["flops"]["steps"])
+    for n, kind in enumerate(KINDS):  # every process's passes
+        steps.add(kind, int(every[:, 5 + n].sum().item()))
+    stats["flops"]["steps"] = steps.record()
 
 
 def _finish(s: _Session, workdir: Path, record: dict | None) -> TrainResult:

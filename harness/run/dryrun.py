@@ -55,6 +55,11 @@ def print_plan(plan) -> None:
         f"[bold]Shared budget:[/bold] {b.steps} steps x {b.batch_size} examples, lr {b.learning_rate:g} {b.schedule}, "
         f"max length {b.max_length}, equalise {b.equalise}; {adapter}"
     )
+    if any(budget.equalise == "compute" for budget in plan.budgets.values()):
+        out.print("[bold]Compute budget:[/bold] every row's data building, preparation and training together cost what "
+                  f"the baseline's {b.steps} steps cost; a row's steps are set once its data is built (what the original "
+                  "generates for it is not known before) and kept in its train_stats.json (schedule_steps, compute_target)",
+                  soft_wrap=True)
     out.print(f"[bold]Run directory:[/bold] {plan.run_dir}")
     for note in sizes.get("notes", []):
         out.print(f"[bold]Note:[/bold] {note}", soft_wrap=True)

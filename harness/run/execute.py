@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from harness.errors import raise_if_stopping
+from harness.model.compute import Meter, metering
 from harness.model.generation import Generator
 from harness.model.loading import load_model, resolve_placement
 from harness.model.vllm_backend import VLLMGenerator, load_engine, select_backend
@@ -238,7 +239,8 @@ class Execution:
         self.say(f"evaluating: {cell} on {suite}")
         t0, stamp = time.time(), self.publisher.stamp()
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        result = plan.suites[suite].evaluate(ctx)
+        with metering(Meter()) as meter:
+            result = plan.suites[suite].evaluate(ctx)
         raise_if_stopping()
         write_jsonl(units.outputs_path(cell, suite), result.outputs)
         self.publisher.write_item_stats(cell, suite, result.outputs)
@@ -246,7 +248,7 @@ class Execution:
             "key": key, "label": cell, "method": label or ORIGINAL, "seed": seed, "suite": suite,
             "metrics": [dataclasses.asdict(m) for m in result.metrics],
             "not_scored": [dataclasses.asdict(n) for n in result.not_scored],
-            "seconds": round(time.time() - t0, 1),
+            "seconds": round(time.time() - t0, 1), "flops": meter.record(),
             "computed": stamp, "code": evaluation_code(plan.suites[suite]),
         })
         self.publisher.timings[f"eval {cell} {suite}"] = round(time.time() - t0, 1)

@@ -160,7 +160,33 @@ class Publisher:
         # which process and code last computed a unit of each cell; a run that only reuses keeps the old entries
         m["cells"] = {**old.get("cells", {}), **self.computed_cells}
         m["unversioned_units"] = sorted(self.units.unversioned)
+        compute = self.compute()
+        if compute:
+            m["compute"] = compute
         write_json(self.run_dir / "manifest.json", m)
+
+    def compute(self) -> dict:
+        """FLOPs of every unit that counted them (harness.model.compute), by cell: building the
+        training data, training (its preparation and its steps), each suite's evaluation."""
+        out: dict[str, dict] = {}
+        cells = [(ORIGINAL, None, None)] + list(self.plan.trained_units())
+        for cell, label, seed in cells:
+            entry: dict = {}
+            if label is not None and self.units.training_done(label, seed):
+                workdir = self.units.workdir(label, seed)
+                data = (read_json(workdir / "method_stats.json") or {}).get("data_flops")
+                trained = (read_json(workdir / "train_stats.json") or {}).get("flops")
+                if data:
+                    entry["data"] = data
+                if trained:
+                    entry["training"] = trained
+            for suite in self.plan.suites:
+                done = self.units.evaluation(cell, suite)
+                if done and done.get("flops"):
+                    entry.setdefault("evaluation", {})[suite] = done["flops"]
+            if entry:
+                out[cell] = entry
+        return out
 
     # scores --------------------------------------------------------------------------------
     def score_rows(self) -> list[dict]:

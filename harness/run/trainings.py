@@ -11,8 +11,9 @@ from pathlib import Path
 from harness.errors import UserError, raise_if_stopping
 from harness.model.adapters import save_result
 from harness.model.checkpoints import FINAL_DIR, STATS_FILE, load_trained
+from harness.model.compute import Meter, metering
 from harness.model.examples import target_tokens_in_steps
-from harness.model.training import method_hooks, train
+from harness.model.training import ComputeTarget, method_hooks, train
 from harness.plugins import registry
 from harness.plugins.method import MethodContext
 from harness.run.distributed import distributed, tell
@@ -57,8 +58,10 @@ class Trainings:
             ctx = method_context(self.plan, label, seed, self.models.original[2], self.models.original[0])
             t0 = time.time()
             self.say(f"building training data: {label} seed {seed}")
-            examples = method.build_training_examples(ctx)
+            with metering(Meter()) as meter:  # what building the data costs (the original's generations)
+                examples = method.build_training_examples(ctx)
             raise_if_stopping()
+            ctx.stats["data_flops"] = meter.record()
             ctx.stats["build_s"] = round(time.time() - t0, 1)
             ctx.stats["examples"] = len(examples)
             rows = [{"messages": e.messages, "response": [dataclasses.asdict(s) for s in e.response], "source": e.source,
@@ -66,7 +69,7 @@ class Trainings:
             write_jsonl(workdir / "examples.jsonl", rows)
             write_json(workdir / "method_stats.json", ctx.stats)
             budget = self._budget_for(label, tokenizer, seed)
-            donor = self._same_training(label, seed, rows, budget)
+            donor = self._same_training(label, seed, rows, budget, ctx.stats["data_flops"]["total"])
             if donor is not None:
                 # e.g. wise trains exactly as vanilla does: the same training is done once
                 self.say(f"reused: training {label} seed {seed} is identical to {donor.parent.name}'s (same examples, "
@@ -79,7 +82,7 @@ class Trainings:
                 trained = load_trained(base, workdir)
                 self.counts["reused"] += 1
             else:
-                trained = self._train(label, seed, base, tokenizer, examples, budget, workdir)
+                trained = self._train(label, seed, base, tokenizer, examples, budget, workdir, ctx.stats["data_flops"]["total"])
         self.publisher.publish()
         original_model = self.models.original[0]
         trained = method.after_training(trained, dict(original_model.state_dict()))
@@ -96,19 +99,24 @@ class Trainings:
         fingerprint = f"{plan.spec.fingerprint}+{plan.entries[label].method}:{key}"
         return trained, tokenizer, self.models.generator(trained, tokenizer, fingerprint, adapter)
 
-    def _train(self, label, seed, base, tokenizer, examples, budget, workdir):
+    def _train(self, label, seed, base, tokenizer, examples, budget, workdir, data_flops: int):
         method = self.plan.methods[label]
-        self.say(f"training: {label} seed {seed} ({budget.steps} steps x {budget.batch_size})")
-        tell((label, seed, examples, budget, method))
+        compute = None
+        if budget.equalise == "compute":
+            compute = ComputeTarget(self._baseline_examples(label, seed), data_flops, method.reference_passes)
+        steps = "steps to equal compute" if compute else f"{budget.steps} steps"
+        self.say(f"training: {label} seed {seed} ({steps} x {budget.batch_size})")
+        tell((label, seed, examples, budget, method, compute))
         stamp = self.publisher.stamp()
         result = train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, label=f"train {label} s{seed}",
-                       record={"computed": stamp, "code": training_code(method)}, **method_hooks(method))
+                       record={"computed": stamp, "code": training_code(method)}, compute=compute, **method_hooks(method))
         self.counts["computed"] += 1
         self.publisher.computed(f"{label}-seed{seed}", stamp)
         return result.model
 
-    def _same_training(self, label: str, seed: int, examples: list[dict], budget) -> Path | None:
-        """Another row's finished training in this run that computed exactly this one."""
+    def _same_training(self, label: str, seed: int, examples: list[dict], budget, data_flops: int) -> Path | None:
+        """Another row's finished training in this run that computed exactly this one (under a
+        compute budget, one whose data building cost the same too: it sets the steps)."""
         if distributed():
             return None
 
@@ -118,6 +126,8 @@ class Trainings:
             if other == label or seed not in self.plan.seeds_of(other) or not self.units.training_done(other, seed):
                 continue
             if not (workdir / FINAL_DIR).is_dir() or not (workdir / "examples.jsonl").exists():
+                continue
+            if budget.equalise == "compute" and data_flops != ((read_json(workdir / "method_stats.json") or {}).get("data_flops") or {}).get("total"):
                 continue
             if self.plan.keys.training_content_key(other, read_jsonl(workdir / "examples.jsonl"), self.plan.budgets[other], seed) == key:
                 return workdir
@@ -130,10 +140,17 @@ class Trainings:
         if b.equalise != "tokens" or b.target_tokens:
             return b
 
+        examples = self._baseline_examples(label, seed)
+        return dataclasses.replace(b, target_tokens=target_tokens_in_steps(tokenizer, examples, b, seed))
+
+    def _baseline_examples(self, label: str, seed: int) -> list:
+        """What the baseline method (plain fine-tuning) trains on, which the tokens and compute
+        budgets are equalised to."""
         baseline = registry.baseline_method()
         if baseline is None:
-            raise UserError("budget.equalise=tokens needs budget.target_tokens when no installed method is the baseline.")
-        examples = baseline().build_training_examples(method_context(self.plan, label, seed, None))
-        return dataclasses.replace(b, target_tokens=target_tokens_in_steps(tokenizer, examples, b, seed))
+            raise UserError(f"budget.equalise={self.plan.budgets[label].equalise} needs an installed baseline method "
+                            f"(plain fine-tuning) to equalise to; install it or use equalise=steps"
+                            + (" or set budget.target_tokens." if self.plan.budgets[label].equalise == "tokens" else "."))
+        return baseline().build_training_examples(method_context(self.plan, label, seed, None))
 
 
