@@ -43,6 +43,7 @@ from harness.model.checkpoints import (
     load_state,
     load_trained,
     replace_dir,
+    save_snapshot,
     save_state,
     state_identity,
     trainable,
@@ -184,6 +185,7 @@ def train(
     record: dict | None = None,
     prepare: Callable[[Any, Any, int], None] | None = None,
     compute: ComputeTarget | None = None,
+    snapshot_every: int = 0,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` under ``budget``; resumes from ``workdir/state``.
 
@@ -198,6 +200,8 @@ def train(
     trainable_params; ``record`` adds the caller's own fields. With ``budget.equalise ==
     "compute"`` the steps are the number whose FLOPs, with the data building and ``prepare``,
     come closest to what the baseline's examples cost in ``budget.steps`` steps (``compute``).
+    ``snapshot_every``: the weights after every N steps (before the last) are kept under
+    ``workdir/trajectory`` for a trajectory; keeping them changes nothing in the training.
     """
     workdir = Path(workdir)
     finished = load_trained(model, workdir)
@@ -218,6 +222,10 @@ def train(
             loss, tokens = _step(session, pad_id)
             session.stats["wall_s"] = wall_before + time.time() - started
             bar.advance(1, tokens=tokens, extra=f"loss {loss:.3f}")
+            if snapshot_every > 0 and session.step % snapshot_every == 0 and session.step < session.total_steps:
+                if main:
+                    save_snapshot(workdir, session.accelerator.unwrap_model(session.model), session.step)
+                session.accelerator.wait_for_everyone()
             if budget.save_every > 0 and session.step % budget.save_every == 0 and session.step < session.total_steps:
                 if main:
                     save_state(workdir, session.accelerator.unwrap_model(session.model), session.optimizer, session.step,

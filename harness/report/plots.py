@@ -18,6 +18,7 @@ from harness.errors import UserError
 from harness.report.board import Column, Leaderboard, Row, training_runs
 from harness.report.compute import pareto_points
 from harness.report.text import safe_name
+from harness.report.trajectory import main_metrics, trajectory_series
 from harness.store import ORIGINAL
 
 
@@ -27,6 +28,7 @@ def all_plots(board: Leaderboard, general_metric: str | None = None) -> dict[str
         plots[f"suite_{safe_name(suite)}.png"] = plot_suite(board, suite)
     plots["training_loss.png"] = plot_training_loss(board)
     plots["pareto.png"] = plot_pareto(board)
+    plots.update(plot_trajectories(board))
     plots.update(ablation_plots(board))
     return {name: png for name, png in plots.items() if png is not None}
 
@@ -138,6 +140,37 @@ def plot_pareto(board: Leaderboard) -> bytes | None:
     ax.set_title("Gain, retention and compute: area = FLOPs to train; ringed = not dominated", fontsize=10)
     ax.grid(alpha=0.3)
     return png(fig)
+
+
+def plot_trajectories(board: Leaderboard) -> dict[str, bytes]:
+    """Per main metric of the trajectory suites: every row's mean over seeds along training (step
+    0 is the original), its band the interval of item and seed noise at each step."""
+    series = trajectory_series(board)
+    if series.empty:
+        return {}
+    colour = colours(board)
+    several = board.several_models
+    plots = {}
+    for suite, metric in main_metrics(board):
+        part = series[(series["suite"] == suite) & (series["metric"] == metric)]
+        if part.empty:
+            continue
+        fig = Figure(figsize=(7.2, 5.0))
+        ax = fig.subplots()
+        for (model, label), line in part.groupby(["model", "method"], sort=False):
+            name = label if not several else f"{label} [{model}]"
+            ax.plot(line["step"], line["mean"], marker="o", ms=4, color=colour.get(label, "grey"), label=name)
+            banded = line.dropna(subset=["ci_low", "ci_high"])
+            if len(banded):
+                ax.fill_between(banded["step"], banded["ci_low"], banded["ci_high"], color=colour.get(label, "grey"), alpha=0.15)
+        better = {"True": " (higher is better)", "False": " (lower is better)"}.get(str(part["higher_is_better"].iloc[0]), "")
+        ax.set_xlabel("optimiser step (0: the original)")
+        ax.set_ylabel(f"{suite} {metric}{better}")
+        ax.set_title(f"{suite} {metric} along training (mean over seeds, bands = 95% intervals)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        plots[f"trajectory_{safe_name(suite)}_{safe_name(metric)}.png"] = png(fig)
+    return plots
 
 
 def plot_suite(board: Leaderboard, suite: str) -> bytes | None:

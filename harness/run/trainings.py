@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.errors import UserError, raise_if_stopping
 from harness.model.compute import Meter, metering
-from harness.model.checkpoints import FINAL_DIR, STATS_FILE, load_trained
+from harness.model.checkpoints import FINAL_DIR, STATS_FILE, TRAJECTORY_DIR, load_snapshot, load_trained
 from harness.model.examples import target_tokens_in_steps
 from harness.model.training import ComputeTarget, train
 from harness.plugins import registry
@@ -73,6 +73,8 @@ class Trainings:
                 self.say(f"reused: training {label} seed {seed} is identical to {donor.parent.name}'s (same examples, "
                          f"loss, budget and seed); copying it")
                 shutil.copytree(donor / FINAL_DIR, workdir / FINAL_DIR, dirs_exist_ok=True)
+                if (donor / TRAJECTORY_DIR).is_dir():
+                    shutil.copytree(donor / TRAJECTORY_DIR, workdir / TRAJECTORY_DIR, dirs_exist_ok=True)
                 stats = read_json(donor / STATS_FILE) | {"shared_with": f"{donor.parent.name} seed {seed}"}
                 ctx.stats["training_shared_with"] = donor.parent.name
                 write_json(workdir / "method_stats.json", ctx.stats)
@@ -82,18 +84,33 @@ class Trainings:
             else:
                 trained = self._train(label, seed, base, tokenizer, examples, budget, workdir, ctx.stats["data_flops"]["total"])
         self.publisher.publish()
+        return self._ready(label, trained, tokenizer, workdir / "eval_adapter", key)
+
+    def snapshot(self, label: str, seed: int, step: int):
+        """(model, tokenizer, generator) of a training's checkpoint at ``step`` (a trajectory
+        point), post-processed as the final model is; None when the training did not keep it."""
+        workdir = self.units.workdir(label, seed)
+        base, tokenizer = self.models.load_base()
+        trained = load_snapshot(base, workdir, step)
+        if trained is None:
+            return None
+        return self._ready(label, trained, tokenizer, workdir / TRAJECTORY_DIR / f"step{step}-eval_adapter",
+                           f"{self.plan.keys.train_key(label, seed)}@step{step}")
+
+    def _ready(self, label: str, trained, tokenizer, adapter_dir: Path, key: str):
+        """The method's post-processing, then the weights merged, and a generator for them."""
         original_model = self.models.original[0]
-        trained = method.after_training(trained, dict(original_model.state_dict()))
+        trained = self.plan.methods[label].after_training(trained, dict(original_model.state_dict()))
         adapter = None
         if self.models.backend == "vllm" and hasattr(trained, "peft_config"):
             # vLLM serves base + this adapter, saved after after_training (e.g. WiSE scaling)
-            adapter = workdir / "eval_adapter"
+            adapter = adapter_dir
             trained.save_pretrained(adapter)
         if hasattr(trained, "merge_and_unload"):
             # merged weights evaluate faster than base + adapter; the original stays a separate model
             trained = trained.merge_and_unload()
         trained.eval()
-        fingerprint = f"{plan.spec.fingerprint}+{plan.entries[label].method}:{key}"
+        fingerprint = f"{self.plan.spec.fingerprint}+{self.plan.entries[label].method}:{key}"
         return trained, tokenizer, self.models.generator(trained, tokenizer, fingerprint, adapter)
 
     def _train(self, label, seed, base, tokenizer, examples, budget, workdir, data_flops: int):
@@ -103,11 +120,12 @@ class Trainings:
             compute = ComputeTarget(self._baseline_examples(label, seed), data_flops, method.reference_passes)
         steps = "steps to equal compute" if compute else f"{budget.steps} steps"
         self.say(f"training: {label} seed {seed} ({steps} x {budget.batch_size})")
-        tell((label, seed, examples, budget, method, compute))
+        tell((label, seed, examples, budget, method, compute, self.plan.cfg.eval_every))
         stamp = self.publisher.stamp()
         result = train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, extra_loss=method.extra_loss,
                        prepare=method.prepare_model, label=f"train {label} s{seed}",
-                       record={"computed": stamp, "code": training_code(method)}, compute=compute)
+                       record={"computed": stamp, "code": training_code(method)}, compute=compute,
+                       snapshot_every=self.plan.cfg.eval_every)
         self.counts["computed"] += 1
         self.publisher.computed(f"{label}-seed{seed}", stamp)
         return result.model
