@@ -8,7 +8,7 @@ import csv
 import json
 
 from harness.report.board import build_leaderboard
-from harness.report.trajectory import trajectory_series
+from harness.report.trajectory import area, gain_and_drift, half_step, trajectory_series, trajectory_summary
 from test_run import cli
 
 
@@ -76,3 +76,56 @@ def test_checkpoints_are_units_that_change_nothing_else(tiny_checkpoint, tmp_pat
     report = with_points / "report"
     assert (report / "trajectories.csv").is_file() and (report / "trajectory_retention_kl.png").is_file()
     assert "trajectory_retention_kl.png" in (report / "leaderboard.md").read_text()
+
+    # the summary and the drift-versus-gain path, from the same points
+    summary = trajectory_summary(board).set_index("method")
+    path = gain_and_drift(board)
+    task = next(c for c in board.columns if c.role == "task" and c.main)
+    for label in ("vanilla", "radis"):
+        row = next(r for r in board.rows if r.label == label)
+        per_seed = [[0.0] + [float(r["value"]) for r in sorted(points, key=lambda r: int(r["step"]))
+                             if r["method"] == label and r["seed"] == seed and r["metric"] == "kl"] for seed in ("0", "1")]
+        assert summary.loc[label, "seeds"] == 2
+        assert abs(summary.loc[label, "final_drift"] - board.cell(row, column).mean) < 1e-12
+        assert abs(summary.loc[label, "area"] - sum(area([0, 2, 4, 6], d) for d in per_seed) / 2) < 1e-12
+        assert summary.loc[label, "area_low"] <= summary.loc[label, "area"] <= summary.loc[label, "area_high"]
+        last = path[(path["method"] == label) & (path["step"] == 6)].iloc[0]
+        assert abs(last["gain"] - board.cell(row, task).delta) < 1e-9 and abs(last["drift"] - board.cell(row, column).mean) < 1e-12
+    assert "## Trajectories" in (report / "leaderboard.md").read_text() and (report / "trajectory_drift_vs_gain.png").is_file()
+
+
+def test_half_step_and_area_on_hand_curves():
+    assert half_step([0, 2, 4], [0.0, 1.0, 4.0]) == 2 + 2 * (2 - 1) / (4 - 1)  # half of 4 is reached between steps 2 and 4
+    assert half_step([0, 2, 4], [0.0, 3.0, 4.0]) == 2 * 2 / 3  # early drift: reached at 4/3
+    assert half_step([0, 2], [0.0, -2.0]) == 1.0  # a drift downwards
+    assert half_step([0, 2], [0.0, 0.0]) is None
+    assert area([0, 2, 4], [0.0, 2.0, 2.0]) == (2 + 4) / 4
+
+
+def test_log_with_tensorboard_writes_losses_and_trajectory_metrics(tiny_checkpoint, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    args = ["run", "--model", str(tiny_checkpoint), "--methods", "vanilla", "--suites", "retention", "--seeds", "0",
+            "--train-size", "8", "--eval-size", "3", "--steps", "4", "--batch-size", "4", "--out", str(run_dir),
+            "--set", "retention.max_new_tokens=6", "--eval-every", "2"]
+    env = {"RADIS_BENCH_CACHE": str(tmp_path / "cache")}
+    quiet = cli(args, env)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert not (run_dir / "logs").exists()  # nothing is logged without --log-with
+
+    bad = cli(args + ["--log-with", "tensorbored"], env)
+    assert bad.returncode == 2 and "is not one of accelerate's trackers" in bad.stderr and "Traceback" not in bad.stderr
+
+    logged = tmp_path / "logged"
+    result = cli([a if a != str(run_dir) else str(logged) for a in args] + ["--log-with", "tensorboard"], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(logged / "logs" / "vanilla-seed0"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    losses = json.loads((logged / "models" / "vanilla" / "seed0" / "train_stats.json").read_text())["losses"]
+    assert all(abs(e.value - v) < 1e-5 * max(1.0, abs(v)) for e, v in zip(events.Scalars("train/loss"), losses, strict=True))
+    kl = {e.step: e.value for e in events.Scalars("retention/kl")}
+    assert sorted(kl) == [0, 2, 4] and kl[0] == 0.0
+    final = json.loads((logged / "results" / "vanilla-seed0" / "retention.json").read_text())
+    assert abs(kl[4] - next(m["value"] for m in final["metrics"] if m["name"] == "kl")) < 1e-6

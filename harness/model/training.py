@@ -186,6 +186,7 @@ def train(
     prepare: Callable[[Any, Any, int], None] | None = None,
     compute: ComputeTarget | None = None,
     snapshot_every: int = 0,
+    tracker=None,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` under ``budget``; resumes from ``workdir/state``.
 
@@ -202,6 +203,7 @@ def train(
     come closest to what the baseline's examples cost in ``budget.steps`` steps (``compute``).
     ``snapshot_every``: the weights after every N steps (before the last) are kept under
     ``workdir/trajectory`` for a trajectory; keeping them changes nothing in the training.
+    ``tracker`` (``harness.run.tracking.Tracker``) receives each step's loss and learning rate.
     """
     workdir = Path(workdir)
     finished = load_trained(model, workdir)
@@ -222,6 +224,9 @@ def train(
             loss, tokens = _step(session, pad_id)
             session.stats["wall_s"] = wall_before + time.time() - started
             bar.advance(1, tokens=tokens, extra=f"loss {loss:.3f}")
+            if tracker is not None and main:
+                extra = session.stats.get("extra_losses") or [None]
+                tracker.log({"train/loss": loss, "train/lr": session.stats["lr"], "train/extra_loss": extra[-1]}, session.step)
             if snapshot_every > 0 and session.step % snapshot_every == 0 and session.step < session.total_steps:
                 if main:
                     save_snapshot(workdir, session.accelerator.unwrap_model(session.model), session.step)

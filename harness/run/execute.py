@@ -29,6 +29,7 @@ from harness.report.claims import record_plan
 from harness.run.checks import check_plan, refuse_uncommitted_code
 from harness.run.distributed import distributed, follow, tell
 from harness.run.publish import Publisher
+from harness.run.tracking import tracker
 from harness.run.trainings import Trainings, method_context
 from harness.run.units import Units, pending_units
 from harness.store import ORIGINAL, CellLock, RunLock, StateLock, read_json, write_json, write_jsonl
@@ -147,7 +148,7 @@ class Execution:
         for cell, label, seed in plan.trained_units():
             if not plan.selected(cell):
                 continue
-            holder = {}
+            holder, computed = {}, self.counts["computed"]
 
             def load(label=label, seed=seed, holder=holder):
                 if "model" not in holder:
@@ -162,6 +163,8 @@ class Execution:
                 self._evaluate(cell, label, seed, suite, load)
             holder.clear()
             self._trajectory(cell, label, seed)
+            if self.counts["computed"] > computed:  # logged once, when something of the cell was computed
+                self._log_metrics(cell, label, seed)
         which = "" if plan.only is None else f" --only {'+'.join(plan.only)}"
         self.publisher.timings[f"total_s_last_invocation{which}"] = round(time.time() - started, 1)
         self.publisher.publish(report=True)
@@ -208,6 +211,28 @@ class Execution:
             for suite in suites:
                 self._evaluate(point, label, seed, suite, load)
             holder.clear()
+
+    def _log_metrics(self, cell: str, label: str, seed: int) -> None:
+        """With ``log_with``: the main metrics of the trajectory suites (every suite without a
+        trajectory) at each point of the training unit's tracker run: the original at step 0,
+        the checkpoints, the final model at its last step."""
+        if not self.plan.cfg.log_with or not self.units.training_done(label, seed):
+            return
+        suites = self.plan.cfg.trajectory or list(self.plan.suites)
+        total = int((read_json(self.units.workdir(label, seed) / STATS_FILE) or {}).get("steps") or 0)
+        every = self.plan.cfg.eval_every
+        points = [(0, ORIGINAL)] + [(step, f"{cell}@step{step}") for step in (range(every, total, every) if every else [])]
+        logger = tracker(self.plan, label, seed)
+        if logger is None:
+            return
+        try:
+            for step, point in points + [(total, cell)]:
+                values = {f"{suite}/{m['name']}": m["value"] for suite in suites
+                          for m in (self.units.evaluation(point, suite) or {}).get("metrics", []) if m.get("main")}
+                if values:
+                    logger.log(values, step)
+        finally:
+            logger.finish()
 
     # generation ahead of the units ------------------------------------------------------------
     def _context(self, cell: str, suite: str, load):

@@ -16,6 +16,7 @@ from harness.model.training import ComputeTarget, train
 from harness.plugins import registry
 from harness.plugins.method import MethodContext
 from harness.run.distributed import distributed, tell
+from harness.run.tracking import tracker
 from harness.store import read_json, read_jsonl, write_atomic, write_json, write_jsonl
 from harness.versions import training_code
 
@@ -122,13 +123,21 @@ class Trainings:
         self.say(f"training: {label} seed {seed} ({steps} x {budget.batch_size})")
         tell((label, seed, examples, budget, method, compute, self.plan.cfg.eval_every))
         stamp = self.publisher.stamp()
-        result = train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, extra_loss=method.extra_loss,
-                       prepare=method.prepare_model, label=f"train {label} s{seed}",
-                       record={"computed": stamp, "code": training_code(method)}, compute=compute,
-                       snapshot_every=self.plan.cfg.eval_every)
+        logger = tracker(self.plan, label, seed)
+        try:
+            result = self._run_training(label, seed, base, tokenizer, examples, budget, workdir, method, compute, stamp, logger)
+        finally:
+            if logger is not None:
+                logger.finish()
         self.counts["computed"] += 1
         self.publisher.computed(f"{label}-seed{seed}", stamp)
         return result.model
+
+    def _run_training(self, label, seed, base, tokenizer, examples, budget, workdir, method, compute, stamp, logger):
+        return train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, extra_loss=method.extra_loss,
+                       prepare=method.prepare_model, label=f"train {label} s{seed}",
+                       record={"computed": stamp, "code": training_code(method)}, compute=compute,
+                       snapshot_every=self.plan.cfg.eval_every, tracker=logger)
 
     def _same_training(self, label: str, seed: int, examples: list[dict], budget, data_flops: int) -> Path | None:
         """Another row's finished training in this run that computed exactly this one (under a
