@@ -34,10 +34,11 @@ def mixed_prompts(data, n: int, seed: int = 0):
     from harness.data.records import parse_directions
     from harness.data.sources import sample
     from harness.model.prompts import translation_prompt, user_turn
+    from harness.plugins.registry import data_set
 
     (direction,) = parse_directions("de-en")
     pairs = sample(data.translation(direction, "test"), n - n // 2, seed)
-    instructions = sample(data.general("alpaca_eval"), n // 2, seed)
+    instructions = sample(data.general(data_set("alpaca_eval")), n // 2, seed)
     return [("translation", user_turn(translation_prompt(p))) for p in pairs] + [
         ("instruction", user_turn(i.prompt)) for i in instructions
     ]
