@@ -34,10 +34,11 @@ def mixed_prompts(data, n: int, seed: int = 0):
     from harness.data.records import parse_directions
     from harness.data.sources import sample
     from harness.model.prompts import translation_prompt, user_turn
+    from harness.plugins.registry import data_set
 
     (direction,) = parse_directions("de-en")
     pairs = sample(data.translation(direction, "test"), n - n // 2, seed)
-    instructions = sample(data.general("alpaca_eval"), n // 2, seed)
+    instructions = sample(data.general(data_set("alpaca_eval")), n // 2, seed)
     return [("translation", user_turn(translation_prompt(p))) for p in pairs] + [
         ("instruction", user_turn(i.prompt)) for i in instructions
     ]
@@ -84,6 +85,38 @@ def matmul_gflops(n: int = 1024, dtype: str = "float32", seconds: float = 3.0) -
         a @ b
         count += 1
     return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def shape_gflops(config, rows: int, seconds: float = 3.0) -> float:
+    """Dense matmul throughput at the model's own shapes: one layer's projections (query, key,
+    value, output, the three MLP matrices) and the vocabulary head on ``rows`` tokens at once,
+    weighted by their FLOPs as a forward pass weighs them."""
+    import torch
+
+    from harness.model.compute import Shape
+
+    s = Shape.of(config)
+    q, kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+    pairs = [(s.hidden, q), (s.hidden, kv), (s.hidden, kv), (q, s.hidden), (s.hidden, s.mlp), (s.hidden, s.mlp),
+             (s.mlp, s.hidden)]
+    layer = [(torch.randn(rows, i), torch.randn(i, o)) for i, o in pairs]
+    head = (torch.randn(rows, s.hidden), torch.randn(s.hidden, s.vocab))
+    flops_layer = sum(2 * rows * i * o for i, o in pairs)
+    flops_head = 2 * rows * s.hidden * s.vocab
+
+    def once():
+        for _ in range(s.layers):
+            for a, b in layer:
+                a @ b
+        head[0] @ head[1]
+
+    for _ in range(2):
+        once()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        once()
+        count += 1
+    return (flops_layer * s.layers + flops_head) * count / (time.perf_counter() - start) / 1e9
 
 
 def params_of(model) -> int:

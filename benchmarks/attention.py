@@ -26,9 +26,10 @@ def main() -> None:
     from harness.plugins.requests import Decoding, Request
     from harness.model.generation import GenerationCache, Generator
     from harness.model.prompts import user_turn
+    from harness.plugins.registry import data_set
 
     _, model, tokenizer = embedded_model()
-    requests = [Request(user_turn(it.prompt)) for it in sample(data_source(args.data_dir).general("ifeval"), args.prompts, 3)]
+    requests = [Request(user_turn(it.prompt)) for it in sample(data_source(args.data_dir).general(data_set("ifeval")), args.prompts, 3)]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for path in ("sdpa", "radis-bench"):

@@ -87,6 +87,7 @@ def batched_generate(model, tokenizer, texts, max_new_tokens, stop_ids, batch_si
 
 
 def harness(model, tokenizer, fingerprint, messages, max_new_tokens, batch_size, fast=True):
+    from harness.model.compute import Meter, metering
     from harness.plugins.requests import Decoding, Request
     from harness.model.generation import GenerationCache, Generator
 
@@ -96,8 +97,9 @@ def harness(model, tokenizer, fingerprint, messages, max_new_tokens, batch_size,
         start = time.perf_counter()
         outs = gen.generate([Request(m) for m in messages], Decoding(max_new_tokens=max_new_tokens), label="radis-bench Generator")
         seconds = time.perf_counter() - start
-        gen.cache.db.close()
-    return [o.text for o in outs], sum(o.new_tokens for o in outs), seconds, gen.current_batch
+        with metering(Meter()) as meter:  # the workload: every prompt's prefill and every decode step, from the lengths
+            gen.generate([Request(m) for m in messages], Decoding(max_new_tokens=max_new_tokens))  # from the cache: counts only
+    return [o.text for o in outs], sum(o.new_tokens for o in outs), seconds, gen.current_batch, meter.total()
 
 
 def main() -> None:
@@ -160,8 +162,14 @@ def main() -> None:
     runs = [(bs, False) for bs in sizes] * args.also_transformers_path + [(bs, True) for bs in sizes]
     for bs, fast in runs:
         with peak_rss() as mem:
-            out, tok, secs, used = harness(model, tokenizer, spec.fingerprint, messages, args.max_new_tokens, bs, fast)
+            out, tok, secs, used, workload = harness(model, tokenizer, spec.fingerprint, messages, args.max_new_tokens, bs, fast)
         rate = tok / secs
+        timings = [("per-example generate", saved["per_example"]["seconds"])] if per_out else []
+        timings += [(f"batched generate (batch {k.rsplit('_', 1)[1]})", v["seconds"]) for k, v in saved.items()
+                    if k.startswith("batched_generate_")]
+        timings.append((f"radis-bench Generator (batch {used}{'' if fast else ', fast decode off'})", secs))
+        print(f"  WORKLOAD {workload / 1e9:.0f} GFLOP (prefill + decode, counted from the lengths by harness.model.compute): "
+              + "; ".join(f"{name} {100 * workload / s / 1e9 / gflops:.1f}% of the peak" for name, s in timings))
         path = "" if fast else ", fast decode off"
         saved[f"generator_{used}{'' if fast else '_transformers_path'}"] = {"outputs": out, "tokens": tok, "seconds": secs}
         print(f"radis-bench Generator (batch {'auto: ' if not bs else ''}{used}{path}): {tok} tokens in {secs:.1f}s = {rate:.1f} tok/s "

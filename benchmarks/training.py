@@ -4,7 +4,12 @@ Same embedded model (fp32), same LoRA (r16, alpha 32, every linear layer), same 
 size, maximum length, optimiser steps, learning-rate schedule and data: ``steps x batch``
 ALMA de->en pairs as prompt -> reference examples, so both train exactly one epoch over
 the same examples (in their own orders). Prints trained tokens/s (non-padding tokens
-through forward and backward) of each, the ratio, padding share and peak memory.
+through forward and backward) of each, the ratio, padding share and peak memory, and the
+share of the machine's limit: the FLOPs each run needed (counted from the model's shape by
+``harness.model.compute``: a frozen base with LoRA adapters, so input gradients but no weight
+gradients for the frozen matrices; attention and the vocabulary head included) per second,
+against the peak fp32 matmul rate (1024x1024 @ 1024x1024, 3 warm-up products, then 3 s, at
+torch's thread count) and against the rate of the model's own projection shapes.
 
     python benchmarks/training.py                       # 16 steps x 8
     python benchmarks/training.py --steps 8 --batch-size 8
@@ -17,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import data_source, embedded_model, matmul_gflops, params_of, peak_rss
+from _common import data_source, embedded_model, matmul_gflops, params_of, peak_rss, shape_gflops
 
 
 def examples_for(data, n, seed):
@@ -41,7 +46,8 @@ def run_harness(model, tokenizer, examples, args, lora):
         result = train(model, tokenizer, examples, budget, lora, Path(tmp), seed=0, label="radis-bench trainer")
         seconds = time.perf_counter() - start
     s = result.stats
-    return {"tokens": s["total_tokens"], "padded": s["padded_tokens"], "seconds": seconds, "loss": s["losses"][-1]}
+    return {"tokens": s["total_tokens"], "padded": s["padded_tokens"], "seconds": seconds, "loss": s["losses"][-1],
+            "flops": s["flops"]["steps"]["total"]}
 
 
 def run_trl(model, tokenizer, examples, args, lora):
@@ -49,6 +55,7 @@ def run_trl(model, tokenizer, examples, args, lora):
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
+    from harness.model.compute import Meter, install, metering
     from harness.model.prompts import render_chat
 
     rows = [{"prompt": render_chat(tokenizer, e.messages), "completion": e.response[0].text} for e in examples]
@@ -75,10 +82,12 @@ def run_trl(model, tokenizer, examples, args, lora):
             return batch
 
         trainer.data_collator = counting
+        install(trainer.model)
         start = time.perf_counter()
-        out = trainer.train()
+        with metering(Meter()) as meter:  # the same count as the harness trainer's
+            out = trainer.train()
         seconds = time.perf_counter() - start
-    return {**counts, "seconds": seconds, "loss": out.training_loss}
+    return {**counts, "seconds": seconds, "loss": out.training_loss, "flops": meter.total()}
 
 
 def main() -> None:
@@ -99,11 +108,9 @@ def main() -> None:
     _, trl_model, tokenizer = embedded_model()
     _, our_model, _ = embedded_model()
     n_params = params_of(our_model)
-    # training costs ~6 FLOPs per parameter per token (forward 2, backward 4); LoRA skips the
-    # frozen weights' gradients, so ~4 is its floor: the limit below uses 6 (full backward through activations)
-    limit = gflops * 1e9 / (6 * n_params)
-    print(f"machine: {torch.get_num_threads()} torch threads, matmul {gflops:.0f} GFLOP/s -> limit ~{limit:.0f} trained tok/s "
-          f"(6 FLOPs/param/token, {n_params / 1e6:.0f}M parameters)")
+    at_shapes = shape_gflops(our_model.config, rows=args.batch_size * 100)
+    print(f"machine: {torch.get_num_threads()} torch threads; peak fp32 matmul {gflops:.0f} GFLOP/s (1024^3, 3 warm-up, 3 s); "
+          f"at the model's shapes ({args.batch_size * 100} tokens at once) {at_shapes:.0f} GFLOP/s; {n_params / 1e6:.0f}M parameters")
     print(f"{len(examples)} examples, {args.steps} steps x {args.batch_size}, max length {args.max_length}, LoRA r{lora.r} on "
           f"{','.join(lora.target_modules)}")
 
@@ -114,9 +121,12 @@ def main() -> None:
         r["peak_increase_mb"] = mem["increase_mb"]
         r["rate"] = r["tokens"] / r["seconds"]
         r["padding"] = r["padded"] / max(r["padded"] + r["tokens"], 1)
+        achieved = r["flops"] / r["seconds"] / 1e9
         results[name] = r
-        print(f"{name}: {r['tokens']} tokens in {r['seconds']:.1f}s = {r['rate']:.1f} tok/s ({100 * r['rate'] / limit:.1f}% of limit), "
-              f"padding {100 * r['padding']:.1f}% of processed tokens, peak +{r['peak_increase_mb']:.0f} MiB, final loss {r['loss']:.3f}")
+        print(f"{name}: {r['tokens']} tokens in {r['seconds']:.1f}s = {r['rate']:.1f} tok/s; needed {r['flops'] / r['tokens'] / n_params:.2f} "
+              f"FLOPs/param/token, {achieved:.0f} GFLOP/s = {100 * achieved / gflops:.1f}% of the peak, "
+              f"{100 * achieved / at_shapes:.1f}% of the model's shapes' rate; padding {100 * r['padding']:.1f}% of processed "
+              f"tokens, peak +{r['peak_increase_mb']:.0f} MiB, final loss {r['loss']:.3f}")
     ours, theirs = results["radis-bench trainer"], results["TRL SFTTrainer"]
     print(f"  RATIO {ours['rate'] / theirs['rate']:.2f}x TRL SFTTrainer trained tokens/s; padding {100 * ours['padding']:.1f}% "
           f"(TRL {100 * theirs['padding']:.1f}%)")

@@ -17,7 +17,7 @@ from baselines.vanilla import Vanilla
 from harness.config.settings import ADAPTER_KINDS, Budget, LoRASettings, check_lora, lora_key
 from harness.errors import UserError
 from harness.model.adapters import attach_adapter
-from harness.model.checkpoints import load_trained
+from harness.model.checkpoints import load_snapshot, load_trained
 from harness.model.onpolicy import WeightSnapshot
 from harness.model.training import train
 from harness.report.board import row_adapter
@@ -65,6 +65,21 @@ def test_every_kind_starts_at_the_original_trains_and_reloads_onto_a_fresh_origi
     assert not torch.allclose(trained, original, atol=1e-4)
     reloaded = load_trained(build_tiny_model(tiny_tokenizer), tmp_path / "run")
     assert torch.allclose(logits(reloaded), trained, atol=1e-5)  # PiSSA's result is saved as plain LoRA on the original
+
+
+def test_a_pissa_trajectory_point_reloads_onto_a_fresh_original_as_the_weights_of_its_step(tiny_tokenizer, tmp_path):
+    """A trajectory keeps the weights every N steps; PiSSA's are kept converted, as its result is."""
+    examples = Vanilla().build_training_examples(context(None))
+    lora = LoRASettings(r=4, alpha=8, kind="pissa")
+    one = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, examples, dataclasses.replace(BUDGET, steps=1), lora,
+                tmp_path / "one", seed=0)
+    two = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, examples, dataclasses.replace(BUDGET, steps=2), lora,
+                tmp_path / "two", seed=0, snapshot_every=1)
+    point = logits(load_snapshot(build_tiny_model(tiny_tokenizer), tmp_path / "two", 1))
+    assert torch.allclose(point, logits(one.model), atol=1e-5)  # step 1 of two is the whole of one (same lr at step 0)
+    assert not torch.allclose(point, logits(two.model), atol=1e-4)
+    for kept in (tmp_path / "two" / "trajectory" / "step1", tmp_path / "two" / "final"):  # as vLLM can serve it on the original
+        assert not str(json.loads((kept / "adapter_config.json").read_text())["init_lora_weights"]).startswith("pissa"), kept
 
 
 def test_after_pissa_the_original_is_the_starting_snapshot_not_the_base_with_the_adapter_off(tiny_tokenizer, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -144,6 +145,9 @@ class RunConfig:
     analysis: Analysis = field(default_factory=Analysis)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-method settings."})
     suite_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-suite settings."})
+    eval_every: int = field(default=0, metadata={"help": "Evaluate the training's checkpoints every N optimiser steps on the trajectory suites, as units of their own (0: only the final model)."})
+    trajectory_suites: list[str] = field(default_factory=list, metadata={"help": "Suites the checkpoints are evaluated on (default: translation, retention and task_kl where the run has them, else every suite of the run)."})
+    log_with: str | None = field(default=None, metadata={"help": "Send training losses and trajectory metrics to one of accelerate's trackers (tensorboard, wandb, mlflow, ...), one tracker run per training unit, under <run>/logs (off by default)."})
     require_clean_code: bool = field(default=False, metadata={"help": "Refuse to compute any unit while radis-bench's source checkout has uncommitted changes (for published runs: every unit is then tied to a commit)."})
     sweep: dict[str, list] = field(
         default_factory=dict,
@@ -151,8 +155,21 @@ class RunConfig:
                           "several axes of one method); budget.* and lora.* settings are sweepable too."},
     )
 
+    @property
+    def trajectory(self) -> list[str]:
+        """The suites checkpoints are evaluated on (none without ``eval_every``)."""
+        if not self.eval_every:
+            return []
+        return self.trajectory_suites or [s for s in self.suites if s in TRAJECTORY_DEFAULT] or list(self.suites)
+
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+# accelerate's trackers (accelerate.tracking.LOGGER_TYPE_TO_CLASS) and the package each needs
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml", "aim": "aim",
+            "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
+TRAJECTORY_DEFAULT = ("translation", "retention", "task_kl")  # judge-free, and the training task
 
 
 def launched_processes() -> tuple[int, int]:
@@ -187,6 +204,17 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"generation_backend '{config.generation_backend}' is unknown; use auto, transformers or vllm.")
     if not config.methods:
         raise UserError("--methods is empty; name at least one method (see `radis-bench list`).")
+    if config.eval_every < 0:
+        raise UserError(f"eval_every must be 0 (off) or a positive number of steps, got {config.eval_every}.")
+    unknown = [s for s in config.trajectory_suites if s not in config.suites]
+    if unknown:
+        raise UserError(f"trajectory_suites names {unknown[0]}, which is not one of the run's suites ({', '.join(config.suites)}).")
+    if config.log_with is not None:
+        if config.log_with not in TRACKERS:
+            raise UserError(f"log_with '{config.log_with}' is not one of accelerate's trackers ({', '.join(TRACKERS)}).")
+        if importlib.util.find_spec(TRACKERS[config.log_with]) is None:
+            raise UserError(f"log_with {config.log_with} needs the {TRACKERS[config.log_with]} package; install it "
+                            f"(pip install {TRACKERS[config.log_with]}) or leave log_with out.")
     check_budget(config.budget, "the budget")
     check_lora(config.lora, "lora")
     check_analysis(config.analysis, "analysis")

@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from harness.config.settings import check_on_policy_budget
+from harness.errors import UserError
 from harness.model.examples import TokenisedExample, step_indices
 from harness.model.generation import Decoder
 from harness.model.prompts import request_ids, turn_end_tokens
@@ -96,6 +98,26 @@ class OnPolicy:
     examples: list[TrainingExample]
     tokenizer: Any
     per_prompt: int = 1
+
+    def begin(self, world: int, stats: dict, label: str) -> dict:
+        """The training's statistics with the on-policy counts (a resumed state keeps its own)."""
+        if world > 1:
+            raise UserError(f"{label}: a method that samples during training runs on one process; launch it without "
+                            "accelerate's several processes.")
+        return on_policy_stats() | stats
+
+    def items(self, model, step: int, seed: int, budget, stats: dict) -> list[TokenisedExample]:
+        """The sequences sampled for this step's examples (``sampled_items``)."""
+        return sampled_items(self.sample_step, self.examples, model, self.tokenizer, step, seed, budget.batch_size,
+                             self.per_prompt, budget.max_length, stats)
+
+
+def start_on_policy(sample_step, examples, tokenizer, per_prompt: int, budget, label: str) -> OnPolicy | None:
+    """The on-policy part of a training with its budget checked; None without ``sample_step``."""
+    if sample_step is None:
+        return None
+    check_on_policy_budget(budget, per_prompt, label)
+    return OnPolicy(sample_step, examples, tokenizer, per_prompt)
 
 
 def on_policy_stats() -> dict:

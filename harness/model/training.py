@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness.config.settings import Budget, LoRASettings, check_on_policy_budget, launched_processes
+from harness.config.settings import Budget, LoRASettings, launched_processes
 from harness.errors import UserError
 from harness.model.adapters import attach_adapter, save_result
 from harness.model.checkpoints import (
@@ -46,6 +46,7 @@ from harness.model.checkpoints import (
     load_state,
     load_trained,
     replace_dir,
+    save_snapshot,
     save_state,
     state_identity,
     trainable,
@@ -64,7 +65,7 @@ from harness.model.examples import (
     weighted_nll,
     weighted_token_loss,
 )
-from harness.model.onpolicy import OnPolicy, SampleStep, on_policy_stats, sampled_items
+from harness.model.onpolicy import SampleStep, start_on_policy
 from harness.plugins.method import TrainingExample
 from harness.progress import progress_bar
 from harness.store import write_json
@@ -182,6 +183,8 @@ def train(
     sample_step: SampleStep | None = None,
     samples_per_prompt: int = 1,
     compute: ComputeTarget | None = None,
+    snapshot_every: int = 0,
+    tracker=None,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` under ``budget``; resumes from ``workdir/state``.
 
@@ -196,11 +199,12 @@ def train(
     trainable_params; ``record`` adds the caller's own fields. With ``budget.equalise ==
     "compute"`` the steps are the number whose FLOPs, with the data building and ``prepare``,
     come closest to what the baseline's examples cost in ``budget.steps`` steps (``compute``).
+    ``snapshot_every``: the weights after every N steps (before the last) are kept under
+    ``workdir/trajectory`` for a trajectory; keeping them changes nothing in the training.
+    ``tracker`` (``harness.run.tracking.Tracker``) receives each step's loss and learning rate.
 
-    ``token_loss(model, batch, logits)`` replaces the NLL per token (``Method.token_loss``).
-    With ``sample_step`` the training is on-policy (``harness.model.onpolicy``): each step
-    trains on the ``batch_size`` sequences it returns for ``batch_size / samples_per_prompt``
-    of the examples, and the stats add what was generated (``generated_tokens`` ...).
+    ``token_loss(model, batch, logits)`` replaces the NLL per token (``Method.token_loss``); with
+    ``sample_step`` the training is on-policy (``harness.model.onpolicy``).
     """
     workdir = Path(workdir)
     finished = load_trained(model, workdir)
@@ -209,16 +213,11 @@ def train(
     if not examples:
         raise ValueError("train() needs at least one example")
     items = [tokenise_example(tokenizer, ex, budget.max_length) for ex in examples]
-    on_policy = OnPolicy(sample_step, examples, tokenizer, samples_per_prompt) if sample_step is not None else None
-    if on_policy is not None:
-        check_on_policy_budget(budget, samples_per_prompt, label)
+    on_policy = start_on_policy(sample_step, examples, tokenizer, samples_per_prompt, budget, label)
     session = _setup(model, tokenizer, items, budget, lora, workdir, seed, extra_loss, prepare, label, compute)
     session.token_loss, session.on_policy = token_loss, on_policy
     if on_policy is not None:
-        if session.world > 1:
-            raise UserError(f"{label}: a method that samples during training runs on one process; launch it without "
-                            "accelerate's several processes.")
-        session.stats = on_policy_stats() | session.stats  # a resumed state keeps its own counts
+        session.stats = on_policy.begin(session.world, session.stats, label)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     started, wall_before = time.time(), session.stats["wall_s"]
     session.model.train()
@@ -230,6 +229,13 @@ def train(
             loss, tokens = _step(session, pad_id)
             session.stats["wall_s"] = wall_before + time.time() - started
             bar.advance(1, tokens=tokens, extra=f"loss {loss:.3f}")
+            if tracker is not None and main:
+                extra = session.stats.get("extra_losses") or [None]
+                tracker.log({"train/loss": loss, "train/lr": session.stats["lr"], "train/extra_loss": extra[-1]}, session.step)
+            if snapshot_every > 0 and session.step % snapshot_every == 0 and session.step < session.total_steps:
+                if main:
+                    save_snapshot(workdir, session.accelerator.unwrap_model(session.model), session.step, save_result)
+                session.accelerator.wait_for_everyone()
             if budget.save_every > 0 and session.step % budget.save_every == 0 and session.step < session.total_steps:
                 if main:
                     save_state(workdir, session.accelerator.unwrap_model(session.model), session.optimizer, session.step,
@@ -352,9 +358,7 @@ def _step_items(s: _Session) -> list[TokenisedExample]:
     """The step's examples in the seeded order, or, on-policy, the sequences sampled for them."""
     if s.on_policy is None:
         return [s.items[i] for i in step_indices(s.step, s.budget.batch_size, len(s.items), s.seed)]
-    p = s.on_policy
-    return sampled_items(p.sample_step, p.examples, s.accelerator.unwrap_model(s.model), p.tokenizer, s.step, s.seed,
-                         s.budget.batch_size, p.per_prompt, s.budget.max_length, s.stats)
+    return s.on_policy.items(s.accelerator.unwrap_model(s.model), s.step, s.seed, s.budget, s.stats)
 
 
 def _chunks(batch_items: list[TokenisedExample], budget: Budget, world: int) -> list[list[TokenisedExample]]:

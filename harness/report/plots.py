@@ -18,6 +18,7 @@ from harness.errors import UserError
 from harness.report.board import Column, Leaderboard, Row, training_runs
 from harness.report.compute import pareto_points
 from harness.report.text import safe_name
+from harness.report.trajectory import drift_metric, gain_and_drift, main_metrics, trajectory_series
 from harness.store import ORIGINAL
 
 
@@ -27,6 +28,8 @@ def all_plots(board: Leaderboard, general_metric: str | None = None) -> dict[str
         plots[f"suite_{safe_name(suite)}.png"] = plot_suite(board, suite)
     plots["training_loss.png"] = plot_training_loss(board)
     plots["pareto.png"] = plot_pareto(board)
+    plots.update(plot_trajectories(board))
+    plots["trajectory_drift_vs_gain.png"] = plot_drift_gain(board)
     plots.update(ablation_plots(board))
     return {name: png for name, png in plots.items() if png is not None}
 
@@ -137,6 +140,64 @@ def plot_pareto(board: Leaderboard) -> bytes | None:
     ax.set_ylabel(f"Δ {points[0]['general']} over the original (up = closer to the original)")
     ax.set_title("Gain, retention and compute: area = FLOPs to train; ringed = not dominated", fontsize=10)
     ax.grid(alpha=0.3)
+    return png(fig)
+
+
+def plot_trajectories(board: Leaderboard) -> dict[str, bytes]:
+    """Per main metric of the trajectory suites: every row's mean over seeds along training (step
+    0 is the original), its band the interval of item and seed noise at each step."""
+    series = trajectory_series(board)
+    if series.empty:
+        return {}
+    colour = colours(board)
+    several = board.several_models
+    plots = {}
+    for suite, metric in main_metrics(board):
+        part = series[(series["suite"] == suite) & (series["metric"] == metric)]
+        if part.empty:
+            continue
+        fig = Figure(figsize=(7.2, 5.0))
+        ax = fig.subplots()
+        for (model, label), line in part.groupby(["model", "method"], sort=False):
+            name = label if not several else f"{label} [{model}]"
+            ax.plot(line["step"], line["mean"], marker="o", ms=4, color=colour.get(label, "grey"), label=name)
+            banded = line.dropna(subset=["ci_low", "ci_high"])
+            if len(banded):
+                ax.fill_between(banded["step"], banded["ci_low"], banded["ci_high"], color=colour.get(label, "grey"), alpha=0.15)
+        better = {"True": " (higher is better)", "False": " (lower is better)"}.get(str(part["higher_is_better"].iloc[0]), "")
+        ax.set_xlabel("optimiser step (0: the original)")
+        ax.set_ylabel(f"{suite} {metric}{better}")
+        ax.set_title(f"{suite} {metric} along training (mean over seeds, bands = 95% intervals)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        plots[f"trajectory_{safe_name(suite)}_{safe_name(metric)}.png"] = png(fig)
+    return plots
+
+
+def plot_drift_gain(board: Leaderboard) -> bytes | None:
+    """Along training: task gain (x) against drift from the original (y), one line per row from
+    the original (0, 0) to its last step (means over seeds)."""
+    path = gain_and_drift(board)
+    if path.empty:
+        return None
+    suite, metric = drift_metric(board)
+    task = next(c for c in board.main if c.role == "task")
+    colour = colours(board)
+    fig = Figure(figsize=(7.2, 5.4))
+    ax = fig.subplots()
+    for (model, label), line in path.groupby(["model", "method"], sort=False):
+        line = line.sort_values("step")
+        name = label if not board.several_models else f"{label} [{model}]"
+        ax.plot(line["gain"], line["drift"], marker="o", ms=4, color=colour.get(label, "grey"), label=name)
+        last = line.iloc[-1]
+        ax.annotate(f"step {int(last['step'])}", (last["gain"], last["drift"]), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.axvline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel(f"task gain: Δ {task.key} over the original")
+    ax.set_ylabel(f"drift: Δ {suite}/{metric} from the original")
+    ax.set_title("Drift against gain along training (mean over seeds; each point a checkpoint)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return png(fig)
 
 

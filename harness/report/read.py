@@ -16,6 +16,7 @@ import pandas as pd
 from harness.errors import UserError
 from harness.store import ORIGINAL
 
+TRAJECTORY_COLUMNS = ["model", "method", "seed", "step", "suite", "metric", "value", "n", "higher_is_better", "main", "cell"]
 SCORE_COLUMNS = ["model", "method", "seed", "suite", "metric", "value", "n", "ci_low", "ci_high", "higher_is_better", "main", "note"]
 
 

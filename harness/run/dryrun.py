@@ -7,7 +7,7 @@ from rich.table import Table
 
 from harness.progress import console
 from harness.run.checks import check_plan, refuse_uncommitted_code
-from harness.run.estimate import estimate
+from harness.run.estimate import estimate, trajectory_points
 from harness.run.plan import value_text
 from harness.run.units import pending_units
 
@@ -60,6 +60,12 @@ def print_plan(plan) -> None:
                   f"the baseline's {b.steps} steps cost; a row's steps are set once its data is built (what the original "
                   "generates for it is not known before) and kept in its train_stats.json (schedule_steps, compute_target)",
                   soft_wrap=True)
+    if plan.cfg.eval_every:
+        points = trajectory_points(plan)
+        suites = plan.cfg.trajectory
+        out.print(f"[bold]Trajectories:[/bold] checkpoints every {plan.cfg.eval_every} steps: {points} checkpoints x "
+                  f"{len(suites)} suites ({', '.join(suites)}) = {points * len(suites)} evaluation units at most "
+                  "(those already finished are reused; the estimate below counts them all)", soft_wrap=True)
     out.print(f"[bold]Run directory:[/bold] {plan.run_dir}")
     for note in sizes.get("notes", []):
         out.print(f"[bold]Note:[/bold] {note}", soft_wrap=True)

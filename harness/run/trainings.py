@@ -10,13 +10,14 @@ from pathlib import Path
 
 from harness.errors import UserError, raise_if_stopping
 from harness.model.adapters import save_result
-from harness.model.checkpoints import FINAL_DIR, STATS_FILE, load_trained
+from harness.model.checkpoints import FINAL_DIR, STATS_FILE, TRAJECTORY_DIR, load_snapshot, load_trained
 from harness.model.compute import Meter, metering
 from harness.model.examples import target_tokens_in_steps
 from harness.model.training import ComputeTarget, method_hooks, train
 from harness.plugins import registry
 from harness.plugins.method import MethodContext
 from harness.run.distributed import distributed, tell
+from harness.run.tracking import tracker
 from harness.store import read_json, read_jsonl, write_atomic, write_json, write_jsonl
 from harness.versions import training_code
 
@@ -75,6 +76,8 @@ class Trainings:
                 self.say(f"reused: training {label} seed {seed} is identical to {donor.parent.name}'s (same examples, "
                          f"loss, budget and seed); copying it")
                 shutil.copytree(donor / FINAL_DIR, workdir / FINAL_DIR, dirs_exist_ok=True)
+                if (donor / TRAJECTORY_DIR).is_dir():
+                    shutil.copytree(donor / TRAJECTORY_DIR, workdir / TRAJECTORY_DIR, dirs_exist_ok=True)
                 stats = read_json(donor / STATS_FILE) | {"shared_with": f"{donor.parent.name} seed {seed}"}
                 ctx.stats["training_shared_with"] = donor.parent.name
                 write_json(workdir / "method_stats.json", ctx.stats)
@@ -84,19 +87,34 @@ class Trainings:
             else:
                 trained = self._train(label, seed, base, tokenizer, examples, budget, workdir, ctx.stats["data_flops"]["total"])
         self.publisher.publish()
+        return self._ready(label, trained, tokenizer, workdir, workdir / "eval_adapter", key)
+
+    def snapshot(self, label: str, seed: int, step: int):
+        """(model, tokenizer, generator) of a training's checkpoint at ``step`` (a trajectory
+        point), post-processed as the final model is; None when the training did not keep it."""
+        workdir = self.units.workdir(label, seed)
+        base, tokenizer = self.models.load_base()
+        trained = load_snapshot(base, workdir, step)
+        if trained is None:
+            return None
+        return self._ready(label, trained, tokenizer, workdir, workdir / TRAJECTORY_DIR / f"step{step}-eval_adapter",
+                           f"{self.plan.keys.train_key(label, seed)}@step{step}")
+
+    def _ready(self, label: str, trained, tokenizer, workdir: Path, adapter_dir: Path, key: str):
+        """The method's post-processing, then the weights merged, and a generator for them."""
         original_model = self.models.original[0]
-        trained = method.after_training(trained, dict(original_model.state_dict()))
+        trained = self.plan.methods[label].after_training(trained, dict(original_model.state_dict()))
         adapter = None
-        if self.models.backend == "vllm" and hasattr(trained, "peft_config") and plan.loras[label].adapter != "dora":
-            # vLLM serves base + this adapter, saved after after_training (e.g. WiSE scaling); it serves no DoRA
-            # adapter, so a DoRA model generates with transformers
-            adapter = workdir / "eval_adapter"
+        if self.models.backend == "vllm" and hasattr(trained, "peft_config") and self.plan.loras[label].adapter != "dora":
+            # vLLM serves base + this adapter, saved after after_training (e.g. WiSE scaling; a PiSSA adapter converted
+            # to plain LoRA on the original); it serves no DoRA adapter, so a DoRA model generates with transformers
+            adapter = adapter_dir
             save_result(trained, adapter, workdir)
         if hasattr(trained, "merge_and_unload"):
             # merged weights evaluate faster than base + adapter; the original stays a separate model
             trained = trained.merge_and_unload()
         trained.eval()
-        fingerprint = f"{plan.spec.fingerprint}+{plan.entries[label].method}:{key}"
+        fingerprint = f"{self.plan.spec.fingerprint}+{self.plan.entries[label].method}:{key}"
         return trained, tokenizer, self.models.generator(trained, tokenizer, fingerprint, adapter)
 
     def _train(self, label, seed, base, tokenizer, examples, budget, workdir, data_flops: int):
@@ -106,13 +124,22 @@ class Trainings:
             compute = ComputeTarget(self._baseline_examples(label, seed), data_flops, method.reference_passes)
         steps = "steps to equal compute" if compute else f"{budget.steps} steps"
         self.say(f"training: {label} seed {seed} ({steps} x {budget.batch_size})")
-        tell((label, seed, examples, budget, method, compute))
+        tell((label, seed, examples, budget, method, compute, self.plan.cfg.eval_every))
         stamp = self.publisher.stamp()
-        result = train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, label=f"train {label} s{seed}",
-                       record={"computed": stamp, "code": training_code(method)}, compute=compute, **method_hooks(method))
+        logger = tracker(self.plan, label, seed)
+        try:
+            result = self._run_training(label, seed, base, tokenizer, examples, budget, workdir, method, compute, stamp, logger)
+        finally:
+            if logger is not None:
+                logger.finish()
         self.counts["computed"] += 1
         self.publisher.computed(f"{label}-seed{seed}", stamp)
         return result.model
+
+    def _run_training(self, label, seed, base, tokenizer, examples, budget, workdir, method, compute, stamp, logger):
+        return train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, label=f"train {label} s{seed}",
+                     record={"computed": stamp, "code": training_code(method)}, compute=compute,
+                     snapshot_every=self.plan.cfg.eval_every, tracker=logger, **method_hooks(method))
 
     def _same_training(self, label: str, seed: int, examples: list[dict], budget, data_flops: int) -> Path | None:
         """Another row's finished training in this run that computed exactly this one (under a
