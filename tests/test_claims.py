@@ -97,7 +97,7 @@ def test_no_plan_is_exploratory_above_every_contrast(tmp_path):
     ({"primary": [dict(PRIMARY, direction="down")], "seeds": 3}, "direction 'down'"),
     ({"primary": [PRIMARY]}, "exactly one of seeds"),
     ({"primary": [PRIMARY], "seeds": 3, "looks": 4}, "exactly one of seeds"),
-    ({"alpha": 1.5}, "alpha must lie between 0 and 1"),
+    ({"alpha": 1.5}, "alpha must be positive and below 1"),
     ({"spending": "linear"}, "spending 'linear'"),
     ({"secondary": "bonferroni"}, "secondary 'bonferroni'"),
     ({"margins": {"kl": -1}}, "margins must map"),

@@ -4,15 +4,19 @@ translations (the translation suite) and what judges them (the s3ft method)."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
+import re
 from pathlib import Path
 
-from harness.model.loading import looks_like_path
-from harness.paths import cache_dir
+from harness.errors import UserError
+from harness.model.loading import check_model, looks_like_path
+from harness.paths import cache_dir, check_file
 from harness.store import CacheDB
 
 
@@ -27,6 +31,53 @@ def comet_label(name: str) -> str:
 
 class CometUnavailable(Exception):
     """The COMET checkpoint could not be found or loaded; the message says why."""
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+COMET_FIX = ("give a COMET .ckpt file, a folder holding checkpoints/model.ckpt, or a COMET model name such as "
+             "Unbabel/wmt22-comet-da")
+
+
+@functools.lru_cache(maxsize=1)
+def comet_names() -> tuple[str, ...]:
+    """The checkpoint names unbabel-comet knows besides hub ids (its ``available_legacy_metrics``),
+    read from its source without importing it: importing comet imports torch and Lightning,
+    which a dry run does not."""
+    spec = importlib.util.find_spec("comet")
+    source = Path(spec.origin).parent / "models" / "download_utils.py" if spec and spec.origin else None
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (AttributeError, OSError, SyntaxError, UnicodeDecodeError):
+        return ()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "available_legacy_metrics" for t in node.targets):
+            try:
+                return tuple(sorted(ast.literal_eval(node.value)))
+            except ValueError:
+                return ()
+    return ()
+
+
+def check_comet(name: str, what: str) -> str | None:
+    """A COMET setting checked without a network call or loading anything: a local path must
+    be a readable .ckpt file or a folder holding checkpoints/model.ckpt; any other name must
+    be a hub id (noted: from the local hub cache or fetched on first use) or one of
+    unbabel-comet's own names. Returns a note for the plan, or None."""
+    if looks_like_path(name) or name.endswith(".ckpt"):
+        path = Path(name).expanduser()
+        if path.is_dir():
+            if not (path / "checkpoints" / "model.ckpt").exists():
+                raise UserError(f"{what} {path} holds no checkpoints/model.ckpt; {COMET_FIX}.")
+            path = path / "checkpoints" / "model.ckpt"
+        check_file(path, what, COMET_FIX)
+        return None
+    if name in comet_names():
+        return f"COMET model {name} (an unbabel-comet name; fetched on first use)"
+    if HUB_ID.fullmatch(name):
+        return f"COMET model {check_model(name, what, chat=False).removeprefix('hub model ')}"
+    own = f", or one of unbabel-comet's own names such as {', '.join(comet_names()[:2])}" if comet_names() else ""
+    raise UserError(f"{what} '{name}' is neither a local COMET checkpoint nor a COMET model name (a hub id such as "
+                    f"Unbabel/wmt22-comet-da{own}); check the name or the path.")
 
 
 def comet_checkpoint(name: str) -> Path:
@@ -45,7 +96,7 @@ def comet_checkpoint(name: str) -> Path:
     try:
         return Path(download_model(name))
     except Exception as err:  # offline, unknown name, broken download: all mean "no COMET"
-        raise CometUnavailable(f"it is no local checkpoint and fetching it failed ({type(err).__name__}: {err})") from None
+        raise CometUnavailable(f"it is no local checkpoint and fetching it failed ({type(err).__name__})") from None
 
 
 @functools.lru_cache(maxsize=1)  # a 2.3 GB checkpoint is loaded once per process, not once per evaluated model
