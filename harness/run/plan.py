@@ -1,5 +1,7 @@
-"""Planning a run: its rows (methods and their variants), cells and units, the keys that
-decide what is reused, every check made before any compute, and the plan a dry run prints.
+"""Planning a run: its rows (methods and their variants), cells and units, from the settings,
+with the methods, suites, budgets and adapters configured and checked. What decides reuse is
+the units' keys (``harness.run.keys``, reached as ``plan.keys``); the checks before any compute
+are ``harness.run.checks``; what a dry run prints is ``harness.run.dryrun``.
 
 Rows. ``methods`` lists names (``radis``), variants (``LABEL:METHOD@option=value@...``
 on the command line; ``{label, method, seeds, budget, lora, <option>: value}`` in a
@@ -7,17 +9,6 @@ config file) and ``sweep`` axes (``radis.rationale_weight=0,0.5,1``) that expand
 one variant per combination of one row's axes. A row's label names its folders
 (``models/<label>/seed<k>``, ``results/<label>-seed<k>``), its ``--only`` cells and its
 leaderboard row; a variant takes the run's options of its method, then its own.
-
-Units and their keys (a unit is redone only when its key changes; see ``harness.run.keys``
-for keys made by earlier versions):
-- training of (row, seed): base-model fingerprint, method name and options, the row's
-  budget and adapter, the training data's content and sample, the data sets the method
-  reads, the seed, and the versions of the trainer, the method and (for a method that
-  generates with the original) the generator;
-- evaluation of (model, suite): the model's key, the suite's resolved options, its
-  sample size and seed, the content of the data it reads, the directions (only for a
-  suite that reads them), the original model (only for a suite that compares with it),
-  and the versions of the suite and the generator (``harness.versions``).
 """
 
 from __future__ import annotations
