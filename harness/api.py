@@ -33,7 +33,7 @@ from harness.plugins.options import NoOptions, generation_limit
 from harness.plugins.registry import data_set, register_method, register_suite
 from harness.plugins.requests import Decoding, Output, Request
 from harness.plugins.suite import ItemStats, Metric, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
-from harness.progress import progress_bar
+from harness.progress import progress_bar, warn
 from harness.store import CacheDB, write_atomic
 
 __all__ = [
@@ -52,6 +52,6 @@ __all__ = [
     "data_set", "register_method", "register_suite",
     "Decoding", "Output", "Request",
     "ItemStats", "Metric", "MetricSpec", "NotScored", "Suite", "SuiteContext", "SuiteResult",
-    "progress_bar",
+    "progress_bar", "warn",
     "CacheDB", "write_atomic",
 ]

@@ -186,6 +186,12 @@ def chat_judge(judge: str) -> ChatJudge:
     return ChatJudge(model, base_url.rstrip("/"))
 
 
+def _reply(row) -> str:
+    if not isinstance(row[0], str):
+        raise ValueError("not a judge reply")
+    return row[0]
+
+
 class _JudgmentCache:
     """SQLite table of judge replies keyed by endpoint, model, messages and limits."""
 
@@ -193,8 +199,7 @@ class _JudgmentCache:
         self.db = CacheDB(cache_dir() / "judgments.sqlite", "CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, reply TEXT)")
 
     def get(self, key: str) -> str | None:
-        row = self.db.run(lambda db: db.execute("SELECT reply FROM judgments WHERE key=?", (key,)).fetchone())
-        return row[0] if row else None
+        return self.db.lookup("SELECT reply FROM judgments WHERE key=?", (key,), _reply)
 
     def put_many(self, replies: dict[str, str]) -> None:
         def put(db):

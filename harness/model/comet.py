@@ -122,6 +122,12 @@ def _quiet_lightning():
             lg.setLevel(level)
 
 
+def _score(row) -> float:
+    if type(row[0]) not in (int, float):
+        raise ValueError("not a score")
+    return float(row[0])
+
+
 class CometScorer:
     """COMET segment scores (x100) of (source, translation, reference) triples, cached on
     disk under the checkpoint's identity so a re-run scores nothing twice."""
@@ -141,9 +147,9 @@ class CometScorer:
         keys = [self._key(t) for t in triples]
         found = {}
         for key in set(keys):
-            row = self.db.run(lambda db: db.execute("SELECT score FROM scores WHERE key=?", (key,)).fetchone())
-            if row:
-                found[key] = row[0]
+            score = self.db.lookup("SELECT score FROM scores WHERE key=?", (key,), _score)
+            if score is not None:
+                found[key] = score
         todo = {k: t for k, t in zip(keys, triples) if k not in found}
         if todo:
             import torch
