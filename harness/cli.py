@@ -17,6 +17,7 @@ import typer
 from harness.config.parse import apply_settings, read_config_file, resolve_config_path
 from harness.config.settings import Budget, RunConfig, launched_processes, validate
 from harness.errors import Terminated, UserError, interruption, on_sigint, on_sigterm
+from harness.paths import check_folder, check_output_folder
 from harness.plugins import registry
 from harness.progress import console
 from harness.report.claims import check_against_plan
@@ -77,6 +78,9 @@ def _split(values: Optional[List[str]]) -> Optional[list[str]]:
         return None
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
+
+# Path parameters are declared readable=False: radis-bench checks every path itself (harness.paths), in
+# one line, where click's own check would print a usage box.
 
 # --- `run`: its options are generated from RunConfig's fields -----------------------------------
 # A RunConfig field of a plain type is an option --field-name with the field's own help; a new
@@ -139,7 +143,7 @@ def _run_parameters() -> list[inspect.Parameter]:
             None, "--sweep", help="Ablation axis METHOD.option=v1,v2,... (repeat for the product of several axes of one method; "
                                   "budget.lr, budget.steps, lora.r ... too), e.g. radis.rationale_weight=0,0.25,0.5,1.")),
         inspect.Parameter("config", keyword, annotation=Optional[Path], default=typer.Option(
-            None, "--config", "-c", help="YAML or TOML file with the same settings (CLI overrides it), or a shipped preset: "
+            None, "--config", "-c", readable=False, help="YAML or TOML file with the same settings (CLI overrides it), or a shipped preset: "
                                           "paper, paper-llama2.")),
         inspect.Parameter("set_", keyword, annotation=Optional[List[str]], default=typer.Option(
             None, "--set", help="Any setting as key=value, e.g. radis.rationale_weight=0.5 or budget.max_length=256; the "
@@ -231,8 +235,8 @@ def _apply_set(cfg, item: str) -> None:
 
 @app.command()
 def report(
-    run_dirs: List[Path] = typer.Argument(..., help="One or more run directories to combine."),
-    out: Optional[Path] = typer.Option(None, help="Where to write the leaderboard (default: <first run>/report)."),
+    run_dirs: List[Path] = typer.Argument(..., readable=False, help="One or more run directories to combine."),
+    out: Optional[Path] = typer.Option(None, readable=False, help="Where to write the leaderboard (default: <first run>/report)."),
     title: Optional[str] = typer.Option(None, help="Leaderboard title."),
     general_metric: Optional[str] = typer.Option(None, help="The only y axis of the trade-off plot, e.g. ifeval/prompt_strict or retention/kl."),
     prefix: Optional[List[str]] = typer.Option(
@@ -243,8 +247,11 @@ def report(
     """Render leaderboard.md/csv/html, differences.csv and plots from run directories."""
     try:
         for run_dir in run_dirs:
+            check_folder(run_dir, "Run directory", "give the --out folder of a run")
             if not (run_dir / "scores.csv").exists():
                 raise UserError(f"{run_dir} is not a run directory (no scores.csv); give the --out folder of a run.")
+        if out is not None:
+            check_output_folder(out, "--out", "report folder")
         prefixes = {}
         for item in prefix or []:
             run_dir, eq, text = item.rpartition("=")
@@ -262,14 +269,16 @@ def report(
 
 @app.command()
 def rescore(
-    run_dir: Path = typer.Argument(..., help="A run directory with saved outputs (outputs/<model>/<suite>.jsonl)."),
+    run_dir: Path = typer.Argument(..., readable=False, help="A run directory with saved outputs (outputs/<model>/<suite>.jsonl)."),
     suite: str = typer.Option(..., "--suite", help="The suite to score again, e.g. translation."),
     option: str = typer.Option(..., "--option", help="The suite option to vary, e.g. extraction."),
     values: str = typer.Option(..., "--values", help="Comma-separated values to compare, e.g. first_line,first_paragraph,full."),
-    out: Optional[Path] = typer.Option(None, help="Where to write the comparison (default: <run>/rescore)."),
+    out: Optional[Path] = typer.Option(None, readable=False, help="Where to write the comparison (default: <run>/rescore)."),
 ) -> None:
     """Score a finished run's saved outputs again under other settings of one suite; generates nothing."""
     try:
+        check_folder(run_dir, "Run directory", "give the --out folder of a run")
+        check_output_folder(out if out is not None else run_dir / "rescore", "--out", "folder for the comparison")
         written = run_rescore(run_dir, suite, option, [v.strip() for v in values.split(",") if v.strip()], out)
         for name, path in written.items():
             typer.echo(f"{name}: {path}")

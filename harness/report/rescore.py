@@ -11,7 +11,6 @@ with the difference to the run's setting and its 95% interval).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +19,8 @@ from harness.errors import UserError
 from harness.intervals import difference_interval, mean_interval
 from harness.plugins import registry
 from harness.report.text import fmt, interval_text
-from harness.store import ORIGINAL, read_jsonl, write_atomic
+from harness.progress import warn
+from harness.store import ORIGINAL, Unreadable, load_json, read_jsonl, write_atomic
 
 
 def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out: Path | None = None) -> dict[str, Path]:
@@ -46,9 +46,14 @@ def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out:
     if not cells:
         raise UserError(f"{run_dir} holds no saved outputs of {suite_name} (outputs/<model>/{suite_name}.jsonl); "
                         "re-scoring needs the outputs, which published reports do not commit.")
-    records, stats = [], {}
+    records, stats, left_out = [], {}, []
     for cell in cells:
-        outputs = read_jsonl(run_dir / "outputs" / cell / f"{suite_name}.jsonl")
+        try:
+            outputs = read_jsonl(run_dir / "outputs" / cell / f"{suite_name}.jsonl")
+        except Unreadable as err:  # one damaged file costs its model only, said twice: here and in the table's notes
+            warn(f"{err}; {cell} is left out of the comparison.")
+            left_out.append(f"{cell}: outputs/{cell}/{suite_name}.jsonl cannot be read ({err.why})")
+            continue
         label, seed = (ORIGINAL, "") if cell == ORIGINAL else cell.rsplit("-seed", 1)
         for value, suite in suites_by_value.items():
             result = suite.score_outputs(outputs)
@@ -60,6 +65,9 @@ def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out:
                                 "n": m.n, "main": m.main})
             for metric, st in suite.item_stats(result.outputs).items():
                 stats.setdefault((label, metric, value), {})[seed or "0"] = st.to_dict()
+    if not records:
+        raise UserError(f"No saved outputs of {suite_name} in {run_dir} can be read ({'; '.join(left_out)}); re-run "
+                        "`radis-bench run` to write them again.")
     frame = pd.DataFrame(records)
     stem = f"{suite_name}-{option}"
     csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
@@ -88,14 +96,17 @@ def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out:
                            if iv else "—")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    if left_out:
+        lines += ["Left out (their saved outputs cannot be read):", ""] + [f"- {text}" for text in left_out] + [""]
     write_atomic(md_path, "\n".join(lines) + "\n")
     return {csv_path.name: csv_path, md_path.name: md_path}
 
 
 def _manifest(run_dir: Path) -> dict:
     try:
-        return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{run_dir} is not a run directory (no manifest.json); give the --out folder of `radis-bench run`.") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{run_dir}/manifest.json is not valid JSON ({err}); restore it.") from None
+        manifest = load_json(run_dir / "manifest.json")
+    except Unreadable as err:
+        raise UserError(f"{err}; restore it, or run `radis-bench run` with the run's settings to rewrite it.") from None
+    if manifest is None:
+        raise UserError(f"{run_dir} is not a run directory (no manifest.json); give the --out folder of `radis-bench run`.")
+    return manifest

@@ -132,12 +132,12 @@ class Execution:
         self.say(f"[bold]radis-bench[/bold] run in {self.run_dir} (model {plan.cfg.model}, data {plan.data.label}{cells})")
         self.publisher = Publisher(plan, self.units, self.models.backend)
         self.trainings = Trainings(plan, self.units, self.models, self.publisher, self.say, self.counts)
+        self.publisher.backfill_item_stats()  # first: a damaged statistics file rewritten from outputs is no unit to redo
         self.publisher.start()
         with StateLock(self.run_dir):  # before the first unit: the plan, or an amendment of it
             recorded = record_plan(self.run_dir, plan.cfg.analysis)
         if recorded:
             self.say(recorded)
-        self.publisher.backfill_item_stats()
         self._generate_original_work()
         if plan.selected(ORIGINAL):
             for suite in plan.suites:
