@@ -270,6 +270,10 @@ def _binary_refusals(run: Path) -> None:
     scores = pd.read_csv(run / "scores.csv", dtype=str, keep_default_na=False)
     scores.loc[scores["metric"] == "prompt_strict", "value"] = "0.05"
     scores.to_csv(run / "scores.csv", index=False)
+    for path in (run / "results").glob("*/ifeval.json"):  # and the units scores.csv summarises
+        unit = json.loads(path.read_text())
+        unit["metrics"] = [{**m, "value": 0.05} if m["name"] == "prompt_strict" else m for m in unit["metrics"]]
+        path.write_text(json.dumps(unit))
 
 
 def _perturbed(run: Path, target: Path) -> Path:
