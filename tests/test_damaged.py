@@ -180,8 +180,15 @@ def test_a_damaged_analysis_record_is_an_error_never_a_fresh_plan(run_dir, tmp_p
     (["rescore", "{file}", "--suite", "translation", "--option", "extraction", "--values", "full"], "is a file, not a folder"),
     (["rescore", "{run}", "--suite", "translation", "--option", "extraction", "--values", "full", "--out", "{file}"],
      "--out {file} is a file, not a folder"),
+    (["report", "{run}", "{run}/"], "Run directory {run} is given twice"),
+    (["report", "{run}", "--prefix", "{run}=a-", "--prefix", "{run}=b-"], "--prefix names {run} twice"),
+    (["rescore", "{run}", "--suite", "translation", "--option", "extraction", "--values", "full,full"], "--values lists full twice"),
+    (["rescore", "{run}", "--suite", "translation", "--option", "max_new_tokens", "--values", "4"],
+     "translation.max_new_tokens changes what the model generates"),
+    (["rescore", "{run}", "--suite", "translation", "--option", "comet_model", "--values", "nope"],
+     "--comet-model 'nope' is neither a local COMET checkpoint nor a COMET model name"),
 ])
-def test_report_and_rescore_paths_are_checked_in_one_line(run_dir, tmp_path, command, says):
+def test_report_and_rescore_mistakes_are_one_line(run_dir, tmp_path, command, says):
     from harness.cli import app
 
     names = {"run": str(run_dir), "file": str(tmp_path / "a_file"), "tmp": str(tmp_path)}

@@ -155,6 +155,20 @@ MISTAKES = [
     (["--data-dir", "{file}"], "--data-dir {file} is a file, not a folder"),
     (["--safety-classifier", "{file}"], "--safety-classifier {file} is a file, not a folder"),
     (["--config", "{missing}"], "does not exist"),
+    # issue 37, the second list: values no setting means, repeats, partial names, a command line that is not one
+    (["--methods", "radis", "--set", "radis.rationale_weight=inf"], "radis.rationale_weight must be a finite number, got inf"),
+    (["--methods", "kl", "--set", "kl.kl_weight=1e400"], "kl.kl_weight must be a finite number, got inf"),
+    (["--pairs", "de-en,de-en"], "--pairs names de-en twice"),
+    (["--methods", "radis", "--sweep", "radis.rationale_weight=0,1", "--sweep", "radis.rationale_weight=0.5"],
+     "--sweep gives the axis radis.rationale_weight twice"),
+    (["--methods", "vanilla@nope=1"], "Unknown setting 'nope' in method 'vanilla@nope=1'; it has no settings."),
+    (["--set", "lora.target_modules=q_proj,nope"], "lora.target_modules names nope, which this model does not have"),
+    (["--set", "budget.max_length=2"], "budget.max_length 2 leaves no room for a response"),
+    (["--methods", "vanilla,short:vanilla@budget.max_length=3"], "method 'short': budget.max_length 3 leaves no room for a response"),
+    (["--set", "translation.comet_model={file}"], "--comet-model {file} is not a COMET checkpoint (no PyTorch .ckpt archive)"),
+    (["--gen-batch-size", "abc"], "Invalid value for '--gen-batch-size'"),
+    (["--steps", "x"], "Invalid value for '--steps'"),
+    (["--no-such-option"], "No such option: --no-such-option"),
 ]
 
 
@@ -184,3 +198,26 @@ def test_report_mistakes_are_one_line(tmp_path):
                        (["report", str(tmp_path), "--prefix", "oops"], "no scores.csv")):
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 2 and says in result.output and "Traceback" not in result.output
+
+
+def test_device_cuda_without_a_gpu_is_caught_by_the_dry_run_too(bad_inputs, monkeypatch):
+    import torch
+
+    from harness.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for mode in (["--dry-run"], []):
+        result = CliRunner().invoke(app, _args(bad_inputs, ["--set", "device=cuda"]) + mode)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1, (mode, result.output[-2000:])
+        assert "device=cuda was asked for, but torch sees no CUDA GPU" in lines[0]
+
+
+def test_a_command_line_that_does_not_parse_is_one_line():
+    from harness.cli import app
+
+    for args, says in ((["rn"], "No such command 'rn'"), (["report"], "Missing argument"),
+                       (["rescore", "somewhere"], "Missing option '--suite'"), (["list", "extra"], "unexpected extra argument")):
+        result = CliRunner().invoke(app, args)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.output

@@ -14,6 +14,7 @@ a random draw); ``tests/test_ranges.py`` holds every registered option to one of
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import Field, fields
 from typing import Any
@@ -59,6 +60,10 @@ def check_ranges(settings: Any, owner: str, shape: dict | None = None) -> None:
     """One sentence for the first value outside the range its field declares; bounds that
     name the model's shape are checked only with ``shape``."""
     for f in fields(settings):
+        value = getattr(settings, f.name)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):  # inf passes a lower bound; no setting means it
+                raise UserError(f"{setting_name(owner, f.name)} must be a finite number, got {item:g}.")
         bounds = []
         for kind, bound in declared_bounds(f):
             if not isinstance(bound, str):
@@ -67,7 +72,6 @@ def check_ranges(settings: Any, owner: str, shape: dict | None = None) -> None:
                 bounds.append((kind, shape[bound], f" (the model's {bound})"))
         if not bounds:
             continue
-        value = getattr(settings, f.name)
         for item in value if isinstance(value, (list, tuple)) else [value]:
             if _is_number(item) and not all(BOUNDS[kind][0](item, bound) for kind, bound, _ in bounds):
                 raise UserError(f"{setting_name(owner, f.name)} must be {range_text(bounds)}, got {item:g}.")

@@ -191,6 +191,10 @@ def check_lora(lora: LoRASettings, where: str, shape: dict | None = None) -> Non
     if modules and not lora.full_finetune and not set(lora.target_modules) & set(modules):
         raise UserError(f"{where}.target_modules names no module of this model ({', '.join(lora.target_modules)}); "
                         f"name some of: {', '.join(sorted(modules))}.")
+    unknown = [m for m in lora.target_modules if m.rsplit(".", 1)[-1] not in modules] if modules and not lora.full_finetune else []
+    if unknown and tuple(lora.target_modules) != tuple(ALL_LINEAR):  # the default names every family's; a given list is meant whole
+        raise UserError(f"{where}.target_modules names {', '.join(unknown)}, which this model does not have (it would get no "
+                        f"adapter); name some of: {', '.join(sorted(modules))}.")
 
 
 def check_analysis(a: Analysis, where: str) -> None:

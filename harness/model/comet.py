@@ -58,6 +58,17 @@ def comet_names() -> tuple[str, ...]:
     return ()
 
 
+def _checkpoint_archive(path: Path) -> bool:
+    """Whether ``path`` looks like what torch.save writes (a zip archive; a pickle from torch
+    before 1.6), read from its first bytes only."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
 def check_comet(name: str, what: str) -> str | None:
     """A COMET setting checked without a network call or loading anything: a local path must
     be a readable .ckpt file or a folder holding checkpoints/model.ckpt; any other name must
@@ -70,6 +81,8 @@ def check_comet(name: str, what: str) -> str | None:
                 raise UserError(f"{what} {path} holds no checkpoints/model.ckpt; {COMET_FIX}.")
             path = path / "checkpoints" / "model.ckpt"
         check_file(path, what, COMET_FIX)
+        if not _checkpoint_archive(path):
+            raise UserError(f"{what} {path} is not a COMET checkpoint (no PyTorch .ckpt archive); {COMET_FIX}.")
         return None
     if name in comet_names():
         return f"COMET model {name} (an unbabel-comet name; fetched on first use)"

@@ -113,3 +113,20 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
         return {}
     return {name: list(info.get("shape", [])) for name, info in header.items()
             if name != "__metadata__" and isinstance(info, dict)}
+
+
+def fewest_tokens(name: str, texts: list[str]) -> int | None:
+    """The fewest tokens any of ``texts`` takes with the model's tokenizer (its tokenizer.json,
+    read by the tokenizers library alone: no torch, no weights), or None when that file is not
+    local or cannot be read."""
+    where = model_files(name)
+    path = _local(where, "tokenizer.json") if where is not None and texts else None
+    if path is None:
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path))
+        return min(len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False))
+    except Exception:  # an unusual tokenizer file: the trainer's own check stands
+        return None

@@ -34,14 +34,15 @@ LIMIT_RANGE = {"above": 0, "max": "max_position_embeddings"}
 
 
 def generation_limit(help: str, default: int | None = None, run_default: bool = True) -> Any:
-    """The generation-limit field: positive and within the model's context. A suite's takes
+    """The generation-limit field: positive and within the model's context; it changes what is
+    generated (``generation``: a rescore of saved outputs cannot vary it). A suite's takes
     the run's ``max_new_tokens`` when unset (None); a method's (``run_default=False``) has a
     default of its own."""
     if not run_default:
-        return field(default=default, metadata={"help": help, **LIMIT_RANGE})
+        return field(default=default, metadata={"help": help, **LIMIT_RANGE, "generation": True})
     unset = "default" if default is None else "None"
     return field(default=default, metadata={"help": f"{help} ({unset}: the run's max_new_tokens).", **LIMIT_RANGE,
-                                            "run_default": "max_new_tokens"})
+                                            "run_default": "max_new_tokens", "generation": True})
 
 
 def options_before_versions(options) -> dict | None:

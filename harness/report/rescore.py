@@ -11,6 +11,7 @@ with the difference to the run's setting and its 95% interval).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -35,13 +36,21 @@ def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out:
         raise UserError(f"'{option}' is not an option of the {suite_name} suite; its options: {', '.join(sorted(base))}.")
     if not values:
         raise UserError("--values is empty; give the settings to compare, e.g. --values first_line,first_paragraph,full.")
-    own = str(base[option])
-    values = list(dict.fromkeys([own] + values))
-    suites_by_value = {}
+    twice = next((v for v in values if values.count(v) > 1), None)
+    if twice is not None:
+        raise UserError(f"--values lists {twice} twice; give each setting once.")
+    declared = {f.name: f for f in dataclasses.fields(cls.Options)}.get(option)
+    if declared is not None and declared.metadata.get("generation"):
+        raise UserError(f"{suite_name}.{option} changes what the model generates, and rescore only scores the saved outputs "
+                        f"again; vary it with a second `radis-bench run` (--set {suite_name}.{option}=...) instead.")
+    own = "none" if base[option] is None else str(base[option])  # the run's own setting, as it was (None stays None)
+    suites_by_value = {own: cls.from_settings(base)}
     for value in values:
-        suite = cls.from_settings({**base, option: value})
+        if value != own:
+            suites_by_value[value] = cls.from_settings({**base, option: value})
+    for suite in suites_by_value.values():
         suite.check()
-        suites_by_value[value] = suite
+    values = list(suites_by_value)
     cells = sorted(p.parent.name for p in (run_dir / "outputs").glob(f"*/{suite_name}.jsonl"))
     if not cells:
         raise UserError(f"{run_dir} holds no saved outputs of {suite_name} (outputs/<model>/{suite_name}.jsonl); "

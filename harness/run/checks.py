@@ -11,7 +11,7 @@ from harness import versions
 from harness.data.sources import MissingData, sample
 from harness.errors import UserError
 from harness.model.loading import check_model
-from harness.model.shape import model_shape
+from harness.model.shape import fewest_tokens, model_shape
 from harness.paths import check_output_folder
 
 
@@ -25,10 +25,15 @@ def check_plan(plan, missing_ok: bool = False) -> dict:
         # a dry run does not import: the real run checks that before any compute)
         raise UserError("generation_backend=vllm needs the vllm package, which is not installed; install it with "
                         "`pip install 'radis-bench[gpu]'` on a CUDA machine, or use --set generation_backend=transformers.")
+    if plan.cfg.device == "cuda":  # asked for by name: worth importing torch for, in a dry run too
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("device=cuda was asked for, but torch sees no CUDA GPU; use device=auto or cpu.")
     for suite in plan.suites.values():
         suite.check_ranges()
     notes = [f"{name}: {note}" for name, suite in plan.suites.items() for note in suite.check()]
-    translation, general, missing = {}, {}, {}
+    translation, general, missing, sources = {}, {}, {}, []
     for d in plan.directions:
         try:
             train, test = plan.data.translation(d, "train"), plan.data.translation(d, "test")
@@ -41,6 +46,7 @@ def check_plan(plan, missing_ok: bool = False) -> dict:
             raise UserError(f"The {d.name} {'training' if not train else 'test'} data in {plan.data.label} is empty; "
                             "give it at least one pair.")
         used = sample(train, plan.cfg.train_size, plan.cfg.data_seed)
+        sources += [p.source for p in used]
         translation[d.name] = {
             "train_available": len(train), "train_used": len(used),
             "train_chars_used": sum(len(p.source) + len(p.reference) for p in used),
@@ -72,6 +78,7 @@ def check_plan(plan, missing_ok: bool = False) -> dict:
     shape = model_shape(plan.spec.path if not missing_ok else plan.cfg.model)
     if shape is not None:
         plan.check_model_shape(shape)
+        _check_room_for_responses(plan, plan.spec.path if not missing_ok else plan.cfg.model, sources)
     else:
         notes.append(f"the model's config.json is not local yet ({plan.cfg.model}): the ranges that depend on its shape "
                      "(layers, vocabulary, context, adapter targets) are checked when the run has it, before any compute")
@@ -81,6 +88,20 @@ def check_plan(plan, missing_ok: bool = False) -> dict:
         sizes["notes"] = notes
     plan.sizes = sizes
     return sizes
+
+def _check_room_for_responses(plan, model: str, sources: list[str]) -> None:
+    """A budget.max_length that the shortest training prompt fills alone trains on no response
+    token: a silent no-op. The source sentence is counted alone (the real prompt, with its
+    instruction and chat template, is longer), so this never refuses a length that would train."""
+    floor = fewest_tokens(model, sources)
+    if floor is None:
+        return
+    for label, budget in plan.budgets.items():
+        if budget.max_length <= floor:
+            raise UserError(f"{plan._where(plan.entries[label], 'budget')}.max_length {budget.max_length} leaves no room for a "
+                            f"response: the shortest training source alone takes {floor} tokens of this model, before the "
+                            "prompt's instruction and chat template; raise budget.max_length.")
+
 
 def _installed(package: str) -> bool:
     """Whether ``package`` can be found, without importing it."""
