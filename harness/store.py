@@ -214,7 +214,7 @@ DAMAGED = ("file is not a database", "database disk image is malformed", "malfor
 
 class CacheDB:
     """The SQLite file of one content-addressed cache (generations, judge replies, COMET
-    scores): values are plain columns or JSON text, never pickles; WAL journaling, so a
+    scores): values are plain columns or JSON text, never serialised Python objects; WAL journaling, so a
     process killed while writing leaves the committed rows readable. A damaged file (a
     truncated copy, a disk error) is never fatal: it is set aside as ``<name>.damaged-<time>``
     with a warning and the cache starts empty, which only costs recomputation."""
@@ -250,7 +250,7 @@ class CacheDB:
         """``decode(row)`` of the row ``query`` finds; None when there is none, or when the row
         is not what this cache writes (a value of another type, text that is no JSON: a damaged
         or planted row), which then counts as missing and is written anew. Nothing read here is
-        ever unpickled or run."""
+        ever deserialised as a Python object or run."""
         row = self.run(lambda db: db.execute(query, params).fetchone())
         if row is None:
             return None

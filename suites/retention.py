@@ -181,7 +181,7 @@ class OriginalHidden:
         path = self.folder / f"original-hidden-{self.key}.npy" if self.folder else None
         index_path = path.with_suffix(".json") if path else None
         if path is not None and path.exists() and index_path.exists():
-            try:  # arrays and JSON only (never a pickle); anything else is computed again
+            try:  # arrays and JSON only (never Python objects); anything else is computed again
                 found = np.load(path, mmap_mode="r", allow_pickle=False)
                 offsets = json.loads(index_path.read_text(encoding="utf-8"))
                 if found.ndim != 2 or not all(0 <= a <= b <= len(found) for a, b in offsets.values()):

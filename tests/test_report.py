@@ -278,6 +278,9 @@ def test_tradeoff_without_ifeval_and_an_unknown_metric(tmp_path):
     assert written["tradeoff.png"].stat().st_size > 0
     with pytest.raises(UserError, match="general_metric 'mt_bench/score'"):
         render_report([run], tmp_path / "out2", general_metric="mt_bench/score")
+    with pytest.raises(UserError, match="general_metric 'alpaca_eval/win_rate' has no score of a fine-tuned row"):
+        render_report([run], tmp_path / "out3", general_metric="alpaca_eval/win_rate")  # not scored: no plot, said
+    assert "tradeoff.png" in render_report([run], tmp_path / "out4", general_metric="retention/kl")
 
 
 ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?:root|home|tmp|work|Users|var|opt|srv|mnt)/")

@@ -221,3 +221,14 @@ def test_a_command_line_that_does_not_parse_is_one_line():
         result = CliRunner().invoke(app, args)
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.output
+
+
+def test_settings_of_a_method_or_suite_the_run_does_not_have_are_noted_not_dropped_silently(bad_inputs):
+    from harness.cli import app
+
+    args = _args(bad_inputs, ["--methods", "vanilla", "--suites", "translation", "--set", "radis.rationale_weight=0.5",
+                              "--set", "ifeval.max_new_tokens=0", "--dry-run"])
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "Note: radis.rationale_weight not used: radis is not among this run's methods (vanilla)" in result.output
+    assert "Note: ifeval.max_new_tokens not used: ifeval is not among this run's suites (translation)" in result.output

@@ -59,8 +59,8 @@ def comet_names() -> tuple[str, ...]:
 
 
 def _checkpoint_archive(path: Path) -> bool:
-    """Whether ``path`` looks like what torch.save writes (a zip archive; a pickle from torch
-    before 1.6), read from its first bytes only."""
+    """Whether ``path`` looks like what torch.save writes (a zip archive, or the older format
+    torch wrote before 1.6), read from its first bytes only."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)

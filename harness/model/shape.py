@@ -79,7 +79,7 @@ def model_shape(name: str) -> dict | None:
 def weight_modules(where: Path | str) -> list[str]:
     """The last part of the name of every module with a weight matrix, the modules an adapter
     can target (``model.layers.0.self_attn.q_proj.weight`` -> q_proj), from the safetensors
-    headers; [] when the checkpoint has none (e.g. only pickled .bin weights, never opened here)."""
+    headers; [] when the checkpoint has none (e.g. only .bin weights, never opened here)."""
     index = _local(where, "model.safetensors.index.json")
     if index is not None:
         try:

@@ -33,6 +33,7 @@ def check_plan(plan, missing_ok: bool = False) -> dict:
     for suite in plan.suites.values():
         suite.check_ranges()
     notes = [f"{name}: {note}" for name, suite in plan.suites.items() for note in suite.check()]
+    notes += _unused_settings(plan)
     translation, general, missing, sources = {}, {}, {}, []
     for d in plan.directions:
         try:
@@ -88,6 +89,19 @@ def check_plan(plan, missing_ok: bool = False) -> dict:
         sizes["notes"] = notes
     plan.sizes = sizes
     return sizes
+
+def _unused_settings(plan) -> list[str]:
+    """A note for each method's or suite's settings given (on the command line or in a config
+    file) for a method or suite this run does not have: they are not used, nor checked."""
+    methods = {entry.method for entry in plan.entries.values()}
+    notes = []
+    for kind, given, present in (("method", plan.cfg.method_options, methods), ("suite", plan.cfg.suite_options, set(plan.suites))):
+        for name in sorted(set(given) - present):
+            if given[name]:
+                settings = ", ".join(f"{name}.{key}" for key in given[name])
+                notes.append(f"{settings} not used: {name} is not among this run's {kind}s ({', '.join(sorted(present))})")
+    return notes
+
 
 def _check_room_for_responses(plan, model: str, sources: list[str]) -> None:
     """A budget.max_length that the shortest training prompt fills alone trains on no response

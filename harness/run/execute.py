@@ -100,6 +100,8 @@ class Execution:
             if dist.get_rank() != 0:
                 return follow(self.plan, self.models, self.units)
         check_plan(self.plan)  # fail on bad input before any work; the manifest records the sizes
+        for note in self.plan.sizes.get("notes", []):  # what the dry run notes, e.g. settings this run does not use
+            console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
         if self.plan.cfg.require_clean_code:
             refuse_uncommitted_code(self.plan, pending_units(self.plan))
         self.models.backend  # an unusable generation_backend fails here too

@@ -97,7 +97,7 @@ class Trainings:
     def _load(self, base, workdir: Path):
         """(a finished training's weights or None, the base model): ``load_trained``, or None
         when they cannot be loaded; a run directory is data that may come from elsewhere
-        (safetensors; a pickled .bin is refused by ``weights_only``), and weights it cannot give
+        (safetensors only: ``load_trained`` never reads a .bin), and weights it cannot give
         are trained again, on a fresh base (a failed load may have attached layers to it)."""
         try:
             return load_trained(base, workdir), base
