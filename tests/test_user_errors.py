@@ -169,6 +169,8 @@ MISTAKES = [
     (["--gen-batch-size", "abc"], "Invalid value for '--gen-batch-size'"),
     (["--steps", "x"], "Invalid value for '--steps'"),
     (["--no-such-option"], "No such option: --no-such-option"),
+    (["--sweep", "budget.steps=1,2"], "Sweep axis 'budget.steps' names no row: a sweep varies one row's settings, so give the "
+                                      "row first, e.g. vanilla.budget.steps=1,2"),
 ]
 
 

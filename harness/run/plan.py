@@ -118,6 +118,9 @@ def expand_sweeps(entries: list[Entry], sweep: dict[str, list], effective) -> li
             raise UserError(f"Sweep axis '{axis}' must look like METHOD.option, e.g. radis.rationale_weight=0,0.5,1.")
         if not values:
             raise UserError(f"Sweep axis '{axis}' has no values; give them comma-separated, e.g. {axis}=0,0.5,1.")
+        if row in ("budget", "lora") and row not in {e.label for e in entries}:
+            raise UserError(f"Sweep axis '{axis}' names no row: a sweep varies one row's settings, so give the row first, "
+                            f"e.g. vanilla.{axis}={','.join(map(str, values))}.")
         axes.setdefault(row, []).append((key, list(values)))
     by_label = {e.label: e for e in entries}
     out = list(entries)
