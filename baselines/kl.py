@@ -34,6 +34,8 @@ class KL(Method):
     extension = True
     Options = KLOptions
 
+    reference_passes = 1  # the original beside every micro-batch
+
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         ctx.stats["kl_weight"] = self.options.kl_weight
         return reference_examples(ctx)

@@ -15,7 +15,9 @@ from harness.report.board import build_leaderboard
 from harness.report.text import decimals, differences_csv, fmt, leaderboard_csv, leaderboard_markdown
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
-PUBLISHED = sorted(p.parent for p in REPORTS.glob("*/run/scores.csv"))
+RUNS = sorted(p.parent for p in REPORTS.glob("*/run/scores.csv"))
+PUBLISHED = [run for run in RUNS if (run / "report").is_dir()]
+UNDERWAY = [run for run in RUNS if not (run / "report").is_dir()]
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "looks.py"
 INTERVAL = re.compile(r"[−+-]?\d[\d.]*\s\[[−+-]?\d[\d.]*, [−+-]?\d[\d.]*\]")
 
@@ -43,6 +45,15 @@ def test_published_tables_are_what_the_code_renders(run):
                           ("leaderboard.csv", ["mean", "ci_low", "ci_high", "delta", "delta_low", "delta_high"])):
         values = pd.read_csv(report / name)[columns].abs().stack()
         assert not ((values > 0) & (values < 1e-6)).any(), name  # no residue such as -2.7e-10
+
+
+@pytest.mark.parametrize("run", UNDERWAY, ids=lambda p: p.parent.name)
+def test_a_run_under_way_has_a_plan_and_no_look_yet(run):
+    """A run whose units are committed as they finish, before its single planned look: it has
+    a written plan beside it, and nobody has looked (no report, no looks recorded)."""
+    assert (run.parent / "PLAN.md").is_file()
+    assert not (run / "analysis" / "looks.jsonl").exists()
+    assert (run / "manifest.json").is_file()
 
 
 def _looks_module():

@@ -62,7 +62,7 @@ class Budget:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm.", "min": 0})
     max_length: int = field(default=224, metadata={"help": "Maximum tokens per training example (prompt + response).", "above": 0,
                                                                 "max": "max_position_embeddings"})
-    equalise: str = field(default="steps", metadata={"help": "'steps' (same optimiser steps) or 'tokens' (same target tokens)."})
+    equalise: str = field(default="steps", metadata={"help": "'steps' (same optimiser steps), 'tokens' (same target tokens) or 'compute' (same FLOPs, data building included)."})
     target_tokens: int | None = field(default=None, metadata={"help": "With equalise=tokens: target tokens per method (default: what vanilla trains on in `steps`).", "above": 0})
     save_every: int = field(default=8, metadata={"help": "Save resumable training state every N steps (0: never).", "min": 0})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision in training (accelerate mixed_precision='bf16')."})
@@ -123,6 +123,8 @@ class RunConfig:
     analysis: Analysis = field(default_factory=Analysis)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-method settings."})
     suite_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-suite settings."})
+    eval_every: int = field(default=0, metadata={"help": "Evaluate the training's checkpoints every N optimiser steps on the trajectory suites, as units of their own (0: only the final model).", "min": 0})
+    trajectory_suites: list[str] = field(default_factory=list, metadata={"help": "Suites the checkpoints are evaluated on (default: translation, retention and task_kl where the run has them, else every suite of the run)."})
     require_clean_code: bool = field(default=False, metadata={"help": "Refuse to compute any unit while radis-bench's source checkout has uncommitted changes (for published runs: every unit is then tied to a commit)."})
     sweep: dict[str, list] = field(
         default_factory=dict,
@@ -130,8 +132,18 @@ class RunConfig:
                           "several axes of one method); budget.* and lora.* settings are sweepable too."},
     )
 
+    @property
+    def trajectory(self) -> list[str]:
+        """The suites checkpoints are evaluated on (none without ``eval_every``)."""
+        if not self.eval_every:
+            return []
+        return self.trajectory_suites or [s for s in self.suites if s in TRAJECTORY_DEFAULT] or list(self.suites)
+
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+TRAJECTORY_DEFAULT = ("translation", "retention", "task_kl")  # judge-free, and the training task
 
 
 def launched_processes() -> tuple[int, int]:
@@ -158,6 +170,11 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"generation_backend '{config.generation_backend}' is unknown; use auto, transformers or vllm.")
     if not config.methods:
         raise UserError("--methods is empty; name at least one method (see `radis-bench list`).")
+    if config.eval_every < 0:
+        raise UserError(f"eval_every must be 0 (off) or a positive number of steps, got {config.eval_every}.")
+    unknown = [s for s in config.trajectory_suites if s not in config.suites]
+    if unknown:
+        raise UserError(f"trajectory_suites names {unknown[0]}, which is not one of the run's suites ({', '.join(config.suites)}).")
     check_budget(config.budget, "budget")
     check_lora(config.lora, "lora")
     check_analysis(config.analysis, "analysis")
@@ -177,8 +194,8 @@ def check_budget(b: Budget, where: str, shape: dict | None = None) -> None:
         )
     if b.schedule not in ("cosine", "linear", "constant"):
         raise UserError(f"{where}: schedule '{b.schedule}' is unknown; use cosine, linear or constant.")
-    if b.equalise not in ("steps", "tokens"):
-        raise UserError(f"{where}: equalise (--budget) '{b.equalise}' is unknown; use steps or tokens.")
+    if b.equalise not in ("steps", "tokens", "compute"):
+        raise UserError(f"{where}: equalise (--budget) '{b.equalise}' is unknown; use steps, tokens or compute.")
 
 
 def check_lora(lora: LoRASettings, where: str, shape: dict | None = None) -> None:

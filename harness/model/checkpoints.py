@@ -31,6 +31,9 @@ STATE_DIR = "state"
 FINAL_DIR = "final"
 
 
+TRAJECTORY_DIR = "trajectory"  # the weights at the steps a trajectory evaluates (step<N>/), kept after training
+
+
 STATS_FILE = "train_stats.json"
 
 
@@ -122,9 +125,35 @@ def load_trained(model, workdir: Path):
 
     ``model`` must be a fresh copy of the base model; a LoRA result is attached to it."""
     workdir = Path(workdir)
-    final = workdir / FINAL_DIR
     if not (workdir / STATS_FILE).exists():
         return None
+    return _load_weights(model, workdir / FINAL_DIR)
+
+
+def save_snapshot(workdir: Path, model, step: int) -> None:
+    """The weights after ``step`` steps (an adapter, or the whole model), for a trajectory."""
+    target = Path(workdir) / TRAJECTORY_DIR / f"step{step}"
+    if target.is_dir():
+        return
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    replace_dir(tmp, target)
+
+
+def snapshot_steps(workdir: Path) -> list[int]:
+    """The steps whose weights a training kept for its trajectory."""
+    folder = Path(workdir) / TRAJECTORY_DIR
+    names = [p.name for p in folder.glob("step*") if p.is_dir()] if folder.is_dir() else []
+    return sorted(int(n[4:]) for n in names if n[4:].isdigit())
+
+
+def load_snapshot(model, workdir: Path, step: int):
+    """``model`` (a fresh copy of the base) with the weights kept at ``step``, or None."""
+    return _load_weights(model, Path(workdir) / TRAJECTORY_DIR / f"step{step}")
+
+
+def _load_weights(model, final: Path):
     if not (final / "adapter_config.json").exists() and not any(final.glob("*.safetensors")):
         return None
     if (final / "adapter_config.json").exists():

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.model.attention import use_decode_attention
+from harness.model.compute import adapter_flops, count_generation, counting, shape_of, uncounted
 from harness.model.fast_llama import FastLlama
 from harness.model.kv_cache import auto_batch_size, fill_holes
 from harness.model.prefill import Prefill, merge
@@ -94,6 +95,7 @@ class Generator:
         self.batch_size = batch_size  # 0: chosen per call by ``auto_batch_size``
         self.stats = GenerationStats()
         self.stop_ids = end_of_turn_ids(tokenizer)
+        self.shape = shape_of(model)  # what an answer costs (harness.model.compute)
         self.prefill = Prefill(model, tokenizer)
         use_decode_attention(model)  # on a CPU: single-query attention without copying keys per head
 
@@ -131,11 +133,16 @@ class Generator:
         for i in unique:
             groups.setdefault(self._batch_key(items[i][1]), []).append(i)
         prompts = {i: request_ids(self.tokenizer, items[i][0].messages, items[i][0].assistant_prefix) for i in unique}
-        for group in groups.values():
-            self._generate_missing(prompts, keys, group, {i: items[i][1] for i in group}, results, label)
+        with uncounted():  # every answer is counted below, from its lengths, cached or not
+            for group in groups.values():
+                self._generate_missing(prompts, keys, group, {i: items[i][1] for i in group}, results, label)
         for i in todo:
             if results[i] is None:
                 results[i] = results[first_of[keys[i]]]
+        if counting():
+            lengths = [len(prompts[i]) if i in prompts else len(request_ids(self.tokenizer, r.messages, r.assistant_prefix))
+                       for i, (r, _) in enumerate(items)]
+            count_generation(self.shape, lengths, results, adapter_flops(self.model) if self.model is not None else 0)
         return results  # type: ignore[return-value]
 
     @staticmethod

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.model.compute import install
 from harness.paths import cache_dir, check_folder, model_cache_dir
 from harness.progress import console
 
@@ -230,6 +231,7 @@ def load_model(spec: ModelSpec, dtype: str = "float32", device: str = "cpu"):
         spec.path, dtype=getattr(torch, dtype), trust_remote_code=spec.trust_remote_code
     ).to(device)
     model.eval()
+    install(model)  # its forward passes count into the unit being computed (harness.model.compute)
     return model, tokenizer
 
 

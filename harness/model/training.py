@@ -43,10 +43,12 @@ from harness.model.checkpoints import (
     load_state,
     load_trained,
     replace_dir,
+    save_snapshot,
     save_state,
     state_identity,
     trainable,
 )
+from harness.model.compute import KINDS, Meter, adapter_flops, install, metering, pass_flops, shape_of
 from harness.model.examples import (
     TokenisedExample,
     accepts_logits_to_keep,
@@ -66,6 +68,17 @@ from harness.store import write_json
 log = logging.getLogger("radis_bench")
 
 ExtraLoss = Callable[[Any, dict, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ComputeTarget:
+    """What ``budget.equalise: compute`` needs: the baseline's examples (what they cost in
+    ``budget.steps`` steps under this row's adapter is every row's total), what building this
+    row's data cost, and the original's passes per micro-batch that the method makes."""
+
+    baseline: list[TrainingExample]
+    data_flops: int = 0
+    reference_passes: int = 0
 
 
 @dataclass
@@ -171,6 +184,8 @@ def train(
     label: str = "training",
     record: dict | None = None,
     prepare: Callable[[Any, Any, int], None] | None = None,
+    compute: ComputeTarget | None = None,
+    snapshot_every: int = 0,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``examples`` under ``budget``; resumes from ``workdir/state``.
 
@@ -182,7 +197,11 @@ def train(
     The stats hold steps, examples_seen, target_tokens (tokens with loss weight > 0) and
     target_tokens_by_kind, total_tokens (non-padding), padded_tokens, padding_share, wall_s,
     peak_mem_mb, per-step losses (and extra_losses), the final lr, resumed_from_step and
-    trainable_params; ``record`` adds the caller's own fields.
+    trainable_params; ``record`` adds the caller's own fields. With ``budget.equalise ==
+    "compute"`` the steps are the number whose FLOPs, with the data building and ``prepare``,
+    come closest to what the baseline's examples cost in ``budget.steps`` steps (``compute``).
+    ``snapshot_every``: the weights after every N steps (before the last) are kept under
+    ``workdir/trajectory`` for a trajectory; keeping them changes nothing in the training.
     """
     workdir = Path(workdir)
     finished = load_trained(model, workdir)
@@ -194,7 +213,7 @@ def train(
     if not any(item.target_count() for item in items):  # else a training of zero losses: a silent no-op
         raise UserError(f"No training example has a response token within budget.max_length ({budget.max_length}) "
                         f"({label}: the prompts fill it); raise budget.max_length.")
-    session = _setup(model, tokenizer, items, budget, lora, workdir, seed, extra_loss, prepare, label)
+    session = _setup(model, tokenizer, items, budget, lora, workdir, seed, extra_loss, prepare, label, compute)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     started, wall_before = time.time(), session.stats["wall_s"]
     session.model.train()
@@ -206,6 +225,10 @@ def train(
             loss, tokens = _step(session, pad_id)
             session.stats["wall_s"] = wall_before + time.time() - started
             bar.advance(1, tokens=tokens, extra=f"loss {loss:.3f}")
+            if snapshot_every > 0 and session.step % snapshot_every == 0 and session.step < session.total_steps:
+                if main:
+                    save_snapshot(workdir, session.accelerator.unwrap_model(session.model), session.step)
+                session.accelerator.wait_for_everyone()
             if budget.save_every > 0 and session.step % budget.save_every == 0 and session.step < session.total_steps:
                 if main:
                     save_state(workdir, session.accelerator.unwrap_model(session.model), session.optimizer, session.step,
@@ -215,7 +238,7 @@ def train(
 
 
 def _setup(model, tokenizer, items: list[TokenisedExample], budget: Budget, lora: LoRASettings, workdir: Path, seed: int,
-           extra_loss: ExtraLoss | None, prepare, label: str) -> _Session:
+           extra_loss: ExtraLoss | None, prepare, label: str, compute: ComputeTarget | None = None) -> _Session:
     """The adapter attached and seeded, the optimiser, the accelerator, and the statistics, from a
     saved state when one belongs to this training."""
     device = next(model.parameters()).device
@@ -235,8 +258,10 @@ def _setup(model, tokenizer, items: list[TokenisedExample], budget: Budget, lora
     if budget.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = _attach_adapter(model, lora)
-    if prepare is not None:
-        prepare(model, tokenizer, seed)
+    install(model)
+    with metering(Meter()) as prepared:  # e.g. EWC's Fisher: counted afresh when a training resumes
+        if prepare is not None:
+            prepare(model, tokenizer, seed)
     params = list(trainable(model).values())
     optimizer = torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
     stats: dict[str, Any] = {
@@ -254,6 +279,13 @@ def _setup(model, tokenizer, items: list[TokenisedExample], budget: Budget, lora
         stats["resumed_from_step"] = step
         log.info("%s: resuming from step %d of %d", label, step, total_steps)
     stats["processes"] = world
+    stats["flops"] = {"prepare": prepared.record(), "steps": stats.get("flops", {}).get("steps", Meter().record())}
+    if budget.equalise == "compute":
+        if compute is None:
+            raise ValueError("budget.equalise='compute' needs train(compute=ComputeTarget(...))")
+        total_steps, target = _steps_for_compute(model, tokenizer, items, budget, seed, world, extra_loss is None, compute,
+                                                 compute.data_flops + prepared.total())
+        stats["schedule_steps"], stats["compute_target"] = total_steps, target
     model, optimizer = accelerator.prepare(model, optimizer)
     return _Session(model, optimizer, accelerator, items, budget, seed, total_steps, identity, stats, extra_loss, device, step,
                     Counter(stats["target_tokens_by_kind"]))
@@ -272,44 +304,88 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
     for group in s.optimizer.param_groups:
         group["lr"] = lr
     s.optimizer.zero_grad(set_to_none=True)
-    micro_size = budget.batch_size // (budget.grad_accum * world)
-    if world == 1:
-        chunks = length_groups(batch_items, micro_size)
-    else:  # a fixed split, so every process gets micro-batches and joins each gradient exchange
-        chunks = [batch_items[start : start + micro_size] for start in range(0, len(batch_items), micro_size)]
-    mine = chunks[rank::world]  # process r takes micro-batches r, r+N, ...: disjoint, similar lengths
+    mine = _chunks(batch_items, budget, world)[rank::world]  # process r takes micro-batches r, r+N, ...: disjoint, similar lengths
     # no logits for the shared prompt prefix of a micro-batch: they carry no loss, and the
     # vocabulary projection and softmax are a fifth of the compute (an extra loss sees all)
     skip_prompt_logits = s.extra_loss is None and accepts_logits_to_keep(s.model)
     sums = [0.0, 0.0, 0, 0]  # loss, extra loss, tokens, padding
+    meter = Meter()
     for n, chunk in enumerate(mine):
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         # gradients are exchanged once per step, after the last micro-batch
         with accelerator.no_sync(s.model) if n < len(mine) - 1 else contextlib.nullcontext():
             start = first_scored(batch["weights"]) if skip_prompt_logits else 0
             kwargs = {"logits_to_keep": batch["input_ids"].shape[1] - start} if start else {}
-            outputs = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
-            nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"][:, start:], batch["weights"][:, start:])
-            # each micro-batch counts by its share of the global step's weighted tokens, so the
-            # step minimises one token-level mean whatever grad_accum and the process count are
-            loss = nll_sum / step_weight
-            if s.extra_loss is not None:
-                extra = s.extra_loss(accelerator.unwrap_model(s.model), batch, outputs) * (weight_sum / step_weight)
-                loss = loss + extra
-                sums[1] += extra.item()
+            with metering(meter):
+                outputs = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+                nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"][:, start:], batch["weights"][:, start:])
+                # each micro-batch counts by its share of the global step's weighted tokens, so the
+                # step minimises one token-level mean whatever grad_accum and the process count are
+                loss = nll_sum / step_weight
+                if s.extra_loss is not None:
+                    extra = s.extra_loss(accelerator.unwrap_model(s.model), batch, outputs) * (weight_sum / step_weight)
+                    loss = loss + extra
+                    sums[1] += extra.item()
             # processes average their gradients; times N that is the sum over the global batch
             accelerator.backward(loss * world)
         sums[0] += loss.item()
         real = int(batch["attention_mask"].sum())
         sums[2] += real
         sums[3] += batch["attention_mask"].numel() - real
-    every = accelerator.gather(torch.tensor([sums + [_peak_mem_mb(device)]], dtype=torch.float64, device=device)).cpu()
+    spent = [float(meter.flops[k]) for k in KINDS]
+    every = accelerator.gather(torch.tensor([sums + [_peak_mem_mb(device)] + spent], dtype=torch.float64, device=device)).cpu()
     if budget.max_grad_norm > 0:
         accelerator.clip_grad_norm_(s.model.parameters(), budget.max_grad_norm)
     s.optimizer.step()
     s.step += 1
     _account(s, batch_items, every, lr)
     return s.stats["losses"][-1], int(every[:, 2].sum())
+
+
+def _chunks(batch_items: list[TokenisedExample], budget: Budget, world: int) -> list[list[TokenisedExample]]:
+    """A step's micro-batches over every process (process r takes r, r+N, ...)."""
+    micro_size = budget.batch_size // (budget.grad_accum * world)
+    if world == 1:
+        return length_groups(batch_items, micro_size)
+    # a fixed split, so every process gets micro-batches and joins each gradient exchange
+    return [batch_items[start : start + micro_size] for start in range(0, len(batch_items), micro_size)]
+
+
+def _steps_for_compute(model, tokenizer, items, budget: Budget, seed: int, world: int, no_extra_loss: bool,
+                       compute: ComputeTarget, spent: int) -> tuple[int, int]:
+    """(steps, target): the number of steps (at least one) whose FLOPs, added to ``spent``, come
+    closest to the target, what the baseline's examples cost in ``budget.steps`` steps. A step
+    is counted as the hooks of ``harness.model.compute`` count it, from its micro-batches, before
+    it runs: the data order is fixed by the seed, so this is exact for the passes the trainer
+    makes and those a method declares (``Method.reference_passes``)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    shape, adapter = shape_of(model), adapter_flops(model)
+    full = any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    head = model.get_output_embeddings()
+    head_trains = head is not None and head.weight.requires_grad
+    skips = accepts_logits_to_keep(model)
+
+    def step_flops(step_items, step: int, skip: bool, passes: int) -> int:
+        chosen = sorted((step_items[i] for i in step_indices(step, budget.batch_size, len(step_items), seed)),
+                        key=lambda it: len(it.input_ids))
+        total = 0
+        for chunk in _chunks(chosen, budget, world):
+            batch = collate(chunk, pad_id)
+            mask = batch["attention_mask"]
+            lengths = [int(n) for n in mask.sum(1)]
+            start = first_scored(batch["weights"]) if skip else 0
+            total += pass_flops(shape, lengths, int(mask[:, start:].sum()), adapter, trained=True, full=full, head_trains=head_trains)
+            total += passes * pass_flops(shape, lengths, int(mask.sum()))
+        return total
+
+    baseline = [tokenise_example(tokenizer, ex, budget.max_length) for ex in compute.baseline]
+    target = sum(step_flops(baseline, step, skips, 0) for step in range(budget.steps))
+    steps, total = 1, spent + step_flops(items, 0, skips and no_extra_loss, compute.reference_passes)
+    while True:
+        following = total + step_flops(items, steps, skips and no_extra_loss, compute.reference_passes)
+        if abs(following - target) >= abs(total - target):
+            return steps, target
+        steps, total = steps + 1, following
 
 
 def _account(s: _Session, batch_items: list[TokenisedExample], every, lr: float) -> None:
@@ -330,6 +406,10 @@ def _account(s: _Session, batch_items: list[TokenisedExample], every, lr: float)
     stats["lr"] = lr
     stats["padding_share"] = stats["padded_tokens"] / max(stats["padded_tokens"] + stats["total_tokens"], 1)
     stats["peak_mem_mb"] = max(stats["peak_mem_mb"], every[:, 4].max().item())
+    steps = Meter(stats["flops"]["steps"])
+    for n, kind in enumerate(KINDS):  # every process's passes
+        steps.add(kind, int(every[:, 5 + n].sum().item()))
+    stats["flops"]["steps"] = steps.record()
 
 
 def _finish(s: _Session, workdir: Path, record: dict | None) -> TrainResult:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from harness.errors import UserError
+from harness.model.compute import Shape
 from harness.model.generation import GenerationCache, Generator
 from harness.plugins.requests import Decoding, Output
 from harness.progress import progress_bar
@@ -74,6 +75,14 @@ def load_engine(model_path: str | Path, lora_rank: int | None = None, seed: int 
     return LLM(**kwargs)
 
 
+def _shape(llm):
+    """The engine's model shape (for counting FLOPs), None where vLLM does not say."""
+    try:
+        return Shape.of(llm.llm_engine.model_config.hf_config)
+    except (AttributeError, TypeError):
+        return None
+
+
 class VLLMGenerator(Generator):
     """The Generator surface (generate, key, prompt_text, cache, stats) over a vLLM engine."""
 
@@ -83,6 +92,7 @@ class VLLMGenerator(Generator):
                  lora_path: str | Path | None = None, lora_id: int = 1):
         super().__init__(None, tokenizer, fingerprint, cache, batch_size)
         self.llm = llm
+        self.shape = _shape(llm)
         self.lora_path = Path(lora_path) if lora_path else None
         self.lora_id = lora_id  # unique per adapter within one engine: vLLM caches adapters by id
 

@@ -106,6 +106,9 @@ class Method(Configurable):
     # Optional: an extra loss term added to the trainer's loss on each micro-batch.
     # ``batch`` holds input_ids, attention_mask, weights; ``outputs`` the model outputs.
     extra_loss = None
+    # Forward passes of the original (the adapter off, no backward) that ``extra_loss`` makes over
+    # each micro-batch (kl: 1), so that ``budget.equalise: compute`` can count a step before it runs.
+    reference_passes: ClassVar[int] = 0
 
     def prepare_model(self, model, tokenizer, seed: int) -> None:
         """Called once the adapter is attached and seeded, before the optimiser is built:

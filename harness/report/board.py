@@ -97,6 +97,7 @@ class Leaderboard:
     differences: pd.DataFrame
     descriptions: dict[str, tuple[str, str]]  # label -> (description, citation)
     claims: object = None  # harness.report.differences.Claims: the plan, the primary contrasts, the secondary family
+    paths: list = field(default_factory=list)  # the run directories, in the order of ``manifests``
 
     def verdict(self, row: Row, versus: str, column: Column) -> str | None:
         """The verdict of a row against another on a column, as differences.csv holds it."""
@@ -140,7 +141,8 @@ def build_leaderboard(run_dirs: list[Path], title: str | None = None, prefixes: 
     title = title or (titles[0] if len(runs) == 1 and titles[0] else None)  # a run's own title, as `run` renders it
     title = title or ("radis-bench leaderboard" + (f": {', '.join(names)}" if names else ""))
 
-    board = Leaderboard(title, rows, columns, cells, scores, [r.manifest for r in runs], pd.DataFrame(), descriptions)
+    board = Leaderboard(title, rows, columns, cells, scores, [r.manifest for r in runs], pd.DataFrame(), descriptions,
+                        paths=[r.path for r in runs])
     board.differences, board.claims = compute_differences(board, [PlanSource(r.path, r.prefix, r.manifest) for r in runs],
                                                           record_looks)
     _mark_best(board)

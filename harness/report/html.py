@@ -11,6 +11,7 @@ from pathlib import Path
 import jinja2
 
 from harness.report.board import Column, Leaderboard
+from harness.report.compute import COMPUTE_NOTE, compute_table
 from harness.report.text import (
     DIFFERENCES_NOTE,
     Notes,
@@ -88,5 +89,6 @@ def leaderboard_html(board: Leaderboard, plots: dict[str, bytes]) -> str:
         differences={"columns": board.main, "rows": cells} if cells else None, differences_note=DIFFERENCES_NOTE,
         methods=[(label, d, c) for label, (d, c) in board.descriptions.items()],
         training={"header": header, "rows": training_rows},
+        compute=dict(zip(("header", "rows"), compute_table(board)), note=COMPUTE_NOTE),
         plots=[(name, base64.b64encode(png).decode("ascii")) for name, png in plots.items()],
     )

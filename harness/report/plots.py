@@ -16,7 +16,9 @@ from matplotlib.figure import Figure
 
 from harness.errors import UserError
 from harness.report.board import Column, Leaderboard, Row, training_runs
+from harness.report.compute import pareto_points
 from harness.report.text import safe_name
+from harness.report.trajectory import main_metrics, trajectory_series
 from harness.store import ORIGINAL
 
 
@@ -25,6 +27,8 @@ def all_plots(board: Leaderboard, general_metric: str | None = None) -> dict[str
     for suite in dict.fromkeys(c.suite for c in board.main):
         plots[f"suite_{safe_name(suite)}.png"] = plot_suite(board, suite)
     plots["training_loss.png"] = plot_training_loss(board)
+    plots["pareto.png"] = plot_pareto(board)
+    plots.update(plot_trajectories(board))
     plots.update(ablation_plots(board))
     return {name: png for name, png in plots.items() if png is not None}
 
@@ -115,6 +119,62 @@ def plot_tradeoff(board: Leaderboard, general_metric: str | None = None) -> byte
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, -0.02 - 0.025 * (len(labels) // 6)))
     fig.suptitle("Translation gain against general-ability change (mean over seeds, bars = 95% intervals)", fontsize=11)
     return png(fig)
+
+
+def plot_pareto(board: Leaderboard) -> bytes | None:
+    """Task gain (x) against retention (y, up = closer to the original), each row's compute to
+    train as its marker's area; the rows no other row beats on all three are ringed."""
+    points = pareto_points(board)
+    if not points:
+        return None
+    colour = colours(board)
+    largest = max(p["flops"] for p in points) or 1.0
+    fig = Figure(figsize=(7.2, 5.6))
+    ax = fig.subplots()
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.axvline(0, color="grey", lw=0.8, ls="--")
+    for p in points:
+        area = 40 + 600 * p["flops"] / largest
+        ax.scatter([p["gain"]], [p["retention"]], s=area, color=colour.get(p["label"], "grey"), alpha=0.7,
+                   edgecolors="black" if not p["dominated"] else "none", linewidths=2, label=p["name"], zorder=3)
+        ax.annotate(f"{p['label']} ({p['flops']:.2g})", (p["gain"], p["retention"]), textcoords="offset points",
+                    xytext=(6, 5), fontsize=7)
+    ax.set_xlabel(f"task gain: Δ {points[0]['task']} over the original")
+    ax.set_ylabel(f"Δ {points[0]['general']} over the original (up = closer to the original)")
+    ax.set_title("Gain, retention and compute: area = FLOPs to train; ringed = not dominated", fontsize=10)
+    ax.grid(alpha=0.3)
+    return png(fig)
+
+
+def plot_trajectories(board: Leaderboard) -> dict[str, bytes]:
+    """Per main metric of the trajectory suites: every row's mean over seeds along training (step
+    0 is the original), its band the interval of item and seed noise at each step."""
+    series = trajectory_series(board)
+    if series.empty:
+        return {}
+    colour = colours(board)
+    several = board.several_models
+    plots = {}
+    for suite, metric in main_metrics(board):
+        part = series[(series["suite"] == suite) & (series["metric"] == metric)]
+        if part.empty:
+            continue
+        fig = Figure(figsize=(7.2, 5.0))
+        ax = fig.subplots()
+        for (model, label), line in part.groupby(["model", "method"], sort=False):
+            name = label if not several else f"{label} [{model}]"
+            ax.plot(line["step"], line["mean"], marker="o", ms=4, color=colour.get(label, "grey"), label=name)
+            banded = line.dropna(subset=["ci_low", "ci_high"])
+            if len(banded):
+                ax.fill_between(banded["step"], banded["ci_low"], banded["ci_high"], color=colour.get(label, "grey"), alpha=0.15)
+        better = {"True": " (higher is better)", "False": " (lower is better)"}.get(str(part["higher_is_better"].iloc[0]), "")
+        ax.set_xlabel("optimiser step (0: the original)")
+        ax.set_ylabel(f"{suite} {metric}{better}")
+        ax.set_title(f"{suite} {metric} along training (mean over seeds, bands = 95% intervals)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        plots[f"trajectory_{safe_name(suite)}_{safe_name(metric)}.png"] = png(fig)
+    return plots
 
 
 def plot_suite(board: Leaderboard, suite: str) -> bytes | None:

@@ -26,6 +26,7 @@ from harness.paths import check_file, check_folder
 from harness.progress import warn
 from harness.store import ORIGINAL, Unreadable, load_json
 
+TRAJECTORY_COLUMNS = ["model", "method", "seed", "step", "suite", "metric", "value", "n", "higher_is_better", "main", "cell"]
 SCORE_COLUMNS = ["model", "method", "seed", "suite", "metric", "value", "n", "ci_low", "ci_high", "higher_is_better", "main", "note"]
 
 

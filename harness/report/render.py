@@ -19,6 +19,7 @@ from harness.report.board import build_leaderboard
 from harness.report.html import leaderboard_html
 from harness.report.plots import all_plots
 from harness.report.text import differences_csv, leaderboard_csv, leaderboard_markdown
+from harness.report.trajectory import trajectories_csv
 from harness.store import write_atomic
 
 
@@ -38,6 +39,9 @@ def render_report(run_dirs: list[Path], out_dir: Path, title: str | None = None,
         "leaderboard.html": leaderboard_html(board, plots).encode(),
         **plots,
     }
+    trajectories = trajectories_csv(board)
+    if trajectories is not None:
+        files["trajectories.csv"] = trajectories.encode()
     written = {}
     for name, data in files.items():
         written[name] = out_dir / name

@@ -12,6 +12,7 @@ import pandas as pd
 
 from harness.report.board import Column, Leaderboard, Row, training_runs
 from harness.report.claims import describe
+from harness.report.compute import compute_markdown
 from harness.report.differences import COLUMNS
 from harness.store import ORIGINAL
 
@@ -147,7 +148,7 @@ def leaderboard_markdown(board: Leaderboard, plots: list[str]) -> str:
         lines += ["", "## Other metrics", ""] + _md_table(board, board.others, notes, with_delta=False)
     if notes.texts:
         lines += ["", "Notes:", ""] + [f"- [{i}] {text}" for i, text in enumerate(notes.texts, 1)]
-    lines += ["", *differences_markdown(board), *methods_markdown(board), *training_markdown(board)]
+    lines += ["", *differences_markdown(board), *methods_markdown(board), *training_markdown(board), *compute_markdown(board)]
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     return "\n".join(lines)

@@ -40,7 +40,8 @@ def follow(plan, models, units) -> Path:
         dist.broadcast_object_list(message, src=0)
         if message[0] is None:
             return plan.run_dir
-        label, seed, examples, budget, method = message[0]
+        label, seed, examples, budget, method, compute, snapshot_every = message[0]
         base, tokenizer = models.load_base()
         train(base, tokenizer, examples, budget, plan.loras[label], units.workdir(label, seed), seed,
-              extra_loss=method.extra_loss, prepare=method.prepare_model, label=f"train {label} s{seed}")
+              extra_loss=method.extra_loss, prepare=method.prepare_model, label=f"train {label} s{seed}", compute=compute,
+              snapshot_every=snapshot_every)

@@ -8,7 +8,7 @@ from rich.table import Table
 from harness.errors import UserError
 from harness.progress import console
 from harness.run.checks import check_plan, refuse_uncommitted_code
-from harness.run.estimate import estimate
+from harness.run.estimate import estimate, trajectory_points
 from harness.run.plan import value_text
 from harness.run.units import pending_units
 
@@ -54,6 +54,17 @@ def print_plan(plan) -> None:
         f"[bold]Shared budget:[/bold] {b.steps} steps x {b.batch_size} examples, lr {b.learning_rate:g} {b.schedule}, "
         f"max length {b.max_length}, equalise {b.equalise}; {adapter}"
     )
+    if any(budget.equalise == "compute" for budget in plan.budgets.values()):
+        out.print("[bold]Compute budget:[/bold] every row's data building, preparation and training together cost what "
+                  f"the baseline's {b.steps} steps cost; a row's steps are set once its data is built (what the original "
+                  "generates for it is not known before) and kept in its train_stats.json (schedule_steps, compute_target)",
+                  soft_wrap=True)
+    if plan.cfg.eval_every:
+        points = trajectory_points(plan)
+        suites = plan.cfg.trajectory
+        out.print(f"[bold]Trajectories:[/bold] checkpoints every {plan.cfg.eval_every} steps: {points} checkpoints x "
+                  f"{len(suites)} suites ({', '.join(suites)}) = {points * len(suites)} evaluation units at most "
+                  "(those already finished are reused; the estimate below counts them all)", soft_wrap=True)
     out.print(f"[bold]Run directory:[/bold] {plan.run_dir}")
     for note in sizes.get("notes", []):
         out.print(f"[bold]Note:[/bold] {note}", soft_wrap=True)

@@ -50,6 +50,15 @@ CHARS_PER_TOKEN = 3.5  # heuristic for mixed cs/de/ru/zh/en text (English alone 
 PROMPT_TOKENS = 40  # chat template + ALMA instruction around each source sentence
 
 
+def trajectory_points(plan) -> int:
+    """Checkpoints the selected trainings keep for their trajectories (``eval_every``; with a
+    tokens or compute budget, counted at ``budget.steps``)."""
+    every = plan.cfg.eval_every
+    if not every:
+        return 0
+    return sum(len(range(every, plan.budgets[label].steps, every)) for cell, label, _ in plan.trained_units() if plan.selected(cell))
+
+
 def gen_flops_s(batch_size: int) -> float:
     """Effective generation FLOP/s at the largest measured batch not above ``batch_size``."""
     sizes = sorted(MEASURED_GEN_TOKENS_S)
@@ -163,6 +172,8 @@ def estimate(plan, sizes: dict, status: dict | None = None) -> Estimate:
         ctx = SuiteContext(label="original", data=plan.data, directions=directions, config=cfg, size=cfg.suite_sizes.get(name))
         gen_tokens += sum(suite.planned_generations(ctx)) * models
         gen_tokens += sum(d.max_new_tokens for _, d in suite.original_requests(ctx))
+        if name in cfg.trajectory:  # every checkpoint of a trajectory answers the suite too
+            gen_tokens += sum(suite.planned_generations(ctx)) * trajectory_points(plan)
     params, source = model_params(cfg.model)
     if params is None:
         return Estimate(None, source, int(train_tokens), int(gen_tokens), None, None)

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 from harness.errors import raise_if_stopping
+from harness.model.checkpoints import STATS_FILE, snapshot_steps
+from harness.model.compute import Meter, metering
 from harness.model.generation import Generator
 from harness.model.loading import load_model, resolve_placement
 from harness.model.vllm_backend import VLLMGenerator, load_engine, select_backend
@@ -29,7 +31,7 @@ from harness.run.distributed import distributed, follow, tell
 from harness.run.publish import Publisher
 from harness.run.trainings import Trainings, method_context
 from harness.run.units import Units, pending_units
-from harness.store import ORIGINAL, CellLock, RunLock, StateLock, write_json, write_jsonl
+from harness.store import ORIGINAL, CellLock, RunLock, StateLock, read_json, write_json, write_jsonl
 from harness.versions import evaluation_code
 
 log = logging.getLogger("radis_bench")
@@ -161,6 +163,7 @@ class Execution:
             for suite in plan.suites:
                 self._evaluate(cell, label, seed, suite, load)
             holder.clear()
+            self._trajectory(cell, label, seed)
         which = "" if plan.only is None else f" --only {'+'.join(plan.only)}"
         self.publisher.timings[f"total_s_last_invocation{which}"] = round(time.time() - started, 1)
         self.publisher.publish(report=True)
@@ -172,6 +175,41 @@ class Execution:
         self.say(f"Done in {time.time() - started:.0f}s: {self.counts['computed']} units computed, {self.counts['reused']} reused"
                  f"{rekeyed}. Report: {self.run_dir / 'report' / 'leaderboard.html'}")
         return self.run_dir
+
+    def _trajectory(self, cell: str, label: str, seed: int) -> None:
+        """The training's checkpoints every ``eval_every`` steps, each evaluated on the trajectory
+        suites as units of its own (``<cell>@step<N>``); the last step is the cell's own units."""
+        every, suites = self.plan.cfg.eval_every, self.plan.cfg.trajectory
+        if not every or not self.units.training_done(label, seed):
+            return
+        workdir = self.units.workdir(label, seed)
+        total = int((read_json(workdir / STATS_FILE) or {}).get("steps") or 0)
+        kept = set(snapshot_steps(workdir))
+        points = [(step, f"{cell}@step{step}") for step in range(every, total, every)]
+        pending = [(step, point) for step, point in points
+                   if any(self.units.evaluation(point, suite) is None for suite in suites)]
+        self.counts["reused"] += sum(len(suites) for step, point in points if (step, point) not in pending)
+        missing = [step for step, _ in pending if step not in kept]
+        if missing:
+            self.say(f"[yellow]{cell}: no weights kept at step {', '.join(map(str, missing))} (it was trained without "
+                     f"eval_every {every}); its trajectory leaves them out (delete {workdir} to train it again)[/yellow]")
+        for step, point in pending:
+            if step not in kept:
+                continue
+            holder = {}
+
+            def load(step=step, holder=holder):
+                if "model" not in holder:
+                    holder["model"] = self.trainings.snapshot(label, seed, step)
+                return holder["model"]
+
+            items = [item for suite in suites if self.units.evaluation(point, suite) is None
+                     for item in self.plan.suites[suite].requests(self._context(point, suite, load))]
+            if items:
+                self._generate(load()[2], items, point, f"{point}: {len(items)} answers for {', '.join(suites)}")
+            for suite in suites:
+                self._evaluate(point, label, seed, suite, load)
+            holder.clear()
 
     # generation ahead of the units ------------------------------------------------------------
     def _context(self, cell: str, suite: str, load):
@@ -238,7 +276,8 @@ class Execution:
         self.say(f"evaluating: {cell} on {suite}")
         t0, stamp = time.time(), self.publisher.stamp()
         ctx.workdir.mkdir(parents=True, exist_ok=True)
-        result = plan.suites[suite].evaluate(ctx)
+        with metering(Meter()) as meter:
+            result = plan.suites[suite].evaluate(ctx)
         raise_if_stopping()
         write_jsonl(units.outputs_path(cell, suite), result.outputs)
         self.publisher.write_item_stats(cell, suite, result.outputs)
@@ -246,7 +285,8 @@ class Execution:
             "key": key, "label": cell, "method": label or ORIGINAL, "seed": seed, "suite": suite,
             "metrics": [dataclasses.asdict(m) for m in result.metrics],
             "not_scored": [dataclasses.asdict(n) for n in result.not_scored],
-            "seconds": round(time.time() - t0, 1),
+            **({"step": int(cell.rsplit("@step", 1)[1])} if "@step" in cell else {}),
+            "seconds": round(time.time() - t0, 1), "flops": meter.record(),
             "computed": stamp, "code": evaluation_code(plan.suites[suite]),
         })
         self.publisher.timings[f"eval {cell} {suite}"] = round(time.time() - t0, 1)

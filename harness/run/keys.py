@@ -98,6 +98,9 @@ class UnitKeys:
         """The key of the model a cell evaluates: the base fingerprint for the original."""
         if cell == ORIGINAL:
             return self.plan.spec.fingerprint
+        if "@step" in cell:  # a checkpoint of a trajectory: its training's key and the step
+            trained, step = cell.rsplit("@step", 1)
+            return f"{self.model_key(trained)}@step{int(step)}"
         label, seed = cell.rsplit("-seed", 1)
         return self.train_key(label, int(seed))
 

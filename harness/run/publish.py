@@ -19,7 +19,7 @@ from pathlib import Path
 from harness import versions
 from harness.paths import cache_dir
 from harness.progress import console, warn
-from harness.report.read import SCORE_COLUMNS, unit_rows
+from harness.report.read import SCORE_COLUMNS, TRAJECTORY_COLUMNS, unit_rows
 from harness.report.render import render_report
 from harness.store import ORIGINAL, StateLock, Unreadable, load_json, read_json, read_jsonl, write_atomic, write_json
 
@@ -138,6 +138,7 @@ class Publisher:
         under the short state lock, so concurrent cells never drop each other's units."""
         with StateLock(self.run_dir):
             self._write_scores()
+            self._write_trajectories()
             self._write_manifest()  # after the scores: reading every unit found the unversioned ones
             if report:
                 render_report([self.run_dir], self.run_dir / "report", title=self.plan.cfg.title)
@@ -160,7 +161,33 @@ class Publisher:
         # which process and code last computed a unit of each cell; a run that only reuses keeps the old entries
         m["cells"] = {**old.get("cells", {}), **self.computed_cells}
         m["unversioned_units"] = sorted(self.units.unversioned)
+        compute = self.compute()
+        if compute:
+            m["compute"] = compute
         write_json(self.run_dir / "manifest.json", m)
+
+    def compute(self) -> dict:
+        """FLOPs of every unit that counted them (harness.model.compute), by cell: building the
+        training data, training (its preparation and its steps), each suite's evaluation."""
+        out: dict[str, dict] = {}
+        cells = [(ORIGINAL, None, None)] + list(self.plan.trained_units())
+        for cell, label, seed in cells:
+            entry: dict = {}
+            if label is not None and self.units.training_done(label, seed):
+                workdir = self.units.workdir(label, seed)
+                data = (read_json(workdir / "method_stats.json") or {}).get("data_flops")
+                trained = (read_json(workdir / "train_stats.json") or {}).get("flops")
+                if data:
+                    entry["data"] = data
+                if trained:
+                    entry["training"] = trained
+            for suite in self.plan.suites:
+                done = self.units.evaluation(cell, suite)
+                if done and done.get("flops"):
+                    entry.setdefault("evaluation", {})[suite] = done["flops"]
+            if entry:
+                out[cell] = entry
+        return out
 
     # scores --------------------------------------------------------------------------------
     def score_rows(self) -> list[dict]:
@@ -176,6 +203,41 @@ class Publisher:
                 base = {"model": self.plan.cfg.model, "method": label, "seed": "" if seed is None else seed, "suite": suite}
                 rows += [{**base, **row} for row in unit_rows(done)]
         return rows
+
+    def trajectory_rows(self) -> list[dict]:
+        """Every trajectory point's scores on the trajectory suites: the original at step 0, each
+        kept checkpoint (``<cell>@step<N>``) and each cell's final model at its last step."""
+        suites = self.plan.cfg.trajectory
+        rows = []
+
+        def add(cell, label, seed, step):
+            for suite in suites:
+                done = self.units.evaluation(cell, suite)
+                for m in (done or {}).get("metrics", []):
+                    rows.append({"model": self.plan.cfg.model, "method": label, "seed": "" if seed is None else seed,
+                                 "step": step, "suite": suite, "metric": m["name"], "value": m["value"], "n": m["n"],
+                                 "higher_is_better": "" if m["higher_is_better"] is None else m["higher_is_better"],
+                                 "main": m["main"], "cell": cell})
+
+        add(ORIGINAL, ORIGINAL, None, 0)
+        for cell, label, seed in self.plan.trained_units():
+            if not self.units.training_done(label, seed):
+                continue
+            total = int((read_json(self.units.workdir(label, seed) / "train_stats.json") or {}).get("steps") or 0)
+            for step in range(self.plan.cfg.eval_every, total, self.plan.cfg.eval_every):
+                add(f"{cell}@step{step}", label, seed, step)
+            add(cell, label, seed, total)
+        return rows
+
+    def _write_trajectories(self) -> None:
+        if not self.plan.cfg.eval_every:
+            return
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=TRAJECTORY_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in self.trajectory_rows():
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        write_atomic(self.run_dir / "trajectories.csv", buf.getvalue())
 
     def _write_scores(self) -> None:
         buf = io.StringIO()

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 from harness.errors import UserError, interruption, raise_if_stopping
-from harness.model.checkpoints import FINAL_DIR, STATS_FILE, load_trained
+from harness.model.compute import Meter, metering
+from harness.model.checkpoints import FINAL_DIR, STATS_FILE, TRAJECTORY_DIR, load_snapshot, load_trained
 from harness.model.examples import target_tokens_in_steps
-from harness.model.training import train
+from harness.model.training import ComputeTarget, train
 from harness.plugins import registry
 from harness.plugins.method import MethodContext
 from harness.progress import warn
@@ -56,8 +57,10 @@ class Trainings:
             ctx = method_context(self.plan, label, seed, self.models.original[2])
             t0 = time.time()
             self.say(f"building training data: {label} seed {seed}")
-            examples = method.build_training_examples(ctx)
+            with metering(Meter()) as meter:  # what building the data costs (the original's generations)
+                examples = method.build_training_examples(ctx)
             raise_if_stopping()
+            ctx.stats["data_flops"] = meter.record()
             ctx.stats["build_s"] = round(time.time() - t0, 1)
             ctx.stats["examples"] = len(examples)
             rows = [{"messages": e.messages, "response": [dataclasses.asdict(s) for s in e.response], "source": e.source,
@@ -65,12 +68,14 @@ class Trainings:
             write_jsonl(workdir / "examples.jsonl", rows)
             write_json(workdir / "method_stats.json", ctx.stats)
             budget = self._budget_for(label, tokenizer, seed)
-            donor = self._same_training(label, seed, rows, budget)
+            donor = self._same_training(label, seed, rows, budget, ctx.stats["data_flops"]["total"])
             if donor is not None:
                 # e.g. wise trains exactly as vanilla does: the same training is done once
                 self.say(f"reused: training {label} seed {seed} is identical to {donor.parent.name}'s (same examples, "
                          f"loss, budget and seed); copying it")
                 shutil.copytree(donor / FINAL_DIR, workdir / FINAL_DIR, dirs_exist_ok=True)
+                if (donor / TRAJECTORY_DIR).is_dir():
+                    shutil.copytree(donor / TRAJECTORY_DIR, workdir / TRAJECTORY_DIR, dirs_exist_ok=True)
                 stats = read_json(donor / STATS_FILE) | {"shared_with": f"{donor.parent.name} seed {seed}"}
                 ctx.stats["training_shared_with"] = donor.parent.name
                 write_json(workdir / "method_stats.json", ctx.stats)
@@ -78,20 +83,35 @@ class Trainings:
                 trained = load_trained(base, workdir)
                 self.counts["reused"] += 1
             else:
-                trained = self._train(label, seed, base, tokenizer, examples, budget, workdir)
+                trained = self._train(label, seed, base, tokenizer, examples, budget, workdir, ctx.stats["data_flops"]["total"])
         self.publisher.publish()
+        return self._ready(label, trained, tokenizer, workdir / "eval_adapter", key)
+
+    def snapshot(self, label: str, seed: int, step: int):
+        """(model, tokenizer, generator) of a training's checkpoint at ``step`` (a trajectory
+        point), post-processed as the final model is; None when the training did not keep it."""
+        workdir = self.units.workdir(label, seed)
+        base, tokenizer = self.models.load_base()
+        trained = load_snapshot(base, workdir, step)
+        if trained is None:
+            return None
+        return self._ready(label, trained, tokenizer, workdir / TRAJECTORY_DIR / f"step{step}-eval_adapter",
+                           f"{self.plan.keys.train_key(label, seed)}@step{step}")
+
+    def _ready(self, label: str, trained, tokenizer, adapter_dir: Path, key: str):
+        """The method's post-processing, then the weights merged, and a generator for them."""
         original_model = self.models.original[0]
-        trained = method.after_training(trained, dict(original_model.state_dict()))
+        trained = self.plan.methods[label].after_training(trained, dict(original_model.state_dict()))
         adapter = None
         if self.models.backend == "vllm" and hasattr(trained, "peft_config"):
             # vLLM serves base + this adapter, saved after after_training (e.g. WiSE scaling)
-            adapter = workdir / "eval_adapter"
+            adapter = adapter_dir
             trained.save_pretrained(adapter)
         if hasattr(trained, "merge_and_unload"):
             # merged weights evaluate faster than base + adapter; the original stays a separate model
             trained = trained.merge_and_unload()
         trained.eval()
-        fingerprint = f"{plan.spec.fingerprint}+{plan.entries[label].method}:{key}"
+        fingerprint = f"{self.plan.spec.fingerprint}+{self.plan.entries[label].method}:{key}"
         return trained, tokenizer, self.models.generator(trained, tokenizer, fingerprint, adapter)
 
     def _load(self, base, workdir: Path):
@@ -108,20 +128,26 @@ class Trainings:
             warn(f"{workdir / FINAL_DIR} cannot be loaded ({type(err).__name__}: {first}); training it again.")
             return None, self.models.load_base()[0]
 
-    def _train(self, label, seed, base, tokenizer, examples, budget, workdir):
+    def _train(self, label, seed, base, tokenizer, examples, budget, workdir, data_flops: int):
         method = self.plan.methods[label]
-        self.say(f"training: {label} seed {seed} ({budget.steps} steps x {budget.batch_size})")
-        tell((label, seed, examples, budget, method))
+        compute = None
+        if budget.equalise == "compute":
+            compute = ComputeTarget(self._baseline_examples(label, seed), data_flops, method.reference_passes)
+        steps = "steps to equal compute" if compute else f"{budget.steps} steps"
+        self.say(f"training: {label} seed {seed} ({steps} x {budget.batch_size})")
+        tell((label, seed, examples, budget, method, compute, self.plan.cfg.eval_every))
         stamp = self.publisher.stamp()
         result = train(base, tokenizer, examples, budget, self.plan.loras[label], workdir, seed, extra_loss=method.extra_loss,
                        prepare=method.prepare_model, label=f"train {label} s{seed}",
-                       record={"computed": stamp, "code": training_code(method)})
+                       record={"computed": stamp, "code": training_code(method)}, compute=compute,
+                       snapshot_every=self.plan.cfg.eval_every)
         self.counts["computed"] += 1
         self.publisher.computed(f"{label}-seed{seed}", stamp)
         return result.model
 
-    def _same_training(self, label: str, seed: int, examples: list[dict], budget) -> Path | None:
-        """Another row's finished training in this run that computed exactly this one."""
+    def _same_training(self, label: str, seed: int, examples: list[dict], budget, data_flops: int) -> Path | None:
+        """Another row's finished training in this run that computed exactly this one (under a
+        compute budget, one whose data building cost the same too: it sets the steps)."""
         if distributed():
             return None
 
@@ -131,6 +157,8 @@ class Trainings:
             if other == label or seed not in self.plan.seeds_of(other) or not self.units.training_done(other, seed):
                 continue
             if not (workdir / FINAL_DIR).is_dir() or not (workdir / "examples.jsonl").exists():
+                continue
+            if budget.equalise == "compute" and data_flops != ((read_json(workdir / "method_stats.json") or {}).get("data_flops") or {}).get("total"):
                 continue
             try:
                 theirs = read_jsonl(workdir / "examples.jsonl")
@@ -147,10 +175,17 @@ class Trainings:
         if b.equalise != "tokens" or b.target_tokens:
             return b
 
+        examples = self._baseline_examples(label, seed)
+        return dataclasses.replace(b, target_tokens=target_tokens_in_steps(tokenizer, examples, b, seed))
+
+    def _baseline_examples(self, label: str, seed: int) -> list:
+        """What the baseline method (plain fine-tuning) trains on, which the tokens and compute
+        budgets are equalised to."""
         baseline = registry.baseline_method()
         if baseline is None:
-            raise UserError("budget.equalise=tokens needs budget.target_tokens when no installed method is the baseline.")
-        examples = baseline().build_training_examples(method_context(self.plan, label, seed, None))
-        return dataclasses.replace(b, target_tokens=target_tokens_in_steps(tokenizer, examples, b, seed))
+            raise UserError(f"budget.equalise={self.plan.budgets[label].equalise} needs an installed baseline method "
+                            f"(plain fine-tuning) to equalise to; install it or use equalise=steps"
+                            + (" or set budget.target_tokens." if self.plan.budgets[label].equalise == "tokens" else "."))
+        return baseline().build_training_examples(method_context(self.plan, label, seed, None))
 
 
