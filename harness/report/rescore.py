@@ -34,22 +34,7 @@ def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out:
     cls = registry.get_suite(suite_name)
     if option not in base:
         raise UserError(f"'{option}' is not an option of the {suite_name} suite; its options: {', '.join(sorted(base))}.")
-    if not values:
-        raise UserError("--values is empty; give the settings to compare, e.g. --values first_line,first_paragraph,full.")
-    twice = next((v for v in values if values.count(v) > 1), None)
-    if twice is not None:
-        raise UserError(f"--values lists {twice} twice; give each setting once.")
-    declared = {f.name: f for f in dataclasses.fields(cls.Options)}.get(option)
-    if declared is not None and declared.metadata.get("generation"):
-        raise UserError(f"{suite_name}.{option} changes what the model generates, and rescore only scores the saved outputs "
-                        f"again; vary it with a second `radis-bench run` (--set {suite_name}.{option}=...) instead.")
-    own = "none" if base[option] is None else str(base[option])  # the run's own setting, as it was (None stays None)
-    suites_by_value = {own: cls.from_settings(base)}
-    for value in values:
-        if value != own:
-            suites_by_value[value] = cls.from_settings({**base, option: value})
-    for suite in suites_by_value.values():
-        suite.check()
+    own, suites_by_value = _suites_by_value(cls, suite_name, base, option, values)
     values = list(suites_by_value)
     cells = sorted(p.parent.name for p in (run_dir / "outputs").glob(f"*/{suite_name}.jsonl"))
     if not cells:
@@ -109,6 +94,28 @@ def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out:
         lines += ["Left out (their saved outputs cannot be read):", ""] + [f"- {text}" for text in left_out] + [""]
     write_atomic(md_path, "\n".join(lines) + "\n")
     return {csv_path.name: csv_path, md_path.name: md_path}
+
+
+def _suites_by_value(cls, suite_name: str, base: dict, option: str, values: list[str]) -> tuple[str, dict]:
+    """(the run's own setting as text, {setting: the suite configured with it}), the run's own
+    first; the values checked: given once, and only of options that score, not generate."""
+    if not values:
+        raise UserError("--values is empty; give the settings to compare, e.g. --values first_line,first_paragraph,full.")
+    twice = next((v for v in values if values.count(v) > 1), None)
+    if twice is not None:
+        raise UserError(f"--values lists {twice} twice; give each setting once.")
+    declared = {f.name: f for f in dataclasses.fields(cls.Options)}.get(option)
+    if declared is not None and declared.metadata.get("generation"):
+        raise UserError(f"{suite_name}.{option} changes what the model generates, and rescore only scores the saved outputs "
+                        f"again; vary it with a second `radis-bench run` (--set {suite_name}.{option}=...) instead.")
+    own = "none" if base[option] is None else str(base[option])  # the run's own setting, as it was (None stays None)
+    suites_by_value = {own: cls.from_settings(base)}
+    for value in values:
+        if value != own:
+            suites_by_value[value] = cls.from_settings({**base, option: value})
+    for suite in suites_by_value.values():
+        suite.check()
+    return own, suites_by_value
 
 
 def _manifest(run_dir: Path) -> dict:
