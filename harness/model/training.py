@@ -212,6 +212,9 @@ def train(
     if not examples:
         raise ValueError("train() needs at least one example")
     items = [tokenise_example(tokenizer, ex, budget.max_length) for ex in examples]
+    if not any(item.target_count() for item in items):  # else a training of zero losses: a silent no-op
+        raise UserError(f"No training example has a response token within budget.max_length ({budget.max_length}) "
+                        f"({label}: the prompts fill it); raise budget.max_length.")
     session = _setup(model, tokenizer, items, budget, lora, workdir, seed, extra_loss, prepare, label, compute)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     started, wall_before = time.time(), session.stats["wall_s"]
