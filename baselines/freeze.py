@@ -50,8 +50,9 @@ def layer_count(model, names: list[str]) -> int:
 
 @dataclass
 class FreezeOptions:
-    k: int | None = field(default=None, metadata={"help": "Train only layers k and above (0-based); unset: from fraction."})
-    fraction: float = field(default=0.25, metadata={"help": "Share of the layers, from the bottom, kept frozen when k is unset."})
+    k: int | None = field(default=None, metadata={"help": "Train only layers k and above (0-based); unset: from fraction.",
+                                                       "min": 0, "below": "num_hidden_layers"})
+    fraction: float = field(default=0.25, metadata={"help": "Share of the layers, from the bottom, kept frozen when k is unset.", "min": 0, "below": 1})
 
 
 class Freeze(Method):
@@ -60,13 +61,6 @@ class Freeze(Method):
     citation = "Zheng et al., Spurious Forgetting in Continual Learning of Language Models, ICLR 2025 (arXiv 2501.13453)"
     extension = True
     Options = FreezeOptions
-
-    def check(self) -> None:
-        o = self.options
-        if o.k is not None and o.k < 0:
-            raise UserError(f"freeze.k must be 0 or more, got {o.k}.")
-        if not 0.0 <= o.fraction < 1.0:
-            raise UserError(f"freeze.fraction must be at least 0 and below 1, got {o.fraction}.")
 
     def first_trained_layer(self, layers: int) -> int:
         o = self.options

@@ -57,7 +57,8 @@ def choose_half(units: list[str], seed: int, fraction: float = 0.5) -> list[str]
 
 @dataclass
 class HFTOptions:
-    fraction: float = field(default=0.5, metadata={"help": "Share of the adapted modules trained in each group of sibling modules (HFT: a half)."})
+    fraction: float = field(default=0.5, metadata={"help": "Share of the adapted modules trained in each group of sibling modules (HFT: a half).",
+                                                          "above": 0, "max": 1})
 
 
 class HFT(Method):
@@ -66,10 +67,6 @@ class HFT(Method):
     citation = "Hui et al., HFT: Half Fine-Tuning for Large Language Models (arXiv 2404.18466)"
     extension = True
     Options = HFTOptions
-
-    def check(self) -> None:
-        if not 0.0 < self.options.fraction <= 1.0:
-            raise UserError(f"hft.fraction must be above 0 and at most 1, got {self.options.fraction}.")
 
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         ctx.stats["fraction"] = self.options.fraction

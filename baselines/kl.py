@@ -12,7 +12,7 @@ from harness.api import Method, MethodContext, TrainingExample, UserError
 
 @dataclass
 class KLOptions:
-    kl_weight: float = field(default=0.5, metadata={"help": "Weight of the KL(original ‖ fine-tuned) term added to the NLL."})
+    kl_weight: float = field(default=0.5, metadata={"help": "Weight of the KL(original ‖ fine-tuned) term added to the NLL.", "min": 0})
 
 
 def response_kl(reference_logits, logits, weights):
@@ -37,10 +37,6 @@ class KL(Method):
     adapter_kinds = ("lora", "rslora", "dora")
 
     reference_passes = 1  # the original beside every micro-batch
-
-    def check(self) -> None:
-        if self.options.kl_weight < 0:
-            raise UserError(f"kl.kl_weight must be 0 or more, got {self.options.kl_weight}.")
 
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         ctx.stats["kl_weight"] = self.options.kl_weight

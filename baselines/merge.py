@@ -35,10 +35,10 @@ MODES = ("ties", "dare")
 @dataclass
 class MergeOptions:
     mode: str = field(default="ties", metadata={"help": "ties (keep each module's top-density delta entries by magnitude) or dare (drop entries at random)."})
-    density: float = field(default=0.2, metadata={"help": "Share of each module's delta entries kept (TIES k, DARE 1 - drop rate)."})
-    alpha: float = field(default=1.0, metadata={"help": "Weight of the sparsified delta added to the original (TIES' lambda; 1 = as trained)."})
+    density: float = field(default=0.2, metadata={"help": "Share of each module's delta entries kept (TIES k, DARE 1 - drop rate).", "above": 0, "max": 1})
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the sparsified delta added to the original (TIES' lambda; 1 = as trained).", "min": 0})
     rescale: bool = field(default=True, metadata={"help": "dare: divide the kept entries by density (DARE's rescale); ties never rescales."})
-    seed: int = field(default=0, metadata={"help": "Seed of DARE's random drop."})
+    seed: int = field(default=0, metadata={"help": "Seed of DARE's random drop.", "why_no_range": "any whole number seeds the draw (it is hashed)"})
 
 
 def sparsify(delta, mode: str, density: float, rescale: bool, generator=None):
@@ -80,10 +80,6 @@ class Merge(Method):
         o = self.options
         if o.mode not in MODES:
             raise UserError(f"merge.mode '{o.mode}' is unknown; use one of {', '.join(MODES)}.")
-        if not 0.0 < o.density <= 1.0:
-            raise UserError(f"merge.density must be above 0 and at most 1, got {o.density}.")
-        if o.alpha < 0:
-            raise UserError(f"merge.alpha must be 0 or more, got {o.alpha}.")
 
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         o = self.options

@@ -14,7 +14,9 @@ the judge is a recorded similarity threshold against the reference (sentence chr
 default, COMET when ``s3ft.comet_model`` names a checkpoint), the fallback is the reference
 itself (``sdft`` covers rewrites of the reference), and training is one LoRA run under the
 shared budget. With ``threshold`` 0 every usable self-translation is kept (seqkd's
-targets); above the judge's maximum (100) none is (vanilla's targets).
+targets); the threshold lies in the judges' 0-100 range (COMET's segment scores x100 stay
+near it), since above it no self-translation would be kept and the method would silently
+be vanilla.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from baselines.seqkd import check_self_translation_options, self_translation_req
 from harness.api import (
     CometScorer,
     CometUnavailable,
+    check_comet,
     Decoding,
     Method,
     MethodContext,
@@ -43,7 +46,8 @@ JUDGES = ("chrf", "comet")
 @dataclass
 class S3FTOptions:
     judge: str = field(default="chrf", metadata={"help": "What judges a self-translation against the reference: chrf (sentence chrF) or comet (needs comet_model)."})
-    threshold: float = field(default=50.0, metadata={"help": "A self-translation scoring at least this (0-100) is the target; otherwise the reference is."})
+    threshold: float = field(default=50.0, metadata={"help": "A self-translation scoring at least this (0-100) is the target; otherwise the reference is.",
+                                                        "min": 0, "max": 100})
     comet_model: str | None = field(default=None, metadata={"help": "COMET checkpoint (hub name or local path) for judge=comet."})
     comet_batch_size: int = field(default=8, metadata={"help": "Sentences per COMET forward pass (judge=comet).", "above": 0})
     max_new_tokens: int = generation_limit("Generation limit of the original model's translations (greedy).", default=256, run_default=False)
@@ -64,8 +68,8 @@ class S3FT(Method):
             raise UserError(f"s3ft.judge '{o.judge}' is unknown; use one of {', '.join(JUDGES)}.")
         if o.judge == "comet" and not o.comet_model:
             raise UserError("s3ft.judge=comet needs s3ft.comet_model (a COMET checkpoint: hub name or local path); or use s3ft.judge=chrf.")
-        if o.threshold < 0:
-            raise UserError(f"s3ft.threshold must be 0 or more, got {o.threshold}.")
+        if o.judge == "comet":
+            check_comet(o.comet_model, "s3ft.comet_model")
         check_self_translation_options(self.name, o)
 
     def original_requests(self, ctx: MethodContext) -> list[tuple[Request, Decoding]]:

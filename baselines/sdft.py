@@ -42,15 +42,15 @@ REJECTED_PHRASES = ("reference answer", "your response", "my response", "your ow
 
 @dataclass
 class SDFTOptions:
-    chrf_floor: float = field(default=50.0, metadata={"help": "Keep a rewrite only if its chrF against the reference reaches this."})
+    chrf_floor: float = field(default=50.0, metadata={"help": "Keep a rewrite only if its chrF (0-100) against the reference reaches this.", "min": 0, "max": 100})
     max_new_tokens: int = generation_limit("Generation limit of the rewrites.", default=256, run_default=False)
     extraction: str = field(default="first_paragraph", metadata={"help": "How the translation is cut from a rewrite: first_paragraph, first_line or full."})
     # sail-sg/sdft generates its rewrites with LLaMA-Factory's default decoding (GeneratingArguments:
     # do_sample, temperature 0.95, top-p 0.7, top-k 50); seeded by the training seed here
     do_sample: bool = field(default=True, metadata={"help": "Sample the rewrites (the reference code's decoding); false: greedy."})
-    temperature: float = field(default=0.95, metadata={"help": "Sampling temperature (with do_sample)."})
-    top_p: float = field(default=0.7, metadata={"help": "Nucleus sampling mass (with do_sample)."})
-    top_k: int = field(default=50, metadata={"help": "Top-k filter (with do_sample; 0 = off)."})
+    temperature: float = field(default=0.95, metadata={"help": "Sampling temperature (with do_sample).", "above": 0})
+    top_p: float = field(default=0.7, metadata={"help": "Nucleus sampling mass (with do_sample).", "above": 0, "max": 1})
+    top_k: int = field(default=50, metadata={"help": "Top-k filter (with do_sample; 0 = off).", "min": 0, "below": "vocab_size"})
 
 
 def mentions_reference(text: str) -> bool:
@@ -79,14 +79,9 @@ class SDFT(Method):
                         top_k=o.top_k, seed=ctx.seed)
 
     def check(self) -> None:
-        o = self.options
-        if o.do_sample and (o.temperature <= 0 or not 0.0 < o.top_p <= 1.0 or o.top_k < 0):
-            raise UserError(f"sdft sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0, got {o.temperature}, "
-                            f"{o.top_p} and {o.top_k}.")
+        o = self.options  # the numbers' ranges are declared on the options
         if o.extraction not in EXTRACTION_RULES:
             raise UserError(f"sdft.extraction '{o.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
-        if not 0.0 <= o.chrf_floor <= 100.0:
-            raise UserError(f"sdft.chrf_floor must be between 0 and 100, got {o.chrf_floor}.")
 
     def original_requests(self, ctx: MethodContext) -> list[tuple[Request, Decoding]]:
         decoding = self.decoding(ctx)

@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from baselines.vanilla import reference_examples
-from harness.api import Method, MethodContext, TrainingExample, UserError
+from harness.api import Method, MethodContext, TrainingExample
 
 
 @dataclass
 class WiSEOptions:
-    alpha: float = field(default=0.5, metadata={"help": "Interpolation weight of the fine-tuned model (0 = original, 1 = fine-tuned)."})
+    alpha: float = field(default=0.5, metadata={"help": "Interpolation weight of the fine-tuned model (0 = original, 1 = fine-tuned).", "min": 0, "max": 1})
 
 
 class WiSE(Method):
@@ -24,10 +24,6 @@ class WiSE(Method):
     Options = WiSEOptions
     # scaling lora_B interpolates only where the delta is scale·B·A on the original weights
     adapter_kinds = ("lora", "rslora", "full")
-
-    def check(self) -> None:
-        if not 0.0 <= self.options.alpha <= 1.0:
-            raise UserError(f"wise.alpha must be between 0 and 1, got {self.options.alpha}.")
 
     def build_training_examples(self, ctx: MethodContext) -> list[TrainingExample]:
         ctx.stats["alpha"] = self.options.alpha

@@ -13,7 +13,7 @@ from harness.data.records import LANGUAGES, Direction, HarmfulPrompt, Instructio
 from harness.data.sources import DataSet, load_harmful, load_instructions, read_records, sample
 from harness.errors import UserError, interruption
 from harness.intervals import bootstrap_ci, bootstrap_ci_of
-from harness.model.comet import CometScorer, CometUnavailable, comet_checkpoint, comet_label
+from harness.model.comet import CometScorer, CometUnavailable, check_comet, comet_checkpoint, comet_label
 from harness.model.examples import collate, tokenise_example, weighted_nll
 from harness.model.generation import Generator
 from harness.model.onpolicy import TrainingStep, WeightSnapshot
@@ -28,13 +28,13 @@ from harness.model.prompts import (
                                    turn_end_tokens,
                                    user_turn,
 )
-from harness.paths import cache_dir
+from harness.paths import cache_dir, check_file, check_folder
 from harness.plugins.method import Method, MethodContext, Segment, TrainingExample
 from harness.plugins.options import NoOptions, generation_limit
 from harness.plugins.registry import data_set, register_method, register_suite
 from harness.plugins.requests import Decoding, Output, Request
 from harness.plugins.suite import ItemStats, Metric, MetricSpec, NotScored, Suite, SuiteContext, SuiteResult
-from harness.progress import progress_bar
+from harness.progress import progress_bar, warn
 from harness.store import CacheDB, write_atomic
 
 __all__ = [
@@ -42,17 +42,17 @@ __all__ = [
     "DataSet", "load_harmful", "load_instructions", "read_records", "sample",
     "UserError", "interruption",
     "bootstrap_ci", "bootstrap_ci_of",
-    "CometScorer", "CometUnavailable", "comet_checkpoint", "comet_label",
+    "CometScorer", "CometUnavailable", "check_comet", "comet_checkpoint", "comet_label",
     "check_model", "load_model", "looks_like_path", "resolve_model",
     "EXTRACTION_RULES", "end_of_turn_ids", "extract_translation", "render_chat", "request_ids", "translation_prompt",
     "turn_end_tokens", "user_turn",
     "collate", "tokenise_example", "weighted_nll", "Generator", "TrainingStep", "WeightSnapshot",
-    "cache_dir",
+    "cache_dir", "check_file", "check_folder",
     "Method", "MethodContext", "Segment", "TrainingExample",
     "NoOptions", "generation_limit",
     "data_set", "register_method", "register_suite",
     "Decoding", "Output", "Request",
     "ItemStats", "Metric", "MetricSpec", "NotScored", "Suite", "SuiteContext", "SuiteResult",
-    "progress_bar",
+    "progress_bar", "warn",
     "CacheDB", "write_atomic",
 ]

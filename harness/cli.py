@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from harness.config.parse import apply_settings, read_config_file, resolve_config_path
 from harness.config.settings import Budget, RunConfig, launched_processes, validate
 from harness.errors import Terminated, UserError, interruption, on_sigint, on_sigterm
+from harness.paths import check_folder, check_output_folder
 from harness.plugins import registry
 from harness.progress import console
 from harness.report.claims import check_against_plan
@@ -25,7 +27,42 @@ from harness.report.rescore import rescore as run_rescore
 from harness.run.dryrun import print_plan
 from harness.run.plan import Plan, configure
 
+# click's UsageError, whichever click typer uses (recent typer carries its own copy)
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _usage_error(ctx, err):
+    """A mistake on the command line itself (a number that is not one, a missing argument, an
+    unknown option or command): one line, exit 2, like every other mistake, not click's box."""
+    where = " ".join(filter(None, [ctx.find_root().info_name or "radis-bench", ctx.info_name if ctx.parent else ""]))
+    typer.echo(f"error: {err.format_message()} (see `{where} --help`)", err=True)
+    raise typer.Exit(2)
+
+
+class _OneLineCommand(TyperCommand):
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as err:
+            _usage_error(ctx, err)
+
+
+class _OneLineGroup(TyperGroup):
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as err:
+            _usage_error(ctx, err)
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except _UsageError as err:
+            _usage_error(ctx, err)
+
+
 app = typer.Typer(
+    cls=_OneLineGroup,
     add_completion=False,
     no_args_is_help=True,
     help="Benchmark forgetting-mitigation methods (RaDis, vanilla FT, SDFT, self-KD, replay) for teaching chat LLMs translation.",
@@ -51,7 +88,7 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-@app.command("list")
+@app.command("list", cls=_OneLineCommand)
 def list_cmd() -> None:
     """List registered methods and suites with one-line descriptions and their papers."""
     from rich.table import Table
@@ -77,6 +114,9 @@ def _split(values: Optional[List[str]]) -> Optional[list[str]]:
         return None
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
+
+# Path parameters are declared readable=False: radis-bench checks every path itself (harness.paths), in
+# one line, where click's own check would print a usage box.
 
 # --- `run`: its options are generated from RunConfig's fields -----------------------------------
 # A RunConfig field of a plain type is an option --field-name with the field's own help; a new
@@ -139,7 +179,7 @@ def _run_parameters() -> list[inspect.Parameter]:
             None, "--sweep", help="Ablation axis METHOD.option=v1,v2,... (repeat for the product of several axes of one method; "
                                   "budget.lr, budget.steps, lora.r ... too), e.g. radis.rationale_weight=0,0.25,0.5,1.")),
         inspect.Parameter("config", keyword, annotation=Optional[Path], default=typer.Option(
-            None, "--config", "-c", help="YAML or TOML file with the same settings (CLI overrides it), or a shipped preset: "
+            None, "--config", "-c", readable=False, help="YAML or TOML file with the same settings (CLI overrides it), or a shipped preset: "
                                           "paper, paper-llama2.")),
         inspect.Parameter("set_", keyword, annotation=Optional[List[str]], default=typer.Option(
             None, "--set", help="Any setting as key=value, e.g. radis.rationale_weight=0.5 or budget.max_length=256; the "
@@ -170,10 +210,14 @@ def run(**given) -> None:
         apply_settings(cfg.budget, {k: v for k, v in budget_given.items() if v is not None}, "the command line")
         for item in set_ or []:
             _apply_set(cfg, item)
+        swept = set()
         for item in sweep or []:
             axis, eq, values = item.partition("=")
             if not eq or "." not in axis or not values.strip():
                 raise UserError(f"--sweep '{item}' must look like METHOD.option=v1,v2,..., e.g. radis.rationale_weight=0,0.5,1.")
+            if axis.strip() in swept:
+                raise UserError(f"--sweep gives the axis {axis.strip()} twice; list all its values in one --sweep.")
+            swept.add(axis.strip())
             apply_settings(cfg, {"sweep": {axis.strip(): [v.strip() for v in values.split(",") if v.strip()]}}, "--sweep")
         validate(cfg)
         plan = Plan(cfg, config_file=config, only=only)
@@ -206,7 +250,7 @@ def run(**given) -> None:
 
 run.__signature__ = inspect.Signature(_run_parameters())
 run.__annotations__ = {p.name: p.annotation for p in run.__signature__.parameters.values()}
-app.command()(run)
+app.command(cls=_OneLineCommand)(run)
 
 
 def _apply_set(cfg, item: str) -> None:
@@ -229,10 +273,10 @@ def _apply_set(cfg, item: str) -> None:
         raise UserError(f"--set '{item}': use key=value or section.key=value.")
 
 
-@app.command()
+@app.command(cls=_OneLineCommand)
 def report(
-    run_dirs: List[Path] = typer.Argument(..., help="One or more run directories to combine."),
-    out: Optional[Path] = typer.Option(None, help="Where to write the leaderboard (default: <first run>/report)."),
+    run_dirs: List[Path] = typer.Argument(..., readable=False, help="One or more run directories to combine."),
+    out: Optional[Path] = typer.Option(None, readable=False, help="Where to write the leaderboard (default: <first run>/report)."),
     title: Optional[str] = typer.Option(None, help="Leaderboard title."),
     general_metric: Optional[str] = typer.Option(None, help="The only y axis of the trade-off plot, e.g. ifeval/prompt_strict or retention/kl."),
     prefix: Optional[List[str]] = typer.Option(
@@ -242,14 +286,25 @@ def report(
 ) -> None:
     """Render leaderboard.md/csv/html, differences.csv and plots from run directories."""
     try:
+        seen: dict[Path, Path] = {}
         for run_dir in run_dirs:
+            check_folder(run_dir, "Run directory", "give the --out folder of a run")
             if not (run_dir / "scores.csv").exists():
                 raise UserError(f"{run_dir} is not a run directory (no scores.csv); give the --out folder of a run.")
+            if run_dir.resolve() in seen:
+                same = seen[run_dir.resolve()]
+                raise UserError(f"Run directory {run_dir} is given twice{'' if same == run_dir else f' (as {same} too)'}; "
+                                "give each run directory once.")
+            seen[run_dir.resolve()] = run_dir
+        if out is not None:
+            check_output_folder(out, "--out", "report folder")
         prefixes = {}
         for item in prefix or []:
             run_dir, eq, text = item.rpartition("=")
             if not eq or not run_dir or not text:
                 raise UserError(f"--prefix '{item}' must look like RUN_DIR=PREFIX, e.g. --prefix runs/b=b-.")
+            if str(Path(run_dir)) in prefixes:
+                raise UserError(f"--prefix names {run_dir} twice; give each run directory one prefix.")
             prefixes[str(Path(run_dir))] = text
 
         target = out or run_dirs[0] / "report"
@@ -260,16 +315,18 @@ def report(
         _fail(str(err))
 
 
-@app.command()
+@app.command(cls=_OneLineCommand)
 def rescore(
-    run_dir: Path = typer.Argument(..., help="A run directory with saved outputs (outputs/<model>/<suite>.jsonl)."),
+    run_dir: Path = typer.Argument(..., readable=False, help="A run directory with saved outputs (outputs/<model>/<suite>.jsonl)."),
     suite: str = typer.Option(..., "--suite", help="The suite to score again, e.g. translation."),
     option: str = typer.Option(..., "--option", help="The suite option to vary, e.g. extraction."),
     values: str = typer.Option(..., "--values", help="Comma-separated values to compare, e.g. first_line,first_paragraph,full."),
-    out: Optional[Path] = typer.Option(None, help="Where to write the comparison (default: <run>/rescore)."),
+    out: Optional[Path] = typer.Option(None, readable=False, help="Where to write the comparison (default: <run>/rescore)."),
 ) -> None:
     """Score a finished run's saved outputs again under other settings of one suite; generates nothing."""
     try:
+        check_folder(run_dir, "Run directory", "give the --out folder of a run")
+        check_output_folder(out if out is not None else run_dir / "rescore", "--out", "folder for the comparison")
         written = run_rescore(run_dir, suite, option, [v.strip() for v in values.split(",") if v.strip()], out)
         for name, path in written.items():
             typer.echo(f"{name}: {path}")

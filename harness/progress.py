@@ -8,10 +8,19 @@ import os
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
 log = logging.getLogger("radis_bench")
+
+
+def warn(message: str) -> None:
+    """One line on stderr (and in run.log during a run): something was not used, or was
+    redone, and why; the run or report goes on."""
+    console.print(f"[bold yellow]warning:[/bold yellow] {escape(message)}", soft_wrap=True, highlight=False)
+    if log.hasHandlers():  # run.log during a run; else logging's last resort would print the line a second time
+        log.warning("%s", message)
 
 
 def _line_every() -> float:

@@ -30,6 +30,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import sqlite3
 import tempfile
 import time
@@ -64,19 +65,70 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSON-lines file written by ``write_jsonl``; [] when it is absent."""
+class Unreadable(Exception):
+    """A run-directory file that is there but cannot be read as what it should be (truncated,
+    not JSON, not UTF-8, a folder, no permission): ``path`` and ``why`` in a few words. The
+    caller says what it does instead: a run recomputes the unit, a report leaves it out."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path} cannot be read ({why})")
+        self.path, self.why = Path(path), why
+
+
+def _text(path: Path) -> str | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return None
+    except UnicodeDecodeError:
+        raise Unreadable(path, "not UTF-8 text") from None
+    except IsADirectoryError:
+        raise Unreadable(path, "a folder, not a file") from None
+    except OSError as err:
+        raise Unreadable(path, err.strerror or type(err).__name__) from None
+
+
+def load_json(path: Path, kind: type = dict) -> Any | None:
+    """The JSON value of ``path`` (a ``kind``, a JSON object by default); None when the file is
+    absent; ``Unreadable`` when it is there but damaged."""
+    text = _text(Path(path))
+    if text is None:
+        return None
+    if not text.strip():
+        raise Unreadable(path, "empty")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise Unreadable(path, f"not valid JSON at line {err.lineno}, column {err.colno}; truncated?") from None
+    if not isinstance(value, kind):
+        raise Unreadable(path, f"a JSON {type(value).__name__}, not a JSON {'object' if kind is dict else kind.__name__}")
+    return value
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file written by ``write_jsonl``; [] when it is absent;
+    ``Unreadable`` when a line is not a JSON object (e.g. the file was cut mid-line)."""
+    text = _text(Path(path))
+    rows = []
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise Unreadable(path, f"line {number} is not valid JSON; truncated?") from None
+        if not isinstance(row, dict):
+            raise Unreadable(path, f"line {number} is not a JSON object")
+        rows.append(row)
+    return rows
 
 
 def read_json(path: Path) -> Any | None:
+    """A JSON file, or None when it is absent or cannot be read: for files whose loss costs
+    nothing but their content (a manifest rewritten from the units); units use ``load_json``."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
 
 
@@ -91,14 +143,21 @@ class _Flock:
         return f"{self.path} is in use by {holder}."
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a+")
+        # the file's content is only the holder's name for messages: a truncated or garbled one
+        # (a crash, a copy) locks as well as any, and is rewritten below
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.path, "a+", encoding="utf-8", errors="replace")
+        except OSError as err:
+            raise UserError(f"The lock file {self.path} cannot be opened ({err.strerror or type(err).__name__}); remove what "
+                            "is in its place or choose another --out.") from None
         mode = (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | (0 if self.wait else fcntl.LOCK_NB)
         try:
             fcntl.flock(self.fh, mode)
         except BlockingIOError:
             self.fh.seek(0)
-            holder = self.fh.read().strip() or "another radis-bench process"
+            text = self.fh.read().strip()
+            holder = text if re.fullmatch(r"radis-bench process \d+", text) else "another radis-bench process"
             self.fh.close()
             raise UserError(self.busy(holder)) from None
         self.fh.seek(0)
@@ -155,7 +214,7 @@ DAMAGED = ("file is not a database", "database disk image is malformed", "malfor
 
 class CacheDB:
     """The SQLite file of one content-addressed cache (generations, judge replies, COMET
-    scores): values are plain columns or JSON text, never pickles; WAL journaling, so a
+    scores): values are plain columns or JSON text, never serialised Python objects; WAL journaling, so a
     process killed while writing leaves the committed rows readable. A damaged file (a
     truncated copy, a disk error) is never fatal: it is set aside as ``<name>.damaged-<time>``
     with a warning and the cache starts empty, which only costs recomputation."""
@@ -186,6 +245,21 @@ class CacheDB:
                 if attempt or not any(sign in str(err) for sign in DAMAGED):
                     raise
                 self._set_aside(err)
+
+    def lookup(self, query: str, params: tuple, decode):
+        """``decode(row)`` of the row ``query`` finds; None when there is none, or when the row
+        is not what this cache writes (a value of another type, text that is no JSON: a damaged
+        or planted row), which then counts as missing and is written anew. Nothing read here is
+        ever deserialised as a Python object or run."""
+        row = self.run(lambda db: db.execute(query, params).fetchone())
+        if row is None:
+            return None
+        try:
+            return decode(row)
+        except (TypeError, ValueError, UnicodeDecodeError, KeyError, AttributeError) as err:
+            logging.getLogger("radis_bench").warning("%s holds a row that is not what it writes (%s); it counts as missing",
+                                                     self.path, type(err).__name__)
+            return None
 
     def _set_aside(self, err: Exception) -> None:
         if getattr(self, "db", None) is not None:

@@ -46,18 +46,20 @@ CUTOFF_DEFAULT = "no_end"
 
 @dataclass
 class RaDisOptions:
-    rationale_weight: float = field(default=1.0, metadata={"help": "Loss weight λ of rationale tokens (reference tokens weigh 1)."})
+    rationale_weight: float = field(default=1.0, metadata={"help": "Loss weight λ of rationale tokens (reference tokens weigh 1).", "min": 0})
     end_of_turn_weight: float = field(default=1.0, metadata={"help": "Loss weight of the end-of-turn token after a rationale (default 1, the "
                                                              "translation's), so λ scales the rationale's tokens only, not how strongly "
-                                                             "the model learns to stop."})
-    rationale_fraction: float = field(default=1.0, metadata={"help": "Share of training pairs (seeded draw) that get a rationale; the rest train on the reference only."})
+                                                             "the model learns to stop.", "min": 0})
+    rationale_fraction: float = field(default=1.0, metadata={"help": "Share of training pairs (seeded draw) that get a rationale; the rest train on the reference only.",
+                                                               "min": 0, "max": 1})
     separator: str = field(default="\n\n", metadata={"help": "Text between the reference and the rationale (part of the generation prefix and of the rationale span)."})
     max_new_tokens: int = generation_limit("Longest rationale, in tokens.", default=256, run_default=False)
     do_sample: bool = field(default=False, metadata={"help": "Sample rationales instead of greedy decoding."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with do_sample)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with do_sample)."})
-    min_rationale_words: int = field(default=0, metadata={"help": "Reject rationales with fewer words (0 = off)."})
-    max_repetition: float = field(default=1.0, metadata={"help": "Reject rationales whose share of repeated word 4-grams exceeds this (1.0 = off)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (with do_sample).", "above": 0})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (with do_sample).", "above": 0, "max": 1})
+    min_rationale_words: int = field(default=0, metadata={"help": "Reject rationales with fewer words (0 = off).", "min": 0})
+    max_repetition: float = field(default=1.0, metadata={"help": "Reject rationales whose share of repeated word 4-grams exceeds this (1.0 = off).",
+                                                           "min": 0, "max": 1})
     cutoff: str = field(default=CUTOFF_DEFAULT, metadata={"help": "A rationale cut at max_new_tokens: 'keep' (with the end-of-turn "
                                                           "token, teaching a stop mid-sentence), 'no_end' (kept, no end-of-turn "
                                                           "token) or 'drop' (train on the reference alone)."})
@@ -83,17 +85,7 @@ class RaDis(Method):
         return out if out.pop("end_of_turn_weight") == self.options.rationale_weight else None
 
     def check(self) -> None:
-        o = self.options
-        if o.end_of_turn_weight < 0:
-            raise UserError(f"radis.end_of_turn_weight must be 0 or more, got {o.end_of_turn_weight}.")
-        if not 0.0 <= o.rationale_fraction <= 1.0:
-            raise UserError(f"radis.rationale_fraction must be between 0 and 1, got {o.rationale_fraction}.")
-        if o.rationale_weight < 0:
-            raise UserError(f"radis.rationale_weight must be 0 or more, got {o.rationale_weight}.")
-        if o.do_sample and (o.temperature <= 0 or not 0.0 < o.top_p <= 1.0):
-            raise UserError(f"radis sampling needs temperature > 0 and 0 < top_p <= 1, got {o.temperature} and {o.top_p}.")
-        if o.min_rationale_words < 0 or not 0.0 <= o.max_repetition <= 1.0:
-            raise UserError("radis.min_rationale_words must be 0 or more and radis.max_repetition between 0 and 1.")
+        o = self.options  # the numbers' ranges are declared on the options
         if o.cutoff not in CUTOFF_RULES:
             raise UserError(f"radis.cutoff '{o.cutoff}' is unknown; use one of {', '.join(CUTOFF_RULES)}.")
 

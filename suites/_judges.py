@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.api import CacheDB, UserError, cache_dir
+from harness.api import CacheDB, UserError, cache_dir, check_file, looks_like_path
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -57,13 +57,21 @@ def import_alpaca_eval():
     return alpaca_eval
 
 
+JUDGE_FIX = ("give the name of an alpaca-eval annotator config (e.g. weighted_alpaca_eval_gpt4_turbo) or the path of "
+             "a config folder or YAML file")
+
+
 def alpaca_eval_config(judge: str) -> Path | None:
-    """The ``configs.yaml`` alpaca-eval would load for ``judge``, or None when it names no config."""
+    """The ``configs.yaml`` alpaca-eval would load for ``judge``, or None when it names no
+    config. A path (it looks like one, or ends in .yaml) must be a readable config file or a
+    folder holding configs.yaml: one sentence otherwise, in radis-bench's words."""
     path = Path(judge).expanduser()
-    if path.is_dir():
-        path = path / "configs.yaml"
-    if path.is_file():
-        return path.resolve()
+    if looks_like_path(judge) or path.suffix in (".yaml", ".yml"):
+        if path.is_dir():
+            if not (path / "configs.yaml").exists():
+                raise UserError(f"--judge {path} is a folder without configs.yaml; {JUDGE_FIX}.")
+            path = path / "configs.yaml"
+        return check_file(path, "--judge", JUDGE_FIX).resolve()
     builtin = Path(import_alpaca_eval().constants.EVALUATORS_CONFIG_DIR) / judge / "configs.yaml"
     return builtin if builtin.is_file() else None
 
@@ -71,10 +79,8 @@ def alpaca_eval_config(judge: str) -> Path | None:
 def require_alpaca_eval_config(judge: str) -> Path:
     config = alpaca_eval_config(judge)
     if config is None:
-        raise UserError(
-            f"--judge '{judge}' is not an alpaca-eval annotator config: give the name of one in alpaca-eval's "
-            "evaluators_configs (e.g. weighted_alpaca_eval_gpt4_turbo) or a path to a config folder or YAML file."
-        )
+        raise UserError(f"--judge '{judge}' is not an alpaca-eval annotator config; {JUDGE_FIX}.")
+    read_annotator_configs(config)  # its YAML is checked before any compute too
     return config
 
 
@@ -159,22 +165,31 @@ class ChatJudge:
         raise AssertionError("unreachable")
 
 
+def chat_model(judge: str) -> str:
+    """The chat model ``--judge`` names: an alpaca-eval config's OpenAI model, or the name itself;
+    a config that decodes otherwise is a user error (found before any compute by the suite's check)."""
+    config = alpaca_eval_config(judge)
+    if config is None:
+        return judge
+    first = next(iter(read_annotator_configs(config).values()), {})
+    if first.get("fn_completions", "openai_completions") != "openai_completions":
+        raise UserError(f"--judge {config} decodes with {first['fn_completions']}, not an OpenAI-compatible chat model; "
+                        "give an OpenAI-style config or a model name served at RADIS_BENCH_JUDGE_BASE_URL.")
+    return str((first.get("completions_kwargs") or {}).get("model_name") or judge)
+
+
 def chat_judge(judge: str) -> ChatJudge:
     """The chat judge ``--judge`` names: an alpaca-eval config's OpenAI model, or a model name."""
-    config = alpaca_eval_config(judge)
-    model = judge
-    if config is not None:
-        annotators = read_annotator_configs(config)
-        first = next(iter(annotators.values()), {})
-        if first.get("fn_completions", "openai_completions") != "openai_completions":
-            raise JudgeUnavailable(
-                f"the judge config {config} decodes with {first['fn_completions']}, not an OpenAI-compatible "
-                "chat model; give --judge an OpenAI-style config or a model name served at RADIS_BENCH_JUDGE_BASE_URL"
-            )
-        model = str((first.get("completions_kwargs") or {}).get("model_name") or judge)
+    model = chat_model(judge)
     base_url = (os.environ.get("RADIS_BENCH_JUDGE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
                 or os.environ.get("OPENAI_API_BASE") or DEFAULT_BASE_URL)
     return ChatJudge(model, base_url.rstrip("/"))
+
+
+def _reply(row) -> str:
+    if not isinstance(row[0], str):
+        raise ValueError("not a judge reply")
+    return row[0]
 
 
 class _JudgmentCache:
@@ -184,8 +199,7 @@ class _JudgmentCache:
         self.db = CacheDB(cache_dir() / "judgments.sqlite", "CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, reply TEXT)")
 
     def get(self, key: str) -> str | None:
-        row = self.db.run(lambda db: db.execute("SELECT reply FROM judgments WHERE key=?", (key,)).fetchone())
-        return row[0] if row else None
+        return self.db.lookup("SELECT reply FROM judgments WHERE key=?", (key,), _reply)
 
     def put_many(self, replies: dict[str, str]) -> None:
         def put(db):

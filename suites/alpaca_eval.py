@@ -96,6 +96,13 @@ def _plain(row: dict) -> dict:
     return out
 
 
+def _annotation(row) -> dict:
+    annotation = json.loads(row[0])
+    if not isinstance(annotation, dict):
+        raise ValueError("not an annotation")
+    return annotation
+
+
 class _VerdictCache:
     """SQLite table of alpaca-eval annotations keyed by the judge config's files and the triple."""
 
@@ -113,8 +120,7 @@ class _VerdictCache:
         return hashlib.sha256(json.dumps([self.judge, *pair]).encode()).hexdigest()
 
     def get(self, pair: tuple[str, str, str]) -> dict | None:
-        row = self.db.run(lambda db: db.execute("SELECT annotation FROM verdicts WHERE key=?", (self._key(pair),)).fetchone())
-        return json.loads(row[0]) if row else None
+        return self.db.lookup("SELECT annotation FROM verdicts WHERE key=?", (self._key(pair),), _annotation)
 
     def put_many(self, verdicts: dict[tuple[str, str, str], dict]) -> None:
         rows = [(self._key(p), json.dumps(a)) for p, a in verdicts.items()]

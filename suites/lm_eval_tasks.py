@@ -11,11 +11,11 @@ name, data not available offline) is reported as not scored with the reason.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from harness.api import Metric, NotScored, Suite, SuiteContext, SuiteResult, UserError, interruption
+from harness.api import Metric, NotScored, Suite, SuiteContext, SuiteResult, UserError, check_folder, interruption
 
 Z_95 = 1.96
 
@@ -26,13 +26,13 @@ class LMEvalOptions:
     include_path: str | None = field(
         default=None, metadata={"help": "Folder of extra lm-eval task YAML files (lm-eval's --include_path)."}
     )
-    batch_size: int = field(default=8, metadata={"help": "lm-eval batch size."})
-    num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples (default: each task's own)."})
+    batch_size: int = field(default=8, metadata={"help": "lm-eval batch size.", "above": 0})
+    num_fewshot: int | None = field(default=None, metadata={"help": "Few-shot examples (default: each task's own).", "min": 0})
     apply_chat_template: bool = field(
         default=False, metadata={"help": "Wrap prompts in the model's chat template (lm-eval's default is off)."}
     )
     bootstrap_iters: int = field(
-        default=1000, metadata={"help": "lm-eval bootstrap resamples for stderrs of non-mean metrics."}
+        default=1000, metadata={"help": "lm-eval bootstrap resamples for stderrs of non-mean metrics (0: none).", "min": 0}
     )
 
 
@@ -42,9 +42,7 @@ def task_manager(include_path: str | None, tasks: list[str]):
     from lm_eval.tasks import TaskManager
 
     if include_path:
-        path = Path(include_path).expanduser()
-        if not path.is_dir():
-            raise UserError(f"lm_eval.include_path {path} is not a folder; give a folder of lm-eval task YAML files.")
+        path = check_folder(include_path, "lm_eval.include_path", "give a folder of lm-eval task YAML files")
         own = TaskManager(include_path=str(path), include_defaults=False)
         if all(t in own.all_tasks for t in tasks):
             return own
@@ -76,12 +74,23 @@ class LMEvalSuite(Suite):
     Options = LMEvalOptions
 
     def check(self) -> list[str]:
+        """The task names, looked up in lm-eval's task index (YAML files only: nothing is
+        downloaded or run; the built-in index takes some 10 s, so only when a task is not in
+        ``include_path``)."""
         o = self.options
-        if o.include_path and not Path(o.include_path).expanduser().is_dir():
-            raise UserError(f"lm_eval.include_path {o.include_path} is not a folder; give a folder of lm-eval task YAML files.")
-        if o.batch_size <= 0 or o.bootstrap_iters < 0:
-            raise UserError("lm_eval.batch_size must be positive and lm_eval.bootstrap_iters 0 or more.")
-        return [] if o.tasks else ["no tasks given (--lm-eval-tasks); the suite will report 'not run'"]
+        if not o.tasks:
+            if o.include_path:
+                check_folder(o.include_path, "lm_eval.include_path", "give a folder of lm-eval task YAML files")
+            return ["no tasks given (--lm-eval-tasks); the suite will report 'not run'"]
+        known = task_manager(o.include_path, list(o.tasks)).all_tasks
+        for task in o.tasks:
+            if task not in known:
+                close = difflib.get_close_matches(task, known, n=3)
+                hint = f" (close: {', '.join(close)})" if close else ""
+                where = " nor in lm_eval.include_path" if o.include_path else ""
+                raise UserError(f"lm_eval.tasks names '{task}', which lm-eval does not know{where}{hint}; check the name "
+                                "(`lm-eval --tasks list`) or add its YAML file to lm_eval.include_path.")
+        return []
 
     def evaluate(self, ctx: SuiteContext) -> SuiteResult:
         result = SuiteResult()

@@ -27,12 +27,11 @@ from harness.api import (
     SuiteResult,
     UserError,
     generation_limit,
-    looks_like_path,
     read_records,
     sample,
     user_turn,
 )
-from suites._judges import ChatJudge, JudgeUnavailable, chat_judge
+from suites._judges import ChatJudge, JudgeUnavailable, chat_judge, chat_model
 
 MT_BENCH = DataSet("mt_bench", "mt_bench/question.jsonl", {"id": "question_id", "turns": "turns", "category": "category"},
                    hub="HuggingFaceH4/mt_bench_prompts", hub_split="train", optional=("category",))
@@ -119,8 +118,8 @@ class MTBenchOptions:
         default="mt_bench/reference_answer_gpt-4.jsonl",
         metadata={"help": "Reference answers for math/reasoning/coding, relative to the data dir ('' to grade without)."},
     )
-    judge_max_tokens: int = field(default=2048, metadata={"help": "Reply limit of the judge (FastChat's)."})
-    judge_workers: int = field(default=4, metadata={"help": "Judge requests sent at once."})
+    judge_max_tokens: int = field(default=2048, metadata={"help": "Reply limit of the judge (FastChat's).", "above": 0})
+    judge_workers: int = field(default=4, metadata={"help": "Judge requests sent at once.", "above": 0})
 
 
 class MTBenchSuite(Suite):
@@ -139,11 +138,8 @@ class MTBenchSuite(Suite):
         ]
 
     def check(self) -> list[str]:
-        o = self.options
-        if o.judge_max_tokens <= 0 or o.judge_workers <= 0:
-            raise UserError("mt_bench.judge_max_tokens and mt_bench.judge_workers must be positive.")
-        if o.judge and looks_like_path(o.judge) and not __import__("pathlib").Path(o.judge).expanduser().exists():
-            raise UserError(f"--judge {o.judge} does not exist; give a judge model name or an existing alpaca-eval config.")
+        if self.options.judge:
+            chat_model(self.options.judge)  # a config path that is not one, or one that serves no chat model
         return []
 
     def planned_generations(self, ctx: SuiteContext) -> list[int]:

@@ -73,6 +73,7 @@ from harness.api import (
     sample,
     turn_end_tokens,
     user_turn,
+    warn,
     write_atomic,
 )
 from suites.alpaca_eval import ALPACA_EVAL
@@ -180,10 +181,16 @@ class OriginalHidden:
         path = self.folder / f"original-hidden-{self.key}.npy" if self.folder else None
         index_path = path.with_suffix(".json") if path else None
         if path is not None and path.exists() and index_path.exists():
-            found = np.load(path, mmap_mode="r", allow_pickle=False)
-            offsets = json.loads(index_path.read_text())
-            self.rows = {int(i): found[a:b] for i, (a, b) in offsets.items()}
-            return
+            try:  # arrays and JSON only (never Python objects); anything else is computed again
+                found = np.load(path, mmap_mode="r", allow_pickle=False)
+                offsets = json.loads(index_path.read_text(encoding="utf-8"))
+                if found.ndim != 2 or not all(0 <= a <= b <= len(found) for a, b in offsets.values()):
+                    raise ValueError("its rows and its index do not match")
+                self.rows = {int(i): found[a:b] for i, (a, b) in offsets.items()}
+                return
+            except (OSError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as err:
+                warn(f"{path} or its index cannot be read ({str(err).splitlines()[0][:120] or type(err).__name__}); "
+                     "computing the original's hidden states again.")
         parts, offsets, at = [], {}, 0
         with torch.no_grad(), original_model_fn() as original:
             for start in range(0, len(todo), self.batch_size):

@@ -36,13 +36,11 @@ from harness.api import (
     TranslationPair,
     UserError,
     bootstrap_ci_of,
-    check_model,
-    comet_checkpoint,
+    check_comet,
     comet_label,
     extract_translation,
     generation_limit,
     interruption,
-    looks_like_path,
     parse_directions,
     sample,
     translation_prompt,
@@ -144,16 +142,8 @@ class TranslationSuite(Suite):
         o = self.options
         if o.extraction not in EXTRACTION_RULES:
             raise UserError(f"translation.extraction (--extraction) '{o.extraction}' is unknown; use one of {', '.join(EXTRACTION_RULES)}.")
-        if not o.comet_model:
-            return []
-        if looks_like_path(o.comet_model):
-            try:
-                comet_checkpoint(o.comet_model)
-            except CometUnavailable as err:
-                raise UserError(f"--comet-model {o.comet_model}: {err}; give a COMET .ckpt file or a folder holding "
-                                "checkpoints/model.ckpt.") from None
-            return []
-        return [f"COMET model {check_model(o.comet_model, '--comet-model', chat=False).removeprefix('hub model ')}"]
+        note = check_comet(o.comet_model, "--comet-model") if o.comet_model else None
+        return [note] if note else []
 
     def legacy_options(self) -> dict | None:
         out = super().legacy_options()

@@ -97,7 +97,7 @@ def test_no_plan_is_exploratory_above_every_contrast(tmp_path):
     ({"primary": [dict(PRIMARY, direction="down")], "seeds": 3}, "direction 'down'"),
     ({"primary": [PRIMARY]}, "exactly one of seeds"),
     ({"primary": [PRIMARY], "seeds": 3, "looks": 4}, "exactly one of seeds"),
-    ({"alpha": 1.5}, "alpha must lie between 0 and 1"),
+    ({"alpha": 1.5}, "alpha must be positive and below 1"),
     ({"spending": "linear"}, "spending 'linear'"),
     ({"secondary": "bonferroni"}, "secondary 'bonferroni'"),
     ({"margins": {"kl": -1}}, "margins must map"),
@@ -270,6 +270,10 @@ def _binary_refusals(run: Path) -> None:
     scores = pd.read_csv(run / "scores.csv", dtype=str, keep_default_na=False)
     scores.loc[scores["metric"] == "prompt_strict", "value"] = "0.05"
     scores.to_csv(run / "scores.csv", index=False)
+    for path in (run / "results").glob("*/ifeval.json"):  # and the units scores.csv summarises
+        unit = json.loads(path.read_text())
+        unit["metrics"] = [{**m, "value": 0.05} if m["name"] == "prompt_strict" else m for m in unit["metrics"]]
+        path.write_text(json.dumps(unit))
 
 
 def _perturbed(run: Path, target: Path) -> Path:

@@ -140,7 +140,7 @@ def test_unknown_method_and_suite_list_the_known_ones():
 
 @pytest.mark.parametrize("size", ["0", "-3"])
 def test_train_size_must_be_positive(size):
-    assert_user_error(["run", "--dry-run", "--train-size", size], "--train-size must be a positive number")
+    assert_user_error(["run", "--dry-run", "--train-size", size], "--train-size must be positive")
 
 
 def test_model_path_that_does_not_exist(tmp_path):

@@ -142,7 +142,7 @@ def test_radis_fraction_and_filters_fall_back_to_vanilla_examples():
     assert repetition_share("only three words") == 0.0
 
     with pytest.raises(UserError, match="rationale_fraction"):
-        RaDis(RaDisOptions(rationale_fraction=1.5)).check()
+        RaDis(RaDisOptions(rationale_fraction=1.5)).check_ranges()
 
 
 def test_radis_loss_mask_and_zero_rationale_weight_gives_the_vanilla_loss(tiny_model, tiny_tokenizer):
@@ -218,7 +218,7 @@ def test_sdft_samples_its_rewrites_as_the_reference_code_does():
     assert not greedy.original.calls[0][1].do_sample and "top_k" not in greedy.stats["decoding"]
     assert SDFT().options_before_versions() is None and SDFT(SDFT.Options(do_sample=False)).options_before_versions() is not None
     with pytest.raises(UserError, match="top_k"):
-        SDFT(SDFT.Options(top_k=-1)).check()
+        SDFT(SDFT.Options(top_k=-1)).check_ranges()
 
 
 def test_top_k_keeps_only_the_k_most_likely_tokens():
@@ -289,7 +289,7 @@ def test_replay_mixes_general_instructions_at_the_ratio(tiny_data):
     assert sum(ex.source == "replay" for ex in many) == 6  # drawn with replacement from 3
     assert [ex.messages for ex in many] == [ex.messages for ex in again]
     with pytest.raises(UserError, match="ratio"):
-        Replay(ReplayOptions(ratio=1.0)).check()
+        Replay(ReplayOptions(ratio=1.0)).check_ranges()
 
 
 def lora_model(tokenizer):

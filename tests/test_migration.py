@@ -47,7 +47,7 @@ def test_first_version_units_are_rekeyed_except_radis(tmp_path, data_dir, where)
     for (cell, suite), key in V1_EVAL.items():
         path = units.result_path(cell, suite)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "metrics": {}}))
+        path.write_text(json.dumps({"key": key, "metrics": [], "not_scored": []}))
 
     assert units.training_done("vanilla", 0)
     assert (units.workdir("vanilla", 0) / "unit_key.txt").read_text() == plan.keys.train_key("vanilla", 0)

@@ -5,6 +5,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from harness.config.settings import RunConfig
+from harness.errors import UserError
 from harness.data.sources import DataSource
 from harness.data.records import parse_directions
 from harness.plugins.suite import SuiteContext
@@ -139,7 +140,7 @@ def test_judge_from_an_alpaca_eval_config(tmp_path, monkeypatch):
     local.mkdir()
     (local / "configs.yaml").write_text("local_judge:\n  fn_completions: huggingface_local_completions\n"
                                         "  completions_kwargs: {model_name: /models/x}\n")
-    from suites._judges import JudgeUnavailable
-
-    with pytest.raises(JudgeUnavailable, match="not an OpenAI-compatible chat model"):
+    with pytest.raises(UserError, match="not an OpenAI-compatible chat model"):
         chat_judge(str(local))
+    with pytest.raises(UserError, match="not an OpenAI-compatible chat model"):  # before any compute
+        MTBenchSuite.from_settings({"judge": str(local)}).check()

@@ -90,7 +90,8 @@ def test_s3ft_comet_judge_needs_a_usable_checkpoint(tmp_path):
     with pytest.raises(UserError, match="judge 'bleu' is unknown"):
         S3FT(S3FTOptions(judge="bleu")).check()
     method = S3FT(S3FTOptions(judge="comet", comet_model=str(tmp_path)))
-    method.check()
+    with pytest.raises(UserError, match="holds no checkpoints/model.ckpt"):  # before any compute
+        method.check()
     with pytest.raises(UserError, match="holds no checkpoints/model.ckpt"):
         method.build_training_examples(context(FakeGenerator(lambda r: "x")))
 
@@ -129,7 +130,7 @@ def test_freeze_k_from_fraction_and_its_limits(tiny_tokenizer, tmp_path):
     with pytest.raises(UserError, match="leaves nothing to train"):
         run_training(Freeze(FreezeOptions(k=2)), tiny_tokenizer, tmp_path / "all")
     with pytest.raises(UserError, match="fraction"):
-        Freeze(FreezeOptions(fraction=1.0)).check()
+        Freeze(FreezeOptions(fraction=1.0)).check_ranges()
     assert layer_index("base_model.model.model.layers.12.mlp.up_proj.lora_A.default.weight") == 12
     assert layer_index("model.embed_tokens.weight") is None
 
@@ -179,7 +180,7 @@ def test_hft_fraction_one_trains_everything():
     assert choose_half(units, 0, 1.0) == sorted(units)
     assert len(choose_half(units, 0, 0.5)) == 6
     with pytest.raises(UserError, match="hft.fraction"):
-        HFT(HFTOptions(fraction=0.0)).check()
+        HFT(HFTOptions(fraction=0.0)).check_ranges()
 
 
 # --- merge --------------------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def test_merge_trains_as_vanilla_does():
     assert [(e.messages, e.response) for e in method.build_training_examples(context(None))] == \
         [(e.messages, e.response) for e in Vanilla().build_training_examples(context(None))]
     with pytest.raises(UserError, match="merge.density"):
-        Merge(Merge.Options(density=0.0)).check()
+        Merge(Merge.Options(density=0.0)).check_ranges()
 
 
 # --- ewc ----------------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ def test_ewc_fisher_is_zero_on_lora_a_and_the_penalty_starts_at_zero(tiny_tokeni
                 p.fill_(0.1)
     assert float(method.extra_loss(model, {}, outputs)) > 0
     with pytest.raises(UserError, match="ewc.weight"):
-        EWC(EWCOptions(weight=-1.0)).check()
+        EWC(EWCOptions(weight=-1.0)).check_ranges()
 
 
 # --- listing and a real run ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The shipped `paper` preset: an offline dry run prints the plan and a GPU-hours estimate."""
+"""The shipped `paper` preset: an offline dry run prints the plan and a GPU-hours estimate, and exits 2 where
+the data lacks pairs (a real run would stop there)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ def dry_run(*args):
     return CliRunner().invoke(app, ["run", *args], env={"HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
 
 
-def test_paper_dry_run_offline_lists_missing_pairs_and_gpu_hours(data_dir):
+def test_paper_dry_run_offline_lists_missing_pairs_and_gpu_hours_then_exits_2(data_dir):
     # the conftest socket guard fails any network connection made in-process
     result = dry_run("--config", "paper", "--data-dir", str(data_dir), "--dry-run")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # the real run would stop at the missing pairs: so does the dry run
     out = result.output
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "lacks data for cs-en, ru-en, en-cs, en-ru" in last and "Traceback" not in out
     assert "mistralai/Mistral-7B-Instruct-v0.2" in out
     assert "not in local cache; would be downloaded" in out or "in the local hub cache" in out
     for direction in ("de-en", "en-de", "zh-en", "en-zh"):

@@ -63,12 +63,16 @@ def write_run(run_dir: Path, model: str = "tiny-a", shift: float = 0.0, methods=
         for seed, metrics in values[base].items():
             cell = "original" if label == "original" else f"{label}-seed{seed}"
             items: dict[str, dict] = {}
+            units: dict[str, dict] = {"alpaca_eval": {"metrics": [], "not_scored": [{"metric": "win_rate", "reason": NO_JUDGE}]}}
             for metric, value in metrics.items():
                 value = value + shift if metric == "de-en/chrf++" else value
                 rows.append({"model": model, "method": label, "seed": seed, "suite": SUITE[metric], "metric": metric,
                              "value": value, "n": N_ITEMS, "ci_low": value - 1, "ci_high": value + 1,
                              "higher_is_better": "" if HIGHER[metric] is None else HIGHER[metric],
                              "main": metric in MAIN, "note": note})
+                units.setdefault(SUITE[metric], {"metrics": [], "not_scored": []})["metrics"].append(
+                    {"name": metric, "value": value, "n": N_ITEMS, "ci_low": value - 1, "ci_high": value + 1,
+                     "higher_is_better": HIGHER[metric], "main": metric in MAIN, "note": note})
                 stats = {"kind": "mean", "ids": [str(i) for i in range(N_ITEMS)],
                          "rows": [[v, 1.0] for v in item_values(metric, value, seed)]}
                 items.setdefault(SUITE[metric], {})[metric] = stats
@@ -78,8 +82,9 @@ def write_run(run_dir: Path, model: str = "tiny-a", shift: float = 0.0, methods=
             for suite, stats in items.items():
                 (run_dir / "results" / cell / "items").mkdir(parents=True, exist_ok=True)
                 (run_dir / "results" / cell / "items" / f"{suite}.json").write_text(json.dumps(stats))
+            for suite, unit in units.items():  # the unit files scores.csv summarises, with their keys
                 key = f"{cell}-{suite}" if label == "original" else f"{tag}-{cell}-{suite}"  # one original for every run
-                (run_dir / "results" / cell / f"{suite}.json").write_text(json.dumps({"key": key}))
+                (run_dir / "results" / cell / f"{suite}.json").write_text(json.dumps({"key": key, **unit}))
     with (run_dir / "scores.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=SCORE_COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -273,6 +278,9 @@ def test_tradeoff_without_ifeval_and_an_unknown_metric(tmp_path):
     assert written["tradeoff.png"].stat().st_size > 0
     with pytest.raises(UserError, match="general_metric 'mt_bench/score'"):
         render_report([run], tmp_path / "out2", general_metric="mt_bench/score")
+    with pytest.raises(UserError, match="general_metric 'alpaca_eval/win_rate' has no score of a fine-tuned row"):
+        render_report([run], tmp_path / "out3", general_metric="alpaca_eval/win_rate")  # not scored: no plot, said
+    assert "tradeoff.png" in render_report([run], tmp_path / "out4", general_metric="retention/kl")
 
 
 ABSOLUTE = re.compile(r"(?<![\w.:/~-])/(?:root|home|tmp|work|Users|var|opt|srv|mnt)/")
@@ -310,8 +318,10 @@ def test_the_manifest_publishes_paths_relative_to_the_cache_home_or_working_dir(
 
 
 def test_user_errors_name_the_input(tmp_path):
-    with pytest.raises(UserError, match="no scores.csv"):
+    with pytest.raises(UserError, match="missing does not exist"):
         render_report([tmp_path / "missing"], tmp_path / "out")
+    with pytest.raises(UserError, match="no scores.csv"):
+        render_report([tmp_path], tmp_path / "out")
     run = write_run(tmp_path / "run")
     (run / "scores.csv").write_text("model,method\nx,y\n")
     with pytest.raises(UserError, match="lacks the column"):

@@ -316,3 +316,12 @@ def test_a_planted_pickle_in_a_saved_state_runs_nothing_and_training_starts_over
     fresh = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(save_every=2),
                   LoRASettings(r=4), tmp_path / "fresh", seed=0)
     assert result.stats["losses"] == pytest.approx(fresh.stats["losses"], abs=1e-6)
+
+
+def test_a_max_length_the_prompt_fills_is_a_user_error_not_a_training_of_zero_losses(tiny_model, tiny_tokenizer, tmp_path):
+    from harness.errors import UserError
+
+    prompt = len(tiny_tokenizer(render_chat(tiny_tokenizer, user_turn(translation_prompt(PAIRS[2]))), add_special_tokens=False)["input_ids"])
+    with pytest.raises(UserError, match=rf"No training example has a response token within budget.max_length \({prompt}\)"):
+        train(tiny_model, tiny_tokenizer, vanilla_examples(), budget(max_length=prompt), LoRASettings(r=4), tmp_path, seed=0)
+    assert not (tmp_path / "train_stats.json").exists()

@@ -77,8 +77,8 @@ def test_the_dry_run_prints_the_grid(tiny_checkpoint):
     ("original:vanilla", "cannot name a folder"),
     ("x-seed1:vanilla", "cannot name a folder"),
     ("radis@rationale_weight=-1", "rationale_weight must be 0 or more"),
-    ("vanilla@budget.lr=-1", "learning rate"),
-    ("vanilla@lora.r=0", "r and alpha must be positive"),
+    ("vanilla@budget.lr=-1", "method 'vanilla@budget.lr=-1': budget.learning_rate must be positive"),
+    ("vanilla@lora.r=0", "method 'vanilla@lora.r=0': lora.r must be positive"),
     ("vanilla@budget.nope=1", "Unknown setting 'nope'"),
 ])
 def test_bad_variants_are_one_line_and_exit_2(tiny_checkpoint, methods, says):

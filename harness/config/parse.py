@@ -91,7 +91,8 @@ def apply_settings(obj: Any, settings: dict[str, Any], where: str, aliases: Alia
             apply_settings(obj, {"suite_options": {suite: {option: value} for suite, option in targets}}, where)
             continue
         if name not in known:
-            raise UserError(f"Unknown setting '{key}' in {where}; known settings: {', '.join(sorted(known))}.")
+            raise UserError(f"Unknown setting '{key}' in {where}; "
+                            + (f"known settings: {', '.join(sorted(known))}." if known else "it has no settings."))
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.config.ranges import check_ranges
 from harness.errors import UserError
 
 DEFAULTS = Path(__file__).resolve().parent / "defaults.yaml"
@@ -45,9 +46,9 @@ ADAPTER_KINDS = ("lora", "rslora", "dora", "pissa", "full")
 
 @dataclass
 class LoRASettings:
-    r: int = field(default=16, metadata={"help": "LoRA rank."})
-    alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)."})
-    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    r: int = field(default=16, metadata={"help": "LoRA rank.", "above": 0, "max": "hidden_size"})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r).", "above": 0})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout.", "min": 0, "below": 1})
     target_modules: tuple[str, ...] = field(default=ALL_LINEAR, metadata={"help": "Module names that get adapters."})
     full_finetune: bool = field(default=False, metadata={"help": "Train all weights instead of a LoRA adapter (the old spelling of kind=full)."})
     kind: str = field(default="lora", metadata={"help": "What trains: lora, rslora, dora, pissa (peft's variants of the adapter) or full "
@@ -76,18 +77,19 @@ def lora_key(lora: LoRASettings) -> dict:
 class Budget:
     """What every method gets: identical steps, batch, schedule, length and seed."""
 
-    steps: int = field(default=8, metadata={"help": "Optimiser steps per method."})
-    batch_size: int = field(default=8, metadata={"help": "Examples per optimiser step (micro-batch x accumulation)."})
-    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation micro-steps per optimiser step."})
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})
+    steps: int = field(default=8, metadata={"help": "Optimiser steps per method.", "above": 0})
+    batch_size: int = field(default=8, metadata={"help": "Examples per optimiser step (micro-batch x accumulation).", "above": 0})
+    grad_accum: int = field(default=1, metadata={"help": "Gradient accumulation micro-steps per optimiser step.", "above": 0})
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate.", "above": 0})
     schedule: str = field(default="cosine", metadata={"help": "Learning-rate decay: cosine, linear or constant."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warm-up."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    max_length: int = field(default=224, metadata={"help": "Maximum tokens per training example (prompt + response)."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of steps with linear warm-up.", "min": 0, "below": 1})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay.", "min": 0})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm.", "min": 0})
+    max_length: int = field(default=224, metadata={"help": "Maximum tokens per training example (prompt + response).", "above": 0,
+                                                                "max": "max_position_embeddings"})
     equalise: str = field(default="steps", metadata={"help": "'steps' (same optimiser steps), 'tokens' (same target tokens) or 'compute' (same FLOPs, data building included)."})
-    target_tokens: int | None = field(default=None, metadata={"help": "With equalise=tokens: target tokens per method (default: what vanilla trains on in `steps`)."})
-    save_every: int = field(default=8, metadata={"help": "Save resumable training state every N steps."})
+    target_tokens: int | None = field(default=None, metadata={"help": "With equalise=tokens: target tokens per method (default: what vanilla trains on in `steps`).", "above": 0})
+    save_every: int = field(default=8, metadata={"help": "Save resumable training state every N steps (0: never).", "min": 0})
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision in training (accelerate mixed_precision='bf16')."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass: less memory, more time."})
 
@@ -104,9 +106,9 @@ class Analysis:
     equivalence margins. A run writes it into its directory before the first unit."""
 
     primary: list = field(default_factory=list, metadata={"help": "Primary contrasts: [{a: ROW, b: ROW or original, metric: SUITE/METRIC, direction: lower, higher or two-sided}]."})
-    seeds: int | None = field(default=None, metadata={"help": "Planned final seeds per side: a look's information fraction is its seeds / this."})
-    looks: int | None = field(default=None, metadata={"help": "Planned number of looks, when no seed count is planned: look k is at information fraction k / this."})
-    alpha: float = field(default=0.05, metadata={"help": "Error rate of each primary contrast over all its looks, and family-wise (or false-discovery) rate of the other contrasts."})
+    seeds: int | None = field(default=None, metadata={"help": "Planned final seeds per side: a look's information fraction is its seeds / this.", "min": 1})
+    looks: int | None = field(default=None, metadata={"help": "Planned number of looks, when no seed count is planned: look k is at information fraction k / this.", "min": 1})
+    alpha: float = field(default=0.05, metadata={"help": "Error rate of each primary contrast over all its looks, and family-wise (or false-discovery) rate of the other contrasts.", "above": 0, "below": 1})
     spending: str = field(default="obrien_fleming", metadata={"help": "How a primary contrast spends alpha over its looks (Lan-DeMets): obrien_fleming or pocock."})
     secondary: str = field(default="holm", metadata={"help": "Adjustment of every other contrast of the report: holm (family-wise error) or bh (false discovery rate)."})
     margins: dict[str, float] = field(default_factory=dict, metadata={"help": "Equivalence margins by metric ('retention/kl' or 'kl'), replacing the suites' own; 0: no equivalence verdict."})
@@ -128,24 +130,25 @@ class RunConfig:
         metadata={"help": "Evaluation suites (default: harness/config/defaults.yaml)."},
     )
     data_dir: str | None = field(default=None, metadata={"help": "Folder with the layout of shared/data; 'starter' (default) or 'hub'."})
-    train_size: int | None = field(default=32, metadata={"help": "Training pairs per direction (seeded sample)."})
-    eval_size: int | None = field(default=12, metadata={"help": "Items per suite and direction (seeded sample)."})
+    train_size: int | None = field(default=32, metadata={"help": "Training pairs per direction (seeded sample).", "above": 0})
+    eval_size: int | None = field(default=12, metadata={"help": "Items per suite and direction (seeded sample).", "above": 0})
     suite_sizes: dict[str, int] = field(default_factory=dict, metadata={"help": "Items per suite where it differs from eval_size, e.g. {safety: 100}."})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds; every method runs once per seed."})
-    data_seed: int = field(default=0, metadata={"help": "Seed of the train/eval subsamples (fixed across training seeds)."})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Training seeds; every method runs once per seed.", "min": 0})
+    data_seed: int = field(default=0, metadata={"help": "Seed of the train/eval subsamples (fixed across training seeds).", "min": 0})
     out: str | None = field(default=None, metadata={"help": "Run directory (default runs/<name>)."})
     title: str | None = field(default=None, metadata={"help": "Title of the run's leaderboard (default: from the run directory's name)."})
     generation_backend: str = field(default="auto", metadata={"help": "Generation backend: auto (vllm when CUDA and vllm are present, else transformers), transformers or vllm."})
     device: str = field(default="auto", metadata={"help": "Where models run: auto (a CUDA GPU when present, else the CPU), cpu or cuda."})
     dtype: str = field(default="auto", metadata={"help": "Weights' dtype: auto (bfloat16 on a GPU, float32 on a CPU), float32, bfloat16 or float16."})
-    gen_batch_size: int = field(default=0, metadata={"help": "Sequences per generation batch; 0 chooses it from the device and memory."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Generation limit of every suite that sets none of its own (translations keep room for an appended rationale)."})
+    gen_batch_size: int = field(default=0, metadata={"help": "Sequences per generation batch; 0 chooses it from the device and memory.", "min": 0})
+    max_new_tokens: int = field(default=128, metadata={"help": "Generation limit of every suite that sets none of its own (translations keep room for an appended rationale).",
+                                                                       "above": 0, "max": "max_position_embeddings"})
     budget: Budget = field(default_factory=Budget)
     lora: LoRASettings = field(default_factory=LoRASettings)
     analysis: Analysis = field(default_factory=Analysis)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-method settings."})
     suite_options: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Per-suite settings."})
-    eval_every: int = field(default=0, metadata={"help": "Evaluate the training's checkpoints every N optimiser steps on the trajectory suites, as units of their own (0: only the final model)."})
+    eval_every: int = field(default=0, metadata={"help": "Evaluate the training's checkpoints every N optimiser steps on the trajectory suites, as units of their own (0: only the final model).", "min": 0})
     trajectory_suites: list[str] = field(default_factory=list, metadata={"help": "Suites the checkpoints are evaluated on (default: translation, retention and task_kl where the run has them, else every suite of the run)."})
     log_with: str | None = field(default=None, metadata={"help": "Send training losses and trajectory metrics to one of accelerate's trackers (tensorboard, wandb, mlflow, ...), one tracker run per training unit, under <run>/logs (off by default)."})
     require_clean_code: bool = field(default=False, metadata={"help": "Refuse to compute any unit while radis-bench's source checkout has uncommitted changes (for published runs: every unit is then tied to a commit)."})
@@ -178,11 +181,9 @@ def launched_processes() -> tuple[int, int]:
 
 
 def validate(config: RunConfig) -> None:
-    """Run-level settings; the shared budget and adapter (``check_budget``, ``check_lora``)."""
-    if config.train_size is not None and config.train_size <= 0:
-        raise UserError(f"--train-size must be a positive number of pairs, got {config.train_size}.")
-    if config.eval_size is not None and config.eval_size <= 0:
-        raise UserError(f"--eval-size must be a positive number of items, got {config.eval_size}.")
+    """Run-level settings: their declared ranges (``harness.config.ranges``) and what a range
+    cannot say; the shared budget and adapter (``check_budget``, ``check_lora``)."""
+    check_ranges(config, "")
     if not isinstance(config.suite_sizes, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in config.suite_sizes.values()):
         raise UserError(f"suite_sizes must map suite names to positive numbers of items, got {config.suite_sizes!r}.")
@@ -190,16 +191,10 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"device must be auto, cpu or cuda, got {config.device!r}.")
     if config.dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {config.dtype!r}.")
-    if config.gen_batch_size < 0:
-        raise UserError(f"gen_batch_size must be 0 (automatic) or a positive number of sequences, got {config.gen_batch_size}.")
     if not config.seeds:
         raise UserError("--seeds is empty; give at least one seed, e.g. --seeds 0.")
-    if len(set(config.seeds)) != len(config.seeds) or any(s < 0 for s in config.seeds):
+    if len(set(config.seeds)) != len(config.seeds):
         raise UserError(f"--seeds must be distinct numbers of at least 0, got {','.join(map(str, config.seeds))}.")
-    if config.max_new_tokens <= 0:
-        raise UserError(f"max_new_tokens must be a positive number of tokens, got {config.max_new_tokens}.")
-    if config.data_seed < 0:
-        raise UserError(f"data_seed must be 0 or more, got {config.data_seed}.")
     if config.generation_backend not in ("auto", "transformers", "vllm"):
         raise UserError(f"generation_backend '{config.generation_backend}' is unknown; use auto, transformers or vllm.")
     if not config.methods:
@@ -215,38 +210,27 @@ def validate(config: RunConfig) -> None:
         if importlib.util.find_spec(TRACKERS[config.log_with]) is None:
             raise UserError(f"log_with {config.log_with} needs the {TRACKERS[config.log_with]} package; install it "
                             f"(pip install {TRACKERS[config.log_with]}) or leave log_with out.")
-    check_budget(config.budget, "the budget")
+    check_budget(config.budget, "budget")
     check_lora(config.lora, "lora")
     check_analysis(config.analysis, "analysis")
 
 
-def check_budget(b: Budget, where: str) -> None:
-    if b.steps <= 0:
-        raise UserError(f"{where}: steps must be positive, got {b.steps}.")
-    if b.batch_size <= 0 or b.grad_accum <= 0 or b.batch_size % b.grad_accum:
-        raise UserError(f"{where}: batch_size ({b.batch_size}) must be positive and divisible by grad_accum ({b.grad_accum}).")
+def check_budget(b: Budget, where: str, shape: dict | None = None) -> None:
+    """A budget's ranges and how its batch splits; ``where`` names it (``budget``, or a
+    variant's ``method 'fast': budget``); ``shape``: the model's, for bounds that name it."""
+    check_ranges(b, where, shape)
+    if b.batch_size % b.grad_accum:
+        raise UserError(f"{where}: batch_size ({b.batch_size}) must be divisible by grad_accum ({b.grad_accum}).")
     processes = launched_processes()[1]
     if b.batch_size % (b.grad_accum * processes):
         raise UserError(
             f"{where}: --batch-size ({b.batch_size}) must be divisible by grad_accum ({b.grad_accum}) x processes ({processes}); "
             "the global batch is split evenly between the processes."
         )
-    if b.learning_rate <= 0:
-        raise UserError(f"{where}: the learning rate (--lr) must be positive, got {b.learning_rate}.")
     if b.schedule not in ("cosine", "linear", "constant"):
         raise UserError(f"{where}: schedule '{b.schedule}' is unknown; use cosine, linear or constant.")
-    if not 0.0 <= b.warmup_ratio < 1.0:
-        raise UserError(f"{where}: warmup_ratio must be at least 0 and below 1, got {b.warmup_ratio}.")
-    if b.weight_decay < 0 or b.max_grad_norm < 0:
-        raise UserError(f"{where}: weight_decay and max_grad_norm must be 0 or more, got {b.weight_decay} and {b.max_grad_norm}.")
-    if b.max_length <= 0:
-        raise UserError(f"{where}: max_length must be a positive number of tokens, got {b.max_length}.")
-    if b.save_every < 0:
-        raise UserError(f"{where}: save_every must be 0 (never) or a positive number of steps, got {b.save_every}.")
     if b.equalise not in ("steps", "tokens", "compute"):
         raise UserError(f"{where}: equalise (--budget) '{b.equalise}' is unknown; use steps, tokens or compute.")
-    if b.target_tokens is not None and b.target_tokens <= 0:
-        raise UserError(f"{where}: target_tokens must be a positive number of tokens, got {b.target_tokens}.")
 
 
 def check_on_policy_budget(b: Budget, per_prompt: int, where: str) -> None:
@@ -259,17 +243,25 @@ def check_on_policy_budget(b: Budget, per_prompt: int, where: str) -> None:
                         "method samples per prompt.")
 
 
-def check_lora(lora: LoRASettings, where: str) -> None:
-    if lora.r <= 0 or lora.alpha <= 0:
-        raise UserError(f"{where}: r and alpha must be positive, got r={lora.r}, alpha={lora.alpha}.")
-    if not 0.0 <= lora.dropout < 1.0:
-        raise UserError(f"{where}: dropout must be at least 0 and below 1, got {lora.dropout}.")
+def check_lora(lora: LoRASettings, where: str, shape: dict | None = None) -> None:
+    """The adapter's ranges and kind; with the model's ``shape``, that it names modules the model has
+    (``modules``: the last parts of its weights' names, when its weight files say)."""
+    check_ranges(lora, where, shape)
     if lora.kind not in ADAPTER_KINDS:
         raise UserError(f"{where}: kind '{lora.kind}' is unknown; use one of {', '.join(ADAPTER_KINDS)}.")
     if lora.full_finetune and lora.kind not in ("lora", "full"):
         raise UserError(f"{where}: full_finetune (the old spelling of kind=full) contradicts kind={lora.kind}; set kind alone.")
-    if not lora.target_modules and lora.adapter != "full":
+    full = lora.adapter == "full"
+    if not lora.target_modules and not full:
         raise UserError(f"{where}: target_modules is empty; name the modules that get adapters, e.g. q_proj,v_proj.")
+    modules = (shape or {}).get("modules")
+    if modules and not full and not set(lora.target_modules) & set(modules):
+        raise UserError(f"{where}.target_modules names no module of this model ({', '.join(lora.target_modules)}); "
+                        f"name some of: {', '.join(sorted(modules))}.")
+    unknown = [m for m in lora.target_modules if m.rsplit(".", 1)[-1] not in modules] if modules and not full else []
+    if unknown and tuple(lora.target_modules) != tuple(ALL_LINEAR):  # the default names every family's; a given list is meant whole
+        raise UserError(f"{where}.target_modules names {', '.join(unknown)}, which this model does not have (it would get no "
+                        f"adapter); name some of: {', '.join(sorted(modules))}.")
 
 
 def check_analysis(a: Analysis, where: str) -> None:
@@ -291,12 +283,7 @@ def check_analysis(a: Analysis, where: str) -> None:
     if a.primary and (a.seeds is None) == (a.looks is None):
         raise UserError(f"{where}: give exactly one of seeds (planned final seeds per side) and looks (planned number of looks), "
                         "so that each look's share of the information is known.")
-    for name in ("seeds", "looks"):
-        value = getattr(a, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UserError(f"{where}: {name} must be a positive whole number, got {value!r}.")
-    if not 0.0 < a.alpha < 1.0:
-        raise UserError(f"{where}: alpha must lie between 0 and 1, got {a.alpha}.")
+    check_ranges(a, where)
     if a.spending not in SPENDING:
         raise UserError(f"{where}: spending '{a.spending}' is unknown; use {' or '.join(SPENDING)}.")
     if a.secondary not in SECONDARY:

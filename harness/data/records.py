@@ -106,8 +106,9 @@ def parse_directions(text: str | Sequence[str]) -> list[Direction]:
                 f"Unknown language pair '{item}' in --pairs: use source-target pairs with English on one side, one of {known}."
             )
         direction = Direction(parts[0], parts[1])
-        if direction not in directions:
-            directions.append(direction)
+        if direction in directions:
+            raise UserError(f"--pairs names {item} twice; give each pair once.")
+        directions.append(direction)
     if not directions:
         raise UserError("--pairs is empty: give at least one pair such as de-en.")
     return directions

@@ -19,16 +19,14 @@ from typing import Any, Callable, Sequence
 
 from harness.data.records import Direction, HarmfulPrompt, Instruction, TranslationPair
 from harness.errors import UserError
-from harness.paths import STARTER_DATA
+from harness.paths import STARTER_DATA, check_file, check_folder
 
 # --- raw readers -----------------------------------------------------------------
 
 
 def read_lines(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"Data file {path} does not exist: check --data-dir.") from None
+        text = check_file(path, "Data file", "check --data-dir").read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise UserError(f"Data file {path} is not UTF-8 text (byte {err.start}): re-encode it as UTF-8.") from None
     lines = text.split("\n")
@@ -189,12 +187,8 @@ class DataSource:
             return cls(STARTER_DATA)
         if str(data_dir) == "hub":
             return cls(None, hub=True)
-        root = Path(data_dir).expanduser()
-        if not root.is_dir():
-            raise UserError(
-                f"Data dir {root} does not exist: pass --data-dir a folder with the layout of shared/data, "
-                "'starter' for the built-in smoke-test set, or 'hub' to read public hub names."
-            )
+        root = check_folder(data_dir, "--data-dir", "give a folder with the layout of shared/data, 'starter' for the built-in "
+                                                    "smoke-test set, or 'hub' to read public hub names")
         return cls(root.resolve())
 
     @property
@@ -209,7 +203,7 @@ class DataSource:
         assert self.root is not None
         path = self.root / rel
         if path.exists():
-            self.hashes.setdefault(rel, file_hash(path))
+            self.hashes.setdefault(rel, file_hash(check_file(path, "Data file", "check --data-dir")))
             if read is not None and rel not in self._files.setdefault(read, []):
                 self._files[read].append(rel)
         return path

@@ -164,6 +164,8 @@ def _load_weights(model, final: Path):
     if (final / "adapter_config.json").exists():
         from peft import PeftModel
 
+        if not (final / "adapter_model.safetensors").is_file():  # peft would fall back to a .bin, i.e. torch.load
+            raise ValueError(f"{final} has no adapter_model.safetensors; adapters are read only as safetensors")
         return PeftModel.from_pretrained(model, final).eval()
     from safetensors.torch import load_file
 

@@ -4,15 +4,19 @@ translations (the translation suite) and what judges them (the s3ft method)."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
+import re
 from pathlib import Path
 
-from harness.model.loading import looks_like_path
-from harness.paths import cache_dir
+from harness.errors import UserError
+from harness.model.loading import check_model, looks_like_path
+from harness.paths import cache_dir, check_file
 from harness.store import CacheDB
 
 
@@ -27,6 +31,66 @@ def comet_label(name: str) -> str:
 
 class CometUnavailable(Exception):
     """The COMET checkpoint could not be found or loaded; the message says why."""
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+COMET_FIX = ("give a COMET .ckpt file, a folder holding checkpoints/model.ckpt, or a COMET model name such as "
+             "Unbabel/wmt22-comet-da")
+
+
+@functools.lru_cache(maxsize=1)
+def comet_names() -> tuple[str, ...]:
+    """The checkpoint names unbabel-comet knows besides hub ids (its ``available_legacy_metrics``),
+    read from its source without importing it: importing comet imports torch and Lightning,
+    which a dry run does not."""
+    spec = importlib.util.find_spec("comet")
+    source = Path(spec.origin).parent / "models" / "download_utils.py" if spec and spec.origin else None
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (AttributeError, OSError, SyntaxError, UnicodeDecodeError):
+        return ()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "available_legacy_metrics" for t in node.targets):
+            try:
+                return tuple(sorted(ast.literal_eval(node.value)))
+            except ValueError:
+                return ()
+    return ()
+
+
+def _checkpoint_archive(path: Path) -> bool:
+    """Whether ``path`` looks like what torch.save writes (a zip archive, or the older format
+    torch wrote before 1.6), read from its first bytes only."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
+def check_comet(name: str, what: str) -> str | None:
+    """A COMET setting checked without a network call or loading anything: a local path must
+    be a readable .ckpt file or a folder holding checkpoints/model.ckpt; any other name must
+    be a hub id (noted: from the local hub cache or fetched on first use) or one of
+    unbabel-comet's own names. Returns a note for the plan, or None."""
+    if looks_like_path(name) or name.endswith(".ckpt"):
+        path = Path(name).expanduser()
+        if path.is_dir():
+            if not (path / "checkpoints" / "model.ckpt").exists():
+                raise UserError(f"{what} {path} holds no checkpoints/model.ckpt; {COMET_FIX}.")
+            path = path / "checkpoints" / "model.ckpt"
+        check_file(path, what, COMET_FIX)
+        if not _checkpoint_archive(path):
+            raise UserError(f"{what} {path} is not a COMET checkpoint (no PyTorch .ckpt archive); {COMET_FIX}.")
+        return None
+    if name in comet_names():
+        return f"COMET model {name} (an unbabel-comet name; fetched on first use)"
+    if HUB_ID.fullmatch(name):
+        return f"COMET model {check_model(name, what, chat=False).removeprefix('hub model ')}"
+    own = f", or one of unbabel-comet's own names such as {', '.join(comet_names()[:2])}" if comet_names() else ""
+    raise UserError(f"{what} '{name}' is neither a local COMET checkpoint nor a COMET model name (a hub id such as "
+                    f"Unbabel/wmt22-comet-da{own}); check the name or the path.")
 
 
 def comet_checkpoint(name: str) -> Path:
@@ -45,7 +109,7 @@ def comet_checkpoint(name: str) -> Path:
     try:
         return Path(download_model(name))
     except Exception as err:  # offline, unknown name, broken download: all mean "no COMET"
-        raise CometUnavailable(f"it is no local checkpoint and fetching it failed ({type(err).__name__}: {err})") from None
+        raise CometUnavailable(f"it is no local checkpoint and fetching it failed ({type(err).__name__})") from None
 
 
 @functools.lru_cache(maxsize=1)  # a 2.3 GB checkpoint is loaded once per process, not once per evaluated model
@@ -71,6 +135,12 @@ def _quiet_lightning():
             lg.setLevel(level)
 
 
+def _score(row) -> float:
+    if type(row[0]) not in (int, float):
+        raise ValueError("not a score")
+    return float(row[0])
+
+
 class CometScorer:
     """COMET segment scores (x100) of (source, translation, reference) triples, cached on
     disk under the checkpoint's identity so a re-run scores nothing twice."""
@@ -90,9 +160,9 @@ class CometScorer:
         keys = [self._key(t) for t in triples]
         found = {}
         for key in set(keys):
-            row = self.db.run(lambda db: db.execute("SELECT score FROM scores WHERE key=?", (key,)).fetchone())
-            if row:
-                found[key] = row[0]
+            score = self.db.lookup("SELECT score FROM scores WHERE key=?", (key,), _score)
+            if score is not None:
+                found[key] = score
         todo = {k: t for k, t in zip(keys, triples) if k not in found}
         if todo:
             import torch

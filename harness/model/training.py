@@ -202,9 +202,8 @@ def train(
     ``snapshot_every``: the weights after every N steps (before the last) are kept under
     ``workdir/trajectory`` for a trajectory; keeping them changes nothing in the training.
     ``tracker`` (``harness.run.tracking.Tracker``) receives each step's loss and learning rate.
-
-    ``token_loss(model, batch, logits)`` replaces the NLL per token (``Method.token_loss``); with
-    ``sample_step`` the training is on-policy (``harness.model.onpolicy``).
+    ``token_loss`` replaces the NLL per token; with ``sample_step`` the training is on-policy
+    (``harness.model.onpolicy``).
     """
     workdir = Path(workdir)
     finished = load_trained(model, workdir)
@@ -213,11 +212,13 @@ def train(
     if not examples:
         raise ValueError("train() needs at least one example")
     items = [tokenise_example(tokenizer, ex, budget.max_length) for ex in examples]
+    if not any(item.target_count() for item in items):  # else a training of zero losses: a silent no-op
+        raise UserError(f"No training example has a response token within budget.max_length ({budget.max_length}) "
+                        f"({label}: the prompts fill it); raise budget.max_length.")
     on_policy = start_on_policy(sample_step, examples, tokenizer, samples_per_prompt, budget, label)
     session = _setup(model, tokenizer, items, budget, lora, workdir, seed, extra_loss, prepare, label, compute)
     session.token_loss, session.on_policy = token_loss, on_policy
-    if on_policy is not None:
-        session.stats = on_policy.begin(session.world, session.stats, label)
+    session.stats = on_policy.begin(session.world, session.stats, label) if on_policy else session.stats
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     started, wall_before = time.time(), session.stats["wall_s"]
     session.model.train()
@@ -356,9 +357,8 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
 
 def _step_items(s: _Session) -> list[TokenisedExample]:
     """The step's examples in the seeded order, or, on-policy, the sequences sampled for them."""
-    if s.on_policy is None:
-        return [s.items[i] for i in step_indices(s.step, s.budget.batch_size, len(s.items), s.seed)]
-    return s.on_policy.items(s.accelerator.unwrap_model(s.model), s.step, s.seed, s.budget, s.stats)
+    return (s.on_policy.items(s.accelerator.unwrap_model(s.model), s.step, s.seed, s.budget, s.stats) if s.on_policy
+            else [s.items[i] for i in step_indices(s.step, s.budget.batch_size, len(s.items), s.seed)])
 
 
 def _chunks(batch_items: list[TokenisedExample], budget: Budget, world: int) -> list[list[TokenisedExample]]:

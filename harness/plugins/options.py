@@ -3,10 +3,15 @@ keys and the manifest), the ranges those settings may take, declared on the fiel
 checked in one place before any compute, and the generation limit, declared once.
 
 A field's metadata may give ``help`` (shown by ``--help`` and the docs), a range (``above``,
-``min``, ``below``, ``max``: exclusive and inclusive bounds), ``run_default`` (a run setting
-the option takes when left unset, e.g. ``max_new_tokens``), ``alias`` (a run-level name that
-sets it) and ``before`` (the value that does what the code did before the option existed,
-for unit keys made then: ``harness.run.keys``).
+``min``, ``below``, ``max``: exclusive and inclusive bounds; a bound may instead name a
+number of the model's shape, ``num_hidden_layers``, ``vocab_size``,
+``max_position_embeddings`` or ``hidden_size``, checked once the model's config.json is read,
+still before any compute: ``harness.config.ranges``), ``why_no_range`` (for a number that
+takes any value, the reason: every numeric option declares a range or this),
+``run_default`` (a run setting the option takes when left unset, e.g. ``max_new_tokens``),
+``alias`` (a run-level name that sets it) and ``before`` (the value that does what the code
+did before the option existed, for unit keys made then: ``harness.run.keys``). Ranges and
+other metadata are not part of unit keys.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from harness.config.parse import apply_settings
-from harness.errors import UserError
+from harness.config.ranges import check_ranges
 
 
 @dataclass
@@ -24,31 +29,20 @@ class NoOptions:
     pass
 
 
+# a generation limit is positive and fits the model's context
+LIMIT_RANGE = {"above": 0, "max": "max_position_embeddings"}
+
+
 def generation_limit(help: str, default: int | None = None, run_default: bool = True) -> Any:
-    """The generation-limit field, always positive. A suite's takes the run's ``max_new_tokens``
-    when unset (None); a method's (``run_default=False``) has a default of its own."""
+    """The generation-limit field: positive and within the model's context; it changes what is
+    generated (``generation``: a rescore of saved outputs cannot vary it). A suite's takes
+    the run's ``max_new_tokens`` when unset (None); a method's (``run_default=False``) has a
+    default of its own."""
     if not run_default:
-        return field(default=default, metadata={"help": help, "above": 0})
+        return field(default=default, metadata={"help": help, **LIMIT_RANGE, "generation": True})
     unset = "default" if default is None else "None"
-    return field(default=default, metadata={"help": f"{help} ({unset}: the run's max_new_tokens).", "above": 0,
-                                            "run_default": "max_new_tokens"})
-
-
-RANGES = {"above": (lambda v, b: v > b, "above"), "min": (lambda v, b: v >= b, "at least"),
-          "below": (lambda v, b: v < b, "below"), "max": (lambda v, b: v <= b, "at most")}
-
-
-def check_ranges(options: Any, owner: str) -> None:
-    """One sentence for the first option outside the range its field declares."""
-    for f in fields(options):
-        value = getattr(options, f.name)
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        bounds = [(kind, f.metadata[kind]) for kind in RANGES if kind in f.metadata]
-        if bounds and not all(RANGES[kind][0](value, bound) for kind, bound in bounds):
-            wanted = " and ".join(f"{RANGES[kind][1]} {bound:g}" for kind, bound in bounds)
-            wanted = "positive" if wanted == "above 0" else wanted
-            raise UserError(f"{owner}.{f.name} must be {wanted}, got {value:g}.")
+    return field(default=default, metadata={"help": f"{help} ({unset}: the run's max_new_tokens).", **LIMIT_RANGE,
+                                            "run_default": "max_new_tokens", "generation": True})
 
 
 def options_before_versions(options) -> dict | None:
@@ -90,9 +84,10 @@ class Configurable:
         unit made then computed what these options compute (``harness.run.keys``)."""
         return options_before_versions(self.options)
 
-    def check_ranges(self) -> None:
-        """The ranges the options' fields declare (the engine calls it before ``check``)."""
-        check_ranges(self.options, self.name)
+    def check_ranges(self, shape: dict | None = None) -> None:
+        """The ranges the options' fields declare (the engine calls it before ``check``, and
+        again with the model's ``shape`` for bounds that name it)."""
+        check_ranges(self.options, self.name, shape)
 
     def uses_data(self) -> list:
         """The data sets this configured plugin reads (default: every declared one)."""

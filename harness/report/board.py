@@ -98,6 +98,7 @@ class Cell:
     best: bool = False  # significantly ahead of every other row (adjusted)
     tied: bool = False  # not significantly behind the top one (which is not best)
     notes: list[str] = field(default_factory=list)
+    damage: list[str] = field(default_factory=list)  # files of the run this cell could not use (one note per file)
     stats: dict[str, dict] = field(default_factory=dict)  # seed -> item statistics
 
     @property
@@ -165,6 +166,7 @@ def build_leaderboard(run_dirs: list[Path], title: str | None = None, prefixes: 
     stats = item_stats(runs)
     columns = _columns(scores, runs, stats)
     cells = _cells(scores, rows, columns, stats)
+    _note_damage(cells, rows, columns, [d for r in runs for d in r.damage])
     names = list(dict.fromkeys(r.manifest.get("name") for r in runs if r.manifest.get("name")))
     titles = list(dict.fromkeys((r.manifest.get("config") or {}).get("title") for r in runs))
     title = title or (titles[0] if len(runs) == 1 and titles[0] else None)  # a run's own title, as `run` renders it
@@ -285,6 +287,22 @@ def _cells(scores: pd.DataFrame, rows: list[Row], columns: list[Column], stats: 
                 if cell.stats and original.stats:
                     cell.delta_interval = difference_interval(cell.stats, original.stats, b_fixed=True, share=column.share)
     return cells
+
+
+def _note_damage(cells: dict, rows: list[Row], columns: list[Column], damage: list) -> None:
+    """A note, in every cell of its row and suite, for each file the report could not use
+    (``harness.report.read.Damage``); the original's unreadable statistics also cost every
+    other row its Δ interval on that suite."""
+    for d in damage:
+        for row in rows:
+            if row.model != d.model or (row.label != d.label and not (d.kind == "items" and d.label == ORIGINAL)):
+                continue
+            for column in columns:
+                if column.suite == d.suite:
+                    cell = cells.setdefault((row, column.key), Cell())
+                    note = d.note(original=row.label != d.label)
+                    if note not in cell.damage:
+                        cell.damage.append(note)
 
 
 def _cell(group: pd.DataFrame, stats: dict, fixed: bool, share: bool, mean_interval) -> Cell:

@@ -65,7 +65,7 @@ from harness.config.parse import apply_settings
 from harness.config.settings import Analysis, check_analysis
 from harness.errors import UserError
 from harness.report.sequential import NO_BOUNDARY, boundaries, t_quantile
-from harness.store import read_json, write_json
+from harness.store import Unreadable, load_json, read_jsonl, write_json
 
 log = logging.getLogger("radis_bench")
 
@@ -134,12 +134,18 @@ class RecordedPlan:
 
 
 def read_plan(run_dir: Path) -> RecordedPlan | None:
-    original = read_json(run_dir / FOLDER / "plan.json")
+    """The plan as first recorded and its amendments. A damaged file is an error, never taken
+    for an absent one: a pre-registration is not written again over its own remains."""
+    try:
+        original = load_json(run_dir / FOLDER / "plan.json")
+        amendments = load_json(run_dir / FOLDER / "amendments.json", list) or []
+    except Unreadable as err:
+        raise UserError(f"{err}; restore it from version control (the analysis record is never rewritten).") from None
     if original is None:
         return None
-    if not isinstance(original, dict) or "analysis" not in original:
+    if "analysis" not in original:
         raise UserError(f"{run_dir / FOLDER / 'plan.json'} is not an analysis plan; restore it from version control.")
-    return RecordedPlan(original, read_json(run_dir / FOLDER / "amendments.json") or [])
+    return RecordedPlan(original, amendments)
 
 
 def record_plan(run_dir: Path, analysis: Analysis) -> str | None:
@@ -189,14 +195,13 @@ class Look:
 
 
 def looks_of(run_dir: Path, contrast: Contrast) -> list[Look]:
-    path = run_dir / FOLDER / "looks.jsonl"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
+        entries = read_jsonl(run_dir / FOLDER / "looks.jsonl")
+    except Unreadable as err:  # a look cut off while being recorded: whether it counts is the analyst's call
+        raise UserError(f"{err}; restore it from version control, or delete the damaged line if that look never "
+                        "reached anyone.") from None
     out = []
-    for line in filter(str.strip, lines):
-        entry = json.loads(line)
+    for entry in entries:
         if contrast.same(entry["contrast"]):
             out.append(Look(tuple(entry["seeds"]), entry["time"], entry.get("note", "")))
     return out

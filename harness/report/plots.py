@@ -62,6 +62,10 @@ def _general_columns(board: Leaderboard, general_metric: str | None) -> list[Col
     if general_metric is not None:
         if general_metric not in keys:
             raise UserError(f"general_metric '{general_metric}' is not in the scores; choose one of {', '.join(keys)}.")
+        scored = [k for k, c in keys.items() if any(board.cell(r, c).delta is not None for r in board.rows)]
+        if general_metric not in scored:  # else the trade-off plot would be left out without a word
+            raise UserError(f"general_metric '{general_metric}' has no score of a fine-tuned row against the original in these "
+                            f"runs (not scored, or not run); choose one of {', '.join(scored) or 'none'}.")
         return [keys[general_metric]]
     return [c for c in board.main if c.role != "task" and c.higher_is_better is not None
             and any(board.cell(r, c).delta is not None for r in board.rows)]

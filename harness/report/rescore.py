@@ -11,7 +11,7 @@ with the difference to the run's setting and its 95% interval).
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +20,8 @@ from harness.errors import UserError
 from harness.intervals import difference_interval, mean_interval
 from harness.plugins import registry
 from harness.report.text import fmt, interval_text
-from harness.store import ORIGINAL, read_jsonl, write_atomic
+from harness.progress import warn
+from harness.store import ORIGINAL, Unreadable, load_json, read_jsonl, write_atomic
 
 
 def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out: Path | None = None) -> dict[str, Path]:
@@ -33,22 +34,20 @@ def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out:
     cls = registry.get_suite(suite_name)
     if option not in base:
         raise UserError(f"'{option}' is not an option of the {suite_name} suite; its options: {', '.join(sorted(base))}.")
-    if not values:
-        raise UserError("--values is empty; give the settings to compare, e.g. --values first_line,first_paragraph,full.")
-    own = str(base[option])
-    values = list(dict.fromkeys([own] + values))
-    suites_by_value = {}
-    for value in values:
-        suite = cls.from_settings({**base, option: value})
-        suite.check()
-        suites_by_value[value] = suite
+    own, suites_by_value = _suites_by_value(cls, suite_name, base, option, values)
+    values = list(suites_by_value)
     cells = sorted(p.parent.name for p in (run_dir / "outputs").glob(f"*/{suite_name}.jsonl"))
     if not cells:
         raise UserError(f"{run_dir} holds no saved outputs of {suite_name} (outputs/<model>/{suite_name}.jsonl); "
                         "re-scoring needs the outputs, which published reports do not commit.")
-    records, stats = [], {}
+    records, stats, left_out = [], {}, []
     for cell in cells:
-        outputs = read_jsonl(run_dir / "outputs" / cell / f"{suite_name}.jsonl")
+        try:
+            outputs = read_jsonl(run_dir / "outputs" / cell / f"{suite_name}.jsonl")
+        except Unreadable as err:  # one damaged file costs its model only, said twice: here and in the table's notes
+            warn(f"{err}; {cell} is left out of the comparison.")
+            left_out.append(f"{cell}: outputs/{cell}/{suite_name}.jsonl cannot be read ({err.why})")
+            continue
         label, seed = (ORIGINAL, "") if cell == ORIGINAL else cell.rsplit("-seed", 1)
         for value, suite in suites_by_value.items():
             result = suite.score_outputs(outputs)
@@ -60,6 +59,9 @@ def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out:
                                 "n": m.n, "main": m.main})
             for metric, st in suite.item_stats(result.outputs).items():
                 stats.setdefault((label, metric, value), {})[seed or "0"] = st.to_dict()
+    if not records:
+        raise UserError(f"No saved outputs of {suite_name} in {run_dir} can be read ({'; '.join(left_out)}); re-run "
+                        "`radis-bench run` to write them again.")
     frame = pd.DataFrame(records)
     stem = f"{suite_name}-{option}"
     csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
@@ -88,14 +90,39 @@ def rescore(run_dir: Path, suite_name: str, option: str, values: list[str], out:
                            if iv else "—")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+    if left_out:
+        lines += ["Left out (their saved outputs cannot be read):", ""] + [f"- {text}" for text in left_out] + [""]
     write_atomic(md_path, "\n".join(lines) + "\n")
     return {csv_path.name: csv_path, md_path.name: md_path}
 
 
+def _suites_by_value(cls, suite_name: str, base: dict, option: str, values: list[str]) -> tuple[str, dict]:
+    """(the run's own setting as text, {setting: the suite configured with it}), the run's own
+    first; the values checked: given once, and only of options that score, not generate."""
+    if not values:
+        raise UserError("--values is empty; give the settings to compare, e.g. --values first_line,first_paragraph,full.")
+    twice = next((v for v in values if values.count(v) > 1), None)
+    if twice is not None:
+        raise UserError(f"--values lists {twice} twice; give each setting once.")
+    declared = {f.name: f for f in dataclasses.fields(cls.Options)}.get(option)
+    if declared is not None and declared.metadata.get("generation"):
+        raise UserError(f"{suite_name}.{option} changes what the model generates, and rescore only scores the saved outputs "
+                        f"again; vary it with a second `radis-bench run` (--set {suite_name}.{option}=...) instead.")
+    own = "none" if base[option] is None else str(base[option])  # the run's own setting, as it was (None stays None)
+    suites_by_value = {own: cls.from_settings(base)}
+    for value in values:
+        if value != own:
+            suites_by_value[value] = cls.from_settings({**base, option: value})
+    for suite in suites_by_value.values():
+        suite.check()
+    return own, suites_by_value
+
+
 def _manifest(run_dir: Path) -> dict:
     try:
-        return json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{run_dir} is not a run directory (no manifest.json); give the --out folder of `radis-bench run`.") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{run_dir}/manifest.json is not valid JSON ({err}); restore it.") from None
+        manifest = load_json(run_dir / "manifest.json")
+    except Unreadable as err:
+        raise UserError(f"{err}; restore it, or run `radis-bench run` with the run's settings to rewrite it.") from None
+    if manifest is None:
+        raise UserError(f"{run_dir} is not a run directory (no manifest.json); give the --out folder of `radis-bench run`.")
+    return manifest

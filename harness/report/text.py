@@ -77,7 +77,7 @@ def cell_text(board: Leaderboard, row: Row, column: Column, notes: Notes) -> Cel
     if (row, column.key) not in board.cells:
         return CellText("—", "", "", 0, "", [notes.number(f"{column.key}: {NOT_RUN}")], "")
     cell = board.cell(row, column)
-    marks = [notes.number(f"{column.key}: {text}") for text in cell.notes]
+    marks = [notes.number(f"{column.key}: {text}") for text in cell.notes] + [notes.number(text) for text in cell.damage]
     if cell.mean is None:
         return CellText("—", "", "", 0, "", marks, "")
     d = decimals(board, column)
@@ -180,7 +180,7 @@ def leaderboard_csv(board: Leaderboard) -> str:
                 "seed_variance_estimated": "" if iv is None else iv.seed_variance, "n_items": cell.n_items,
                 "delta": cell.delta, "delta_low": div.low if div is not None else None,
                 "delta_high": div.high if div is not None else None, "best": cell.best, "tied": cell.tied,
-                "note": "; ".join(cell.notes), "adapter": "" if row.original else row.adapter,
+                "note": "; ".join(cell.notes + cell.damage), "adapter": "" if row.original else row.adapter,
             })
     columns = ["model", "method", "label", "base_method", "extension", "varies", "budget_differs", "suite", "metric",
                "main", "higher_is_better", "mean", "n_seeds", "seed_values", "std", "ci_low", "ci_high", "interval",

@@ -13,8 +13,9 @@ from scipy import stats
 
 from harness.intervals import mean_interval
 from harness.report.board import Leaderboard, prefixes_of
-from harness.report.read import TRAJECTORY_COLUMNS, read_json_or_none
-from harness.store import ORIGINAL
+from harness.progress import warn
+from harness.report.read import TRAJECTORY_COLUMNS
+from harness.store import ORIGINAL, Unreadable, load_json
 
 SERIES_COLUMNS = ["model", "method", "suite", "metric", "step", "mean", "ci_low", "ci_high", "n_seeds", "higher_is_better"]
 
@@ -51,7 +52,11 @@ def trajectory_series(board: Leaderboard) -> pd.DataFrame:
         values = {seed: float(v) for seed, v in zip(group["seed"], group["value"])}
         stats = {}
         for seed, cell, run in zip(group["seed"], group["cell"], group["run"]):
-            found = (read_json_or_none(Path(run) / "results" / cell / "items" / f"{suite}.json") or {}).get(metric)
+            try:
+                found = (load_json(Path(run) / "results" / cell / "items" / f"{suite}.json") or {}).get(metric)
+            except Unreadable as err:  # named, never a silent gap
+                warn(f"{err}; the interval of {label} at step {step} on {suite} is left out (`radis-bench run` rewrites it).")
+                found = None
             if found is not None:
                 stats[seed] = found
         low = high = None

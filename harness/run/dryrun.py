@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from harness.errors import UserError
 from harness.progress import console
 from harness.run.checks import check_plan, refuse_uncommitted_code
 from harness.run.estimate import estimate, trajectory_points
@@ -83,6 +84,9 @@ def print_plan(plan) -> None:
     out.print("[bold]" + estimate(plan, sizes, status).line().replace(":", ":[/bold]", 1) + (
         " (directions and sets with missing data not counted)" if sizes.get("missing") else "") + (
         "" if status["todo_train"] or status["todo_eval"] else " (nothing to compute)"), soft_wrap=True)
+    if sizes.get("missing"):  # printed in full above; the dry run fails where the real run would stop
+        raise UserError(f"{plan.data.label} lacks data for {', '.join(sizes['missing'])} (see Missing data above), so a real "
+                        "run would stop; add it, or leave those pairs and suites out.")
 
 
 def _todo_text(status: dict, shown: int = 8) -> str:

@@ -105,6 +105,8 @@ class Execution:
             if dist.get_rank() != 0:
                 return follow(self.plan, self.models, self.units)
         check_plan(self.plan)  # fail on bad input before any work; the manifest records the sizes
+        for note in self.plan.sizes.get("notes", []):  # what the dry run notes, e.g. settings this run does not use
+            console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
         if self.plan.cfg.require_clean_code:
             refuse_uncommitted_code(self.plan, pending_units(self.plan))
         self.models.backend  # an unusable generation_backend fails here too
@@ -137,12 +139,12 @@ class Execution:
         self.say(f"[bold]radis-bench[/bold] run in {self.run_dir} (model {plan.cfg.model}, data {plan.data.label}{cells})")
         self.publisher = Publisher(plan, self.units, self.models.backend)
         self.trainings = Trainings(plan, self.units, self.models, self.publisher, self.say, self.counts)
+        self.publisher.backfill_item_stats()  # first: a damaged statistics file rewritten from outputs is no unit to redo
         self.publisher.start()
         with StateLock(self.run_dir):  # before the first unit: the plan, or an amendment of it
             recorded = record_plan(self.run_dir, plan.cfg.analysis)
         if recorded:
             self.say(recorded)
-        self.publisher.backfill_item_stats()
         self._generate_original_work()
         if plan.selected(ORIGINAL):
             for suite in plan.suites:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.parse import apply_settings
+from harness.config.ranges import check_ranges
 from harness.config.settings import RunConfig, check_budget, check_lora, check_on_policy_budget
 from harness.data.records import Direction, parse_directions
 from harness.data.sources import DataSource, sample
@@ -108,9 +109,8 @@ def value_text(value: Any) -> str:
 
 def expand_sweeps(entries: list[Entry], sweep: dict[str, list], effective) -> list[Entry]:
     """One variant per combination of a row's swept values (axes ``ROW.key``, ROW a row label
-    or a method name; an axis ``lora.<setting>`` or ``budget.<setting>`` sweeps every row of the
-    run); a combination equal to the row itself is that row. ``effective(entry)`` gives what a
-    row trains with, to compare."""
+    or a method name); a combination equal to the row itself is that row. ``effective(entry)``
+    gives what a row trains with, to compare."""
     axes: dict[str, list[tuple[str, list]]] = {}
     for axis, values in sweep.items():
         row, dot, key = str(axis).partition(".")
@@ -118,8 +118,10 @@ def expand_sweeps(entries: list[Entry], sweep: dict[str, list], effective) -> li
             raise UserError(f"Sweep axis '{axis}' must look like METHOD.option, e.g. radis.rationale_weight=0,0.5,1.")
         if not values:
             raise UserError(f"Sweep axis '{axis}' has no values; give them comma-separated, e.g. {axis}=0,0.5,1.")
-        for target in [e.label for e in entries] if row in ("lora", "budget") else [row]:
-            axes.setdefault(target, []).append((str(axis) if row in ("lora", "budget") else key, list(values)))
+        if row in ("budget", "lora") and row not in {e.label for e in entries}:
+            raise UserError(f"Sweep axis '{axis}' names no row: a sweep varies one row's settings, so give the row first, "
+                            f"e.g. vanilla.{axis}={','.join(map(str, values))}.")
+        axes.setdefault(row, []).append((key, list(values)))
     by_label = {e.label: e for e in entries}
     out = list(entries)
     for row, row_axes in axes.items():
@@ -235,8 +237,8 @@ class Plan:
             raise UserError(f"Method label '{label}' appears twice in --methods; give each variant its own label (LABEL:METHOD@...).")
         method, budget, lora = self._configure(entry)
         where = f"method '{label}'"
-        check_budget(budget, f"{where} budget")
-        check_lora(lora, f"{where} lora")
+        check_budget(budget, self._where(entry, "budget"))
+        check_lora(lora, self._where(entry, "lora"))
         method.check_ranges()
         method.check()
         kinds = type(method).adapter_kinds
@@ -249,6 +251,22 @@ class Plan:
             raise UserError(f"{where}: seeds must be distinct numbers of at least 0, got {entry.seeds}.")
         self.entries[label] = entry
         self.methods[label], self.budgets[label], self.loras[label] = method, budget, lora
+
+    @staticmethod
+    def _where(entry: Entry, section: str) -> str:
+        """How messages name a row's budget or adapter: 'budget' when it is the shared one."""
+        return section if not getattr(entry, section) else f"method '{entry.label}': {section}"
+
+    def check_model_shape(self, shape: dict) -> None:
+        """Every range that names the model's shape (layers, vocabulary, context, hidden size)
+        and the adapter's target modules, once ``shape`` is read (``harness.model.shape``)."""
+        check_ranges(self.cfg, "", shape)
+        for label, method in self.methods.items():
+            check_budget(self.budgets[label], self._where(self.entries[label], "budget"), shape)
+            check_lora(self.loras[label], self._where(self.entries[label], "lora"), shape)
+            method.check_ranges(shape)
+        for suite in self.suites.values():
+            suite.check_ranges(shape)
 
     def seeds_of(self, label: str) -> list[int]:
         entry = self.entries[label]

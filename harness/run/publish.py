@@ -18,10 +18,10 @@ from pathlib import Path
 
 from harness import versions
 from harness.paths import cache_dir
-from harness.progress import console
-from harness.report.read import SCORE_COLUMNS, TRAJECTORY_COLUMNS
+from harness.progress import console, warn
+from harness.report.read import SCORE_COLUMNS, TRAJECTORY_COLUMNS, unit_rows
 from harness.report.render import render_report
-from harness.store import ORIGINAL, StateLock, read_json, read_jsonl, write_atomic, write_json
+from harness.store import ORIGINAL, StateLock, Unreadable, load_json, read_json, read_jsonl, write_atomic, write_json
 
 log = logging.getLogger("radis_bench")
 
@@ -201,13 +201,7 @@ class Publisher:
                 if done is None:
                     continue
                 base = {"model": self.plan.cfg.model, "method": label, "seed": "" if seed is None else seed, "suite": suite}
-                for m in done["metrics"]:
-                    rows.append({**base, "metric": m["name"], "value": m["value"], "n": m["n"], "ci_low": m["ci_low"],
-                                 "ci_high": m["ci_high"], "higher_is_better": "" if m["higher_is_better"] is None else m["higher_is_better"],
-                                 "main": m["main"], "note": m.get("note", "")})
-                for n in done["not_scored"]:
-                    rows.append({**base, "metric": n["metric"], "value": "", "n": "", "ci_low": "", "ci_high": "",
-                                 "higher_is_better": "", "main": False, "note": n["reason"]})
+                rows += [{**base, **row} for row in unit_rows(done)]
         return rows
 
     def trajectory_rows(self) -> list[dict]:
@@ -267,12 +261,30 @@ class Publisher:
             write_atomic(self.units.items_path(cell, suite), "{\n" + ",\n".join(lines) + "\n}\n")
 
     def backfill_item_stats(self) -> None:
-        """Units evaluated before per-item statistics existed get them from their outputs."""
+        """Units evaluated before per-item statistics existed get them from their outputs, and
+        so do units whose statistics file is damaged (said once); a unit whose damaged file
+        cannot be rewritten so is recomputed (``harness.run.units``)."""
         for path in sorted((self.run_dir / "results").glob("*/*.json")):
             cell, suite = path.parent.name, path.stem
-            outputs = self.units.outputs_path(cell, suite)
-            if suite in self.plan.suites and not self.units.items_path(cell, suite).exists() and outputs.exists():
-                self.write_item_stats(cell, suite, read_jsonl(outputs))
+            items, outputs = self.units.items_path(cell, suite), self.units.outputs_path(cell, suite)
+            if suite not in self.plan.suites or not outputs.exists():
+                continue
+            try:
+                if items.exists():
+                    load_json(items)
+                    continue
+            except Unreadable as err:
+                damaged = err
+            else:
+                damaged = None
+            try:
+                rows = read_jsonl(outputs)
+            except Unreadable as err:
+                warn(f"{err}, so no per-item statistics are made from it")
+                continue
+            if damaged is not None:
+                warn(f"{damaged}; rewriting it from {outputs.relative_to(self.run_dir)}")
+            self.write_item_stats(cell, suite, rows)
 
     # the console summary --------------------------------------------------------------------
     def summary(self) -> None:
@@ -287,7 +299,7 @@ class Publisher:
         for label in [ORIGINAL] + list(self.plan.entries):
             cells = []
             for suite, metric in mains:
-                vals = [float(r["value"]) for r in rows if r["method"] == label and r["suite"] == suite and r["metric"] == metric and r["value"] != ""]
+                vals = [float(r["value"]) for r in rows if r["method"] == label and r["suite"] == suite and r["metric"] == metric and r["value"] is not None]
                 cells.append(f"{sum(vals) / len(vals):.3g}" if vals else "—")
             table.add_row(label, *cells)
         console.print(table)

@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from harness.errors import UserError, raise_if_stopping
+from harness.errors import UserError, interruption, raise_if_stopping
 from harness.model.adapters import save_result
 from harness.model.checkpoints import FINAL_DIR, STATS_FILE, TRAJECTORY_DIR, load_snapshot, load_trained
 from harness.model.compute import Meter, metering
@@ -16,9 +16,10 @@ from harness.model.examples import target_tokens_in_steps
 from harness.model.training import ComputeTarget, method_hooks, train
 from harness.plugins import registry
 from harness.plugins.method import MethodContext
+from harness.progress import warn
 from harness.run.distributed import distributed, tell
 from harness.run.tracking import tracker
-from harness.store import read_json, read_jsonl, write_atomic, write_json, write_jsonl
+from harness.store import Unreadable, read_json, read_jsonl, write_atomic, write_json, write_jsonl
 from harness.versions import training_code
 
 
@@ -42,16 +43,16 @@ class Trainings:
         method, key, workdir = plan.methods[label], plan.keys.train_key(label, seed), units.workdir(label, seed)
         base, tokenizer = self.models.load_base()
         done = units.training_done(label, seed)
-        trained = load_trained(base, workdir) if done else None
+        trained, base = self._load(base, workdir) if done else (None, base)
         if trained is not None:
             self.say(f"reused: training {label} seed {seed} ({workdir})")
             self.counts["reused"] += 1
         else:
             if done:  # e.g. a published run directory, which keeps statistics but no weights
                 self.say(f"training {label} seed {seed} is finished but its weights are not in {workdir}; training it again")
-                (workdir / STATS_FILE).unlink()
+            (workdir / STATS_FILE).unlink(missing_ok=True)  # (also one that cannot be read: harness.run.units)
             stored = workdir / "unit_key.txt"
-            if stored.exists() and stored.read_text() != key:  # the same key: a resumable training state
+            if stored.exists() and stored.read_text(errors="replace") != key:  # the same key: a resumable training state
                 self.say(f"settings changed for {label} seed {seed}: discarding its old training")
                 shutil.rmtree(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +118,20 @@ class Trainings:
         fingerprint = f"{self.plan.spec.fingerprint}+{self.plan.entries[label].method}:{key}"
         return trained, tokenizer, self.models.generator(trained, tokenizer, fingerprint, adapter)
 
+    def _load(self, base, workdir: Path):
+        """(a finished training's weights or None, the base model): ``load_trained``, or None
+        when they cannot be loaded; a run directory is data that may come from elsewhere
+        (safetensors only: ``load_trained`` never reads a .bin), and weights it cannot give
+        are trained again, on a fresh base (a failed load may have attached layers to it)."""
+        try:
+            return load_trained(base, workdir), base
+        except Exception as err:  # any damaged or foreign weight file; a stop is no damage
+            if interruption(err):
+                raise
+            first = (str(err).strip().splitlines() or [""])[0][:160]
+            warn(f"{workdir / FINAL_DIR} cannot be loaded ({type(err).__name__}: {first}); training it again.")
+            return None, self.models.load_base()[0]
+
     def _train(self, label, seed, base, tokenizer, examples, budget, workdir, data_flops: int):
         method = self.plan.methods[label]
         compute = None
@@ -156,7 +171,11 @@ class Trainings:
                 continue
             if budget.equalise == "compute" and data_flops != ((read_json(workdir / "method_stats.json") or {}).get("data_flops") or {}).get("total"):
                 continue
-            if self.plan.keys.training_content_key(other, read_jsonl(workdir / "examples.jsonl"), self.plan.budgets[other], seed) == key:
+            try:
+                theirs = read_jsonl(workdir / "examples.jsonl")
+            except Unreadable:  # not a training to copy; its own row's next run rewrites it
+                continue
+            if self.plan.keys.training_content_key(other, theirs, self.plan.budgets[other], seed) == key:
                 return workdir
         return None
 

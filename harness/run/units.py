@@ -8,18 +8,42 @@ import logging
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.store import read_json, write_atomic, write_json
+from harness.progress import warn
+from harness.store import Unreadable, load_json, write_atomic, write_json
 
 log = logging.getLogger("radis_bench")
 
 
 class Units:
+    """The run's units on disk. A unit file or per-item statistics file that is there but
+    cannot be read (cut short by a full disk, damaged by a copy) makes its unit unfinished:
+    the run names the file once and recomputes the unit, which rewrites it."""
+
     def __init__(self, plan, readonly: bool = False):
         self.plan = plan
         self.run_dir = plan.run_dir
         self.readonly = readonly  # a dry run: an old-scheme key counts as finished but is not rewritten
         self.rekeyed = 0  # units whose old-scheme key was migrated by this process
         self.unversioned: set[str] = set()  # units in use that were made before code versions existed
+        self.damaged: dict[Path, str] = {}  # files this process found unreadable -> why (each named once)
+        self._readable: dict[Path, tuple[int, int]] = {}  # per-item statistics read whole once: (size, mtime)
+
+    def _damaged(self, err: Unreadable, unit: str) -> None:
+        if err.path not in self.damaged:
+            self.damaged[err.path] = err.why
+            warn(f"{err}, so {unit} counts as not finished; {'a run recomputes it' if self.readonly else 'recomputing it'}.")
+
+    def _check_items(self, cell: str, suite: str) -> None:
+        """``Unreadable`` when the unit's per-item statistics are there but damaged (each
+        version of the file is parsed once per process)."""
+        path = self.items_path(cell, suite)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return  # a suite without per-item statistics, or a unit made before they existed
+        if self._readable.get(path) != (stat.st_size, stat.st_mtime_ns):
+            load_json(path)
+            self._readable[path] = (stat.st_size, stat.st_mtime_ns)
 
     def result_path(self, cell: str, suite: str) -> Path:
         return self.run_dir / "results" / cell / f"{suite}.json"
@@ -35,7 +59,15 @@ class Units:
 
     def evaluation(self, cell: str, suite: str) -> dict | None:
         """The finished evaluation unit of ``cell`` on ``suite`` under the current key, or None."""
-        done = read_json(self.result_path(cell, suite))
+        try:
+            done = load_json(self.result_path(cell, suite))
+            if done is not None and not isinstance(done.get("metrics"), list):
+                raise Unreadable(self.result_path(cell, suite), "no metrics: not a unit file")
+            if done is not None:
+                self._check_items(cell, suite)
+        except Unreadable as err:
+            self._damaged(err, f"evaluation {cell} on {suite}")
+            return None
         if not done:
             return None
         key = self.plan.keys.eval_key(self.plan.keys.model_key(cell), suite)
@@ -59,17 +91,22 @@ class Units:
         stored, stats_path = workdir / "unit_key.txt", workdir / "train_stats.json"
         if not stats_path.exists() or not stored.exists():
             return False
-        key, text = self.plan.keys.train_key(label, seed), stored.read_text()
+        key, text = self.plan.keys.train_key(label, seed), stored.read_text(errors="replace")
         what = f"training {label} seed {seed}"
+        try:
+            stats = load_json(stats_path)
+        except Unreadable as err:
+            self._damaged(err, what)
+            return False
         if text == key:
-            if (read_json(stats_path) or {}).get("unversioned"):
+            if stats.get("unversioned"):
                 self.unversioned.add(what)
             return True
         if text in self.plan.keys.earlier.train(label, seed):
             self.unversioned.add(what)
             if self.readonly:
                 return True
-            write_json(stats_path, {**(read_json(stats_path) or {}), "unversioned": True, "key_before_versions": text})
+            write_json(stats_path, {**stats, "unversioned": True, "key_before_versions": text})
             write_atomic(stored, key)
             self._rekeyed(what)
             return True
