@@ -20,7 +20,24 @@ from harness.store import ORIGINAL, Unreadable, load_json
 SERIES_COLUMNS = ["model", "method", "suite", "metric", "step", "mean", "ci_low", "ci_high", "n_seeds", "higher_is_better"]
 
 
+def _once(board: Leaderboard, name: str, compute):
+    """``compute(board)`` once per board: the series is read and its intervals drawn once for the
+    CSV, the plots and the summary."""
+    done = board.__dict__.setdefault("_trajectory", {})
+    if name not in done:
+        done[name] = compute(board)
+    return done[name].copy()
+
+
 def read_trajectories(board: Leaderboard) -> pd.DataFrame:
+    return _once(board, "points", _read_trajectories)
+
+
+def trajectory_series(board: Leaderboard) -> pd.DataFrame:
+    return _once(board, "series", _trajectory_series)
+
+
+def _read_trajectories(board: Leaderboard) -> pd.DataFrame:
     """Every run's trajectory points (none for runs without ``eval_every``), row labels prefixed."""
     frames = []
     for path, prefix in zip(board.paths, prefixes_of(board)):
@@ -41,7 +58,7 @@ def main_metrics(board: Leaderboard) -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(main["suite"], main["metric"])))
 
 
-def trajectory_series(board: Leaderboard) -> pd.DataFrame:
+def _trajectory_series(board: Leaderboard) -> pd.DataFrame:
     """One row per (model, row, suite, metric, step): the mean over seeds and the interval that
     combines item and seed noise (``harness.intervals.mean_interval``) where every seed's item
     statistics are there; the original's point (step 0) is drawn at the start of every row."""
