@@ -99,3 +99,22 @@ def test_every_interval_in_the_v2_readme_is_in_its_tables():
     primary = board.differences[board.differences["role"] == "primary"].iloc[0]
     assert primary["looks"] == 15 and "**The looks were 15, not 8.**" in readme
     assert f"[{fmt(primary['adjusted_low'], 3, True)}, {fmt(primary['adjusted_high'], 3, True)}]".replace("-", "−") in readme
+
+
+def test_every_interval_in_the_stopping_or_content_readme_is_in_its_tables():
+    """Each "estimate [low, high]" of the stopping-or-content README is a difference, adjusted
+    interval or cell of its own report, or one of v2's that it quotes; the primary contrasts'
+    adjusted intervals are the ones the report gives at its single look."""
+    folder = REPORTS / "smollm2-135m-stopping-or-content"
+    board = build_leaderboard([folder / "run"])
+    known = _intervals(board) | _intervals(build_leaderboard([REPORTS / "smollm2-135m-de-en-v2" / "run"]))
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    quoted = INTERVAL.findall(readme.replace("\n", " ").replace(" | [", " ["))  # a table's "difference | [interval]" too
+    plain = {_plain(k) for k in known}
+    missing = [q for q in quoted if _plain(q) not in plain]
+    assert len(quoted) > 20 and not missing, missing
+    primary = board.differences[board.differences["role"] == "primary"]
+    assert len(primary) == 2 and set(primary["looks"]) == {1}
+    for p in primary.itertuples():
+        shown = f"[{fmt(p.adjusted_low, 3, True)}, {fmt(p.adjusted_high, 3, True)}]".replace("-", "−")
+        assert f"`{p.suite}/{p.metric}` | {fmt(p.difference, 3, True).replace('-', '−')} |" in readme and shown in readme
