@@ -1,20 +1,21 @@
 #!/bin/bash
-# Copy a run directory's finished units as a published run keeps them (manifest, scores, unit
-# files with their item statistics, analysis records, and per training its key and statistics;
-# never weights, outputs or caches) into another folder, e.g. from an experiment's worktree into
-# the checkout that commits them:
+# Copy a run directory's finished units into a run directory of this checkout, keeping exactly what
+# the repository's .gitignore lets a published run commit (manifest, scores, unit files with their
+# item statistics, the analysis records, the report, and per training its key and statistics; never
+# weights, outputs or caches), e.g. from an experiment's worktree into the checkout that commits them:
 #   scripts/copy_units.sh /work/exp/reports/NAME/run reports/NAME/run
 set -euo pipefail
-src=$1
-dst=$(realpath -m "$2")  # before the cd below
+src=$(realpath "$1")
+dst=$(realpath -m "$2")
 mkdir -p "$dst"
+repo=$(git -C "$dst" rev-parse --show-toplevel)
+rel=${dst#"$repo"/}
 cd "$src"
-for f in manifest.json scores.csv trajectories.csv; do [ -f "$f" ] && cp "$f" "$dst/$f"; done
-[ -d results ] && mkdir -p "$dst/results" && cp -r results/. "$dst/results/"
-[ -d analysis ] && mkdir -p "$dst/analysis" && cp -r analysis/. "$dst/analysis/"
-for d in models/*/*/; do
-  [ -f "$d/train_stats.json" ] || continue
-  mkdir -p "$dst/$d"
-  for f in unit_key.txt train_stats.json method_stats.json; do [ -f "$d/$f" ] && cp "$d/$f" "$dst/$d/$f"; done
+find . -type f -printf '%P\n' | sort > /tmp/copy_units.$$.all
+sed "s|^|$rel/|" /tmp/copy_units.$$.all | git -C "$repo" check-ignore --no-index --stdin | sed "s|^$rel/||" | sort \
+  > /tmp/copy_units.$$.ignored || true  # check-ignore exits 1 when nothing is ignored
+comm -23 /tmp/copy_units.$$.all /tmp/copy_units.$$.ignored | while IFS= read -r f; do
+  mkdir -p "$dst/$(dirname "$f")"
+  cp "$f" "$dst/$f"
 done
-true
+rm -f /tmp/copy_units.$$.all /tmp/copy_units.$$.ignored
