@@ -118,6 +118,7 @@ class Leaderboard:
     descriptions: dict[str, tuple[str, str]]  # label -> (description, citation)
     claims: object = None  # harness.report.differences.Claims: the plan, the primary contrasts, the secondary family
     paths: list = field(default_factory=list)  # the run directories, in the order of ``manifests``
+    memo: dict = field(default_factory=dict, repr=False, compare=False)  # what is read from the runs once per board
 
     def verdict(self, row: Row, versus: str, column: Column) -> str | None:
         """The verdict of a row against another on a column, as differences.csv holds it."""

@@ -23,10 +23,10 @@ SERIES_COLUMNS = ["model", "method", "suite", "metric", "step", "mean", "ci_low"
 def _once(board: Leaderboard, name: str, compute):
     """``compute(board)`` once per board: the series is read and its intervals drawn once for the
     CSV, the plots and the summary."""
-    done = board.__dict__.setdefault("_trajectory", {})
-    if name not in done:
-        done[name] = compute(board)
-    return done[name].copy()
+    key = f"trajectory/{name}"
+    if key not in board.memo:
+        board.memo[key] = compute(board)
+    return board.memo[key].copy()
 
 
 def read_trajectories(board: Leaderboard) -> pd.DataFrame:
