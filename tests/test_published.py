@@ -78,6 +78,15 @@ def _intervals(board) -> set[str]:
     return known
 
 
+def _quoted_and_missing(readme: str, known: set[str], tables: bool = False) -> tuple[list[str], list[str]]:
+    """Every "estimate [low, high]" a README quotes (with ``tables``, also a table's "estimate |
+    [low, high]"), and those not among ``known``."""
+    text = readme.replace("\n", " ")
+    quoted = INTERVAL.findall(text.replace(" | [", " [") if tables else text)
+    plain = {_plain(k) for k in known}
+    return quoted, [q for q in quoted if _plain(q) not in plain]
+
+
 def test_every_interval_in_the_v2_readme_is_in_its_tables():
     """Each "estimate [low, high]" of v2's README is a difference or adjusted interval of
     differences.csv or a cell of the leaderboard (at the column's decimals; v1's too, for
@@ -92,9 +101,7 @@ def test_every_interval_in_the_v2_readme_is_in_its_tables():
     readme = (REPORTS / "smollm2-135m-de-en-v2" / "README.md").read_text(encoding="utf-8")
     then = readme.split("## What v1 claimed", 1)[1].split("\n## ", 1)[0]  # the v1 column: the first report's numbers
     known |= {i for line in then.splitlines() if line.startswith("| ") for i in INTERVAL.findall(line.split("|")[2])}
-    quoted = INTERVAL.findall(readme.replace("\n", " "))
-    plain = {_plain(k) for k in known}
-    missing = [q for q in quoted if _plain(q) not in plain]
+    quoted, missing = _quoted_and_missing(readme, known)
     assert len(quoted) > 100 and not missing, missing
     primary = board.differences[board.differences["role"] == "primary"].iloc[0]
     assert primary["looks"] == 15 and "**The looks were 15, not 8.**" in readme
@@ -109,9 +116,7 @@ def test_every_interval_in_the_stopping_or_content_readme_is_in_its_tables():
     board = build_leaderboard([folder / "run"])
     known = _intervals(board) | _intervals(build_leaderboard([REPORTS / "smollm2-135m-de-en-v2" / "run"]))
     readme = (folder / "README.md").read_text(encoding="utf-8")
-    quoted = INTERVAL.findall(readme.replace("\n", " ").replace(" | [", " ["))  # a table's "difference | [interval]" too
-    plain = {_plain(k) for k in known}
-    missing = [q for q in quoted if _plain(q) not in plain]
+    quoted, missing = _quoted_and_missing(readme, known, tables=True)
     assert len(quoted) > 20 and not missing, missing
     primary = board.differences[board.differences["role"] == "primary"]
     assert len(primary) == 2 and set(primary["looks"]) == {1}
