@@ -15,7 +15,9 @@ Candidates, each a score per row over the same prompts:
   limit cut after the block's first occurrence and scored as finished.
 Each is compared with ``strict@1280`` by Spearman's ρ over the rows, with a 90% interval from
 a bootstrap over prompts (the same draws for both scores); ``cost`` is the tokens generated
-at that limit (answer tokens plus the end of turn), relative to 1280.
+at that limit (answer tokens plus the end of turn), relative to 1280. Per limit it also prints
+Spearman's ρ across rows between ``strict@L`` and the share of answers that finished within L:
+whether a row's score tracks how often it stops, and whether a longer limit changes that.
 
 ``--short RUN_96``: a run that scored the same rows at 96 new tokens on a sample containing
 these prompts; the answers read at L = 96 must equal its answers (a check that reading limits
@@ -125,7 +127,7 @@ def rank_agreement(candidate: np.ndarray, reference: np.ndarray, seed: int = 0) 
     for _ in range(DRAWS):
         w = np.bincount(rng.integers(0, n, n), minlength=n).astype(float)
         a, b = score(candidate, w), score(reference, w)
-        if np.isfinite(a).all() and np.isfinite(b).all():
+        if np.isfinite(a).all() and np.isfinite(b).all() and np.ptp(a) > 0 and np.ptp(b) > 0:
             draws.append(sps.spearmanr(a, b).statistic)
     low, high = np.nanquantile(draws, [0.05, 0.95])
     return float(rho), float(low), float(high)
@@ -183,6 +185,12 @@ def main() -> None:
         lines.append(f"| finished share @{L} | | | " + " | ".join(f"{v:.2f}" for v in finished[L]) + " |")
         records.append({"candidate": f"finished_share@{L}", **{cell: v for cell, v in zip(cells, finished[L])}})
     print("\n".join(lines))
+    # does a row's score track how often it finishes, and does a longer limit change that?
+    print("Spearman's ρ across rows between strict@L and the finished share @L: " + ", ".join(
+        f"{L} {sps.spearmanr(mean(matrices[f'strict@{L}']), finished[L]).statistic:+.2f}" for L in LIMITS))
+    for L in LIMITS:
+        records.append({"candidate": f"rho_strict_vs_finished@{L}",
+                        "rho": float(sps.spearmanr(mean(matrices[f"strict@{L}"]), finished[L]).statistic)})
     if args.csv:
         import pandas as pd
 
