@@ -15,7 +15,7 @@ from harness.report.board import build_leaderboard
 from harness.report.text import decimals, differences_csv, fmt, leaderboard_csv, leaderboard_markdown
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports"
-RUNS = sorted(p.parent for p in REPORTS.glob("*/run/scores.csv"))
+RUNS = sorted(p.parent for p in REPORTS.glob("*/run*/scores.csv"))  # run/, and companion runs such as run-ifeval-1280/
 PUBLISHED = [run for run in RUNS if (run / "report").is_dir()]
 UNDERWAY = [run for run in RUNS if not (run / "report").is_dir()]
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "looks.py"
@@ -110,11 +110,14 @@ def test_every_interval_in_the_v2_readme_is_in_its_tables():
 
 def test_every_interval_in_the_stopping_or_content_readme_is_in_its_tables():
     """Each "estimate [low, high]" of the stopping-or-content README is a difference, adjusted
-    interval or cell of its own report, or one of v2's that it quotes; the primary contrasts'
-    adjusted intervals are the ones the report gives at its single look."""
+    interval or cell of its own report, one of v2's that it quotes, or a rank agreement of its
+    IFEval limit study (ifeval_limits.csv); the primary contrasts' adjusted intervals are the
+    ones the report gives at its single look."""
     folder = REPORTS / "smollm2-135m-stopping-or-content"
     board = build_leaderboard([folder / "run"])
     known = _intervals(board) | _intervals(build_leaderboard([REPORTS / "smollm2-135m-de-en-v2" / "run"]))
+    limits = pd.read_csv(folder / "ifeval_limits.csv").dropna(subset=["rho_low"])  # the IFEval limit study's ρ
+    known |= {f"{r.rho:+.2f} [{r.rho_low:+.2f}, {r.rho_high:+.2f}]" for r in limits.itertuples()}
     readme = (folder / "README.md").read_text(encoding="utf-8")
     quoted, missing = _quoted_and_missing(readme, known, tables=True)
     assert len(quoted) > 20 and not missing, missing
