@@ -186,11 +186,10 @@ def main() -> None:
         records.append({"candidate": f"finished_share@{L}", **{cell: v for cell, v in zip(cells, finished[L])}})
     print("\n".join(lines))
     # does a row's score track how often it finishes, and does a longer limit change that?
-    print("Spearman's ρ across rows between strict@L and the finished share @L: " + ", ".join(
-        f"{L} {sps.spearmanr(mean(matrices[f'strict@{L}']), finished[L]).statistic:+.2f}" for L in LIMITS))
-    for L in LIMITS:
-        records.append({"candidate": f"rho_strict_vs_finished@{L}",
-                        "rho": float(sps.spearmanr(mean(matrices[f"strict@{L}"]), finished[L]).statistic)})
+    tracking = {L: float(sps.spearmanr(mean(matrices[f"strict@{L}"]), finished[L]).statistic) for L in LIMITS}
+    print("Spearman's ρ across rows between strict@L and the finished share @L: "
+          + ", ".join(f"{L} {rho:+.2f}" for L, rho in tracking.items()))
+    records += [{"candidate": f"rho_strict_vs_finished@{L}", "rho": rho} for L, rho in tracking.items()]
     if args.csv:
         import pandas as pd
 
