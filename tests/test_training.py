@@ -3,6 +3,7 @@ saving and loading, and exact resumption after a hard kill."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import subprocess
@@ -325,3 +326,44 @@ def test_a_max_length_the_prompt_fills_is_a_user_error_not_a_training_of_zero_lo
     with pytest.raises(UserError, match=rf"No training example has a response token within budget.max_length \({prompt}\)"):
         train(tiny_model, tiny_tokenizer, vanilla_examples(), budget(max_length=prompt), LoRASettings(r=4), tmp_path, seed=0)
     assert not (tmp_path / "train_stats.json").exists()
+
+
+def test_fast_lora_is_pefts_forward_and_backward_bit_for_bit(tiny_tokenizer):
+    """Folding LoRA's scaling (alpha/r = 2) and sum into addmm changes no bit of the logits or the gradients."""
+    from harness.model.adapters import attach_adapter
+    from harness.model.fast_lora import fast_lora
+
+    model = attach_adapter(build_tiny_model(tiny_tokenizer), LoRASettings(r=4, alpha=8))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param)  # else the adapter adds exact zeros
+    ids = torch.randint(0, len(tiny_tokenizer), (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    results = []
+    for fast in (False, True):
+        model.zero_grad()
+        with fast_lora(model) if fast else contextlib.nullcontext():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        logits.square().mean().backward()
+        results.append([logits.detach()] + [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    with fast_lora(model):
+        assert sum("forward" in vars(m) for m in model.modules()) == 2 * 7  # q, k, v, o, gate, up, down of 2 layers
+        with model.disable_adapter():  # a reference pass inside it is the original model's
+            assert torch.equal(model(input_ids=ids).logits, model.get_base_model()(input_ids=ids).logits)
+    assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_training_with_fast_lora_is_the_same_bit_for_bit(tiny_tokenizer, tmp_path, monkeypatch):
+    import harness.model.training as training
+
+    runs = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(training, "fast_lora", lambda model: contextlib.nullcontext())
+        result = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(steps=3), LoRASettings(),
+                       tmp_path / str(fast), seed=0)
+        runs.append((result.stats["losses"], adapter_weights(result.model)))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][name], runs[1][1][name]) for name in runs[0][1])

@@ -52,19 +52,10 @@ from harness.model.checkpoints import (
     trainable,
 )
 from harness.model.compute import KINDS, Meter, adapter_flops, install, metering, pass_flops, shape_of
-from harness.model.examples import (
-    TokenisedExample,
-    accepts_logits_to_keep,
-    collate,
-    first_scored,
-    length_groups,
-    lr_factor,
-    step_indices,
-    steps_for_tokens,
-    tokenise_example,
-    weighted_nll,
-    weighted_token_loss,
-)
+from harness.model.examples import (TokenisedExample, accepts_logits_to_keep, collate, first_scored, length_groups,
+                                    lr_factor, step_indices, steps_for_tokens, tokenise_example, weighted_nll,
+                                    weighted_token_loss)
+from harness.model.fast_lora import fast_lora
 from harness.model.onpolicy import SampleStep, start_on_policy
 from harness.plugins.method import TrainingExample
 from harness.progress import progress_bar
@@ -326,7 +317,8 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
             start = first_scored(batch["weights"]) if skip_prompt_logits else 0
             kwargs = {"logits_to_keep": batch["input_ids"].shape[1] - start} if start else {}
             with metering(meter):
-                outputs = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+                with fast_lora(s.model):  # peft's LoRA layers, the scaling and sum in one product
+                    outputs = s.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
                 if s.token_loss is None:
                     nll_sum, weight_sum = weighted_nll(outputs.logits, batch["input_ids"][:, start:], batch["weights"][:, start:])
                 else:
