@@ -5,7 +5,7 @@ product, a multiplication and an addition over the whole [tokens, out] result, a
 backward pass the multiplication again. On a CPU those passes over memory cost more than the
 adapter's own products (a training step of SmolLM2-135M at batch 8 spent about a fifth of its
 time in such element-wise work). ``fast_lora`` runs the same layer as ``addmm(result, low,
-lora_Bᵀ, alpha=scaling)``: the product's sum lands in the result with the scaling applied once,
+lora_Bᵀ, alpha=scaling)`` in place: the product's sum lands in the result with the scaling applied once,
 and the backward pass scales the small [tokens, r] and [r, out] gradients instead of the large
 one. Where the scaling is a power of two (alpha/r = 2 by default) this is bit for bit peft's
 result and gradients (tests/test_training.py); otherwise equal up to rounding.
@@ -66,6 +66,7 @@ def _lora_forward(module, x, *args, **kwargs):
     name = module.active_adapters[0]
     result = F.linear(x, base.weight, base.bias)
     low = F.linear(x, module.lora_A[name].weight)
-    out = torch.addmm(result.reshape(-1, result.shape[-1]), low.reshape(-1, low.shape[-1]), module.lora_B[name].weight.t(),
-                      alpha=module.scaling[name])
-    return out.view(result.shape)
+    # in place: the base product's output is saved by nothing for its backward pass
+    result.view(-1, result.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), module.lora_B[name].weight.t(),
+                                             alpha=module.scaling[name])
+    return result
