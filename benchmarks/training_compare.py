@@ -3,7 +3,8 @@
 Trains the embedded model (fp32, LoRA r16 alpha 32 on every linear layer) ``--repeats``
 times each way on the same ``steps x batch`` ALMA de->en pairs (the published shapes: batch
 8, max length 256), alternating the old code path (the fast paths switched off in
-``harness.model.training``: peft's own LoRA forward) and the new, each on a fresh copy of the
+``harness.model.training``: peft's own LoRA forward, the NLL with the last position's logits
+cut off) and the new, each on a fresh copy of the
 model. Prints each run's trained tokens/s and share of the machine's limit (the FLOPs
 counted by ``harness.model.compute`` per second against a 1024^3 fp32 matmul measured in
 this process just before the run), the per-step losses of the first pair and their largest
@@ -26,7 +27,20 @@ from _common import data_source, embedded_model, matmul_gflops, params_of
 from training import examples_for
 
 
-OLD = {"fast_lora": lambda model: contextlib.nullcontext()}  # the trainer's fast paths, switched off
+def old_weighted_nll(logits, input_ids, weights):
+    """``harness.model.examples.weighted_nll`` before issue 36: the last position's logits cut off."""
+    import torch
+
+    logits = logits[:, :-1].float()
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none"
+    ).view_as(input_ids[:, 1:])
+    w = weights[:, 1:].to(nll.dtype)
+    return (w * nll).sum(), w.sum()
+
+
+# the trainer's code before issue 36, put back for the old runs
+OLD = {"fast_lora": lambda model: contextlib.nullcontext(), "weighted_nll": old_weighted_nll}
 
 
 def run(model, tokenizer, examples, args, new: bool) -> dict:

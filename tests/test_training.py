@@ -367,3 +367,20 @@ def test_training_with_fast_lora_is_the_same_bit_for_bit(tiny_tokenizer, tmp_pat
         runs.append((result.stats["losses"], adapter_weights(result.model)))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(runs[0][1][name], runs[1][1][name]) for name in runs[0][1])
+
+
+def test_weighted_nll_is_the_cut_off_cross_entropy_bit_for_bit():
+    """Ignoring the last position's target instead of cutting its logits off changes no bit of the
+    loss or of the logits' gradient."""
+    from harness.model.examples import weighted_nll
+
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 11, 50) * 4).requires_grad_()
+    ids, weights = torch.randint(0, 50, (3, 11)), torch.rand(3, 11) * (torch.rand(3, 11) > 0.3)
+    cut = logits[:, :-1]
+    nll = torch.nn.functional.cross_entropy(cut.reshape(-1, 50), ids[:, 1:].reshape(-1), reduction="none").view(3, 10)
+    old = (weights[:, 1:] * nll).sum()
+    old_grad, = torch.autograd.grad(old, logits)
+    new, total = weighted_nll(logits, ids, weights)
+    new_grad, = torch.autograd.grad(new, logits)
+    assert torch.equal(old, new) and torch.equal(old_grad, new_grad) and torch.equal(total, weights[:, 1:].sum())

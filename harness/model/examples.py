@@ -110,10 +110,15 @@ def weighted_nll(logits, input_ids, weights) -> tuple:
     """
     import torch
 
-    logits = logits[:, :-1].float()
+    logits = logits.float()
+    batch, width, vocab = logits.shape
+    # the last position predicts nothing: its target is ignored (a zero loss and gradient) rather
+    # than its logits cut off, which would copy the [batch, width - 1, vocab] rest, and zero-fill
+    # and copy it again in the backward pass (per row the same log-softmax: bit for bit the same)
+    targets = torch.nn.functional.pad(input_ids[:, 1:], (0, 1), value=-100)
     nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none"
-    ).view_as(input_ids[:, 1:])
+        logits.reshape(-1, vocab), targets.reshape(-1), reduction="none", ignore_index=-100
+    ).view(batch, width)[:, :-1]
     w = weights[:, 1:].to(nll.dtype)
     return (w * nll).sum(), w.sum()
 
