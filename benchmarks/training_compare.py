@@ -2,10 +2,9 @@
 
 Trains the embedded model (fp32, LoRA r16 alpha 32 on every linear layer) ``--repeats``
 times each way on the same ``steps x batch`` ALMA de->en pairs (the published shapes: batch
-8, max length 256), alternating the old code path (the fast paths switched off in
-``harness.model.training``: peft's own LoRA forward, the NLL with the last position's logits
-cut off) and the new, each on a fresh copy of the
-model. Prints each run's trained tokens/s and share of the machine's limit (the FLOPs
+8, max length 256), alternating the old code (``OLD``, put back into
+``harness.model.training`` for those runs) and the new, each on a fresh copy of the model.
+Prints each run's trained tokens/s and share of the machine's limit (the FLOPs
 counted by ``harness.model.compute`` per second against a 1024^3 fp32 matmul measured in
 this process just before the run), the per-step losses of the first pair and their largest
 relative difference, and the median ratio of the new runs' speed to the old runs' (pairs
