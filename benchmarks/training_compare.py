@@ -39,7 +39,8 @@ def old_weighted_nll(logits, input_ids, weights):
 
 
 # the trainer's code before issue 36, put back for the old runs
-OLD = {"fast_lora": lambda model: contextlib.nullcontext(), "weighted_nll": old_weighted_nll}
+OLD = {"fast_lora": lambda model: contextlib.nullcontext(), "weighted_nll": old_weighted_nll,
+       "packable": lambda model: False}
 
 
 def run(model, tokenizer, examples, args, new: bool) -> dict:

@@ -97,7 +97,7 @@ def test_training_lowers_loss_and_accounts_tokens(tiny_model, tiny_tokenizer, tm
     assert stats["target_tokens_by_kind"] == {"target": expected_targets - 12 * 4, "end": 12 * 4}
     assert stats["total_tokens"] == sum(len(tokenised[i][0]) for i in order)
     assert stats["padding_share"] == pytest.approx(stats["padded_tokens"] / (stats["padded_tokens"] + stats["total_tokens"]))
-    assert 0 < stats["padding_share"] < 0.5
+    assert stats["padding_share"] == 0 == stats["padded_tokens"]  # packed (harness.model.packing)
     assert stats["trainable_params"] == sum(p.numel() for n, p in result.model.named_parameters() if "lora_" in n)
     assert stats["resumed_from_step"] is None and stats["peak_mem_mb"] > 0
 
@@ -358,10 +358,13 @@ def test_fast_lora_is_pefts_forward_and_backward_bit_for_bit(tiny_tokenizer):
 def test_training_with_fast_lora_is_the_same_bit_for_bit(tiny_tokenizer, tmp_path, monkeypatch):
     import harness.model.training as training
 
+    monkeypatch.setattr(training, "packable", lambda model: False)  # padded micro-batches both times
+
     runs = []
     for fast in (True, False):
         if not fast:
             monkeypatch.setattr(training, "fast_lora", lambda model: contextlib.nullcontext())
+            monkeypatch.setattr(training, "packable", lambda model: False)
         result = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, vanilla_examples(), budget(steps=3), LoRASettings(),
                        tmp_path / str(fast), seed=0)
         runs.append((result.stats["losses"], adapter_weights(result.model)))
@@ -384,3 +387,25 @@ def test_weighted_nll_is_the_cut_off_cross_entropy_bit_for_bit():
     new, total = weighted_nll(logits, ids, weights)
     new_grad, = torch.autograd.grad(new, logits)
     assert torch.equal(old, new) and torch.equal(old_grad, new_grad) and torch.equal(total, weights[:, 1:].sum())
+
+
+def test_packed_steps_train_like_padded_micro_batches(tiny_tokenizer, tmp_path, monkeypatch):
+    """Packing a step's micro-batches end to end changes the losses by rounding only, and no FLOP counted."""
+    import harness.model.packing as packing
+    import harness.model.training as training
+
+    examples = vanilla_examples() + [TrainingExample(user_turn("a " * 40), [Segment("b c d e f g")])]
+    used = []
+    monkeypatch.setattr(training, "packed_step", lambda *args: used.append(1) or packing.packed_step(*args))
+    runs = []
+    for packed in (True, False):
+        if not packed:
+            monkeypatch.setattr(training, "packable", lambda model: False)
+        result = train(build_tiny_model(tiny_tokenizer), tiny_tokenizer, examples, budget(steps=4, batch_size=7), LoRASettings(),
+                       tmp_path / str(packed), seed=0)
+        runs.append((result.stats, adapter_weights(result.model)))
+    (packed, packed_weights), (padded, padded_weights) = runs
+    assert len(used) == 4 and packed["padded_tokens"] == 0 < padded["padded_tokens"]
+    assert packed["losses"] == pytest.approx(padded["losses"], rel=1e-6)
+    assert packed["flops"] == padded["flops"] and packed["total_tokens"] == padded["total_tokens"]
+    assert all(torch.allclose(packed_weights[n], padded_weights[n], rtol=1e-4, atol=1e-6) for n in padded_weights)

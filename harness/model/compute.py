@@ -30,6 +30,7 @@ import contextvars
 from dataclasses import dataclass
 
 KINDS = ("trained", "forward", "generated")  # forward+backward passes, forward-only passes, generation
+PACKED = "radis_packed_lengths"  # a forward's keyword: the lengths of sequences packed end to end (harness.model.packing)
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,10 @@ def install(model) -> None:
         embeds = kwargs.get("inputs_embeds")
         batch, queries = (ids.shape if ids is not None else embeds.shape[:2])
         mask = kwargs.get("attention_mask")
-        if mask is not None and mask.dim() == 2:
+        if kwargs.get(PACKED) is not None:  # sequences packed end to end, each attending to itself
+            new = keys = list(kwargs[PACKED])
+            last["mask"] = None
+        elif mask is not None and mask.dim() == 2:
             new, keys = mask[:, -queries:].sum(1).tolist(), mask.sum(1).tolist()
             last["mask"] = mask[:, -queries:]
         else:

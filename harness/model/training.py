@@ -57,6 +57,7 @@ from harness.model.examples import (TokenisedExample, accepts_logits_to_keep, co
                                     weighted_token_loss)
 from harness.model.fast_lora import fast_lora
 from harness.model.onpolicy import SampleStep, start_on_policy
+from harness.model.packing import packable, packed_step
 from harness.plugins.method import TrainingExample
 from harness.progress import progress_bar
 from harness.store import write_json
@@ -309,6 +310,10 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
     # vocabulary projection and softmax are a fifth of the compute (an extra loss sees all)
     skip_prompt_logits = s.extra_loss is None and accepts_logits_to_keep(s.model)
     sums = [0.0, 0.0, 0, 0]  # loss, extra loss, tokens, padding
+    if world == 1 and s.extra_loss is None and s.token_loss is None and packable(s.model):
+        # the same micro-batches packed end to end, without padding (harness.model.packing)
+        sums[0], sums[2] = packed_step(s.model, mine, device, step_weight, accelerator.backward, meter)
+        mine = []
     for n, chunk in enumerate(mine):
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         batch["extras"] = [item.extra for item in chunk]
