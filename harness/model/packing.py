@@ -31,6 +31,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import torch
+
 from harness.model.compute import PACKED, metering
 from harness.model.fast_lora import fast_lora
 
@@ -158,13 +160,58 @@ def _pack(groups: list, device) -> Pack:
                 len(ids))
 
 
-def packed_step(model, groups: list, device, step_weight: float, backward, meter) -> tuple[float, int]:
+CHUNK = 128  # positions per slice of the vocabulary head: [128, 49,152] fp32 is 25 MB, under glibc's 32-MB mmap ceiling
+
+
+class _HeadNLL(torch.autograd.Function):
+    """Σ w·nll of a frozen, bias-free vocabulary head over ``hidden`` [positions, width], computed
+    ``CHUNK`` positions at a time: each slice's logits, log-softmax and their gradient, w·(softmax
+    − onehot)·head, live only while the slice is computed, so no [positions, vocab] tensor is
+    kept for the backward pass (nor allocated fresh, page by page, in it); only the gradient
+    of ``hidden`` is."""
+
+    @staticmethod
+    def forward(ctx, hidden, head, targets, weights):
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], CHUNK):
+            end = min(start + CHUNK, hidden.shape[0])
+            logits = (hidden[start:end] @ head.t()).float()
+            probs = torch.log_softmax(logits, dim=-1)
+            rows, w = targets[start:end, None], weights[start:end, None]
+            total += (w[:, 0] * -probs.gather(1, rows)[:, 0]).sum()
+            probs = probs.exp_().scatter_add_(1, rows, torch.full_like(w, -1.0)).mul_(w)  # d(w·nll)/d logits
+            grad[start:end] = probs.to(head.dtype) @ head
+        ctx.save_for_backward(grad.to(hidden.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, upstream):
+        (grad,) = ctx.saved_tensors
+        return grad * upstream, None, None, None
+
+
+def packed_step(model, groups: list, device, step_weight: float, backward, meter, mixed: bool = False) -> tuple[float, int]:
     """Forward and ``backward`` of a step's micro-batches packed (``packs``), each pass's loss its
-    weighted NLL over ``step_weight``, FLOPs counted into ``meter``; (summed loss, tokens)."""
+    weighted NLL over ``step_weight``, FLOPs counted into ``meter``; (summed loss, tokens).
+    A frozen head without bias runs as ``_HeadNLL`` (its FLOPs counted here, as the head's hook
+    would count them: the kept positions' logits and their input gradients), unless the training
+    is ``mixed`` precision (accelerate's autocast wraps the model's own forward only)."""
+    from harness.model.compute import shape_of
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = lm.get_output_embeddings()
+    fused = not mixed and head.bias is None and not head.weight.requires_grad and hasattr(lm, "model")
     loss_sum, tokens = 0.0, 0
     for pack in packs(groups, device):
         with metering(meter), packed_passes(model):
-            loss = pack.weighted_nll(model(**pack.inputs).logits)[0] / step_weight
+            if fused:
+                inputs = {k: v for k, v in pack.inputs.items() if k != "logits_to_keep"}
+                hidden = lm.model(**inputs).last_hidden_state[0, pack.inputs["logits_to_keep"]]
+                meter.add("trained", 2 * hidden.shape[0] * shape_of(lm).logits)
+                loss = _HeadNLL.apply(hidden, head.weight, pack.targets, pack.weights) / step_weight
+            else:
+                loss = pack.weighted_nll(model(**pack.inputs).logits)[0] / step_weight
         backward(loss)
         loss_sum, tokens = loss_sum + loss.item(), tokens + pack.tokens
     return loss_sum, tokens

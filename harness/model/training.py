@@ -312,7 +312,7 @@ def _step(s: _Session, pad_id: int) -> tuple[float, int]:
     sums = [0.0, 0.0, 0, 0]  # loss, extra loss, tokens, padding
     if world == 1 and s.extra_loss is None and s.token_loss is None and packable(s.model):
         # the same micro-batches packed end to end, without padding (harness.model.packing)
-        sums[0], sums[2] = packed_step(s.model, mine, device, step_weight, accelerator.backward, meter)
+        sums[0], sums[2] = packed_step(s.model, mine, device, step_weight, accelerator.backward, meter, budget.bf16)
         mine = []
     for n, chunk in enumerate(mine):
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
