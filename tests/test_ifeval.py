@@ -180,3 +180,23 @@ def test_suite_scores_the_generated_answers(tiny_model, tiny_tokenizer, tmp_path
     for name in ("finished", "prompt_strict_finished"):
         sums = np.asarray(stats[name].rows).sum(axis=0)
         assert metric_from_sums(stats[name].kind, sums) == pytest.approx(metrics[name].value)
+
+
+def test_a_check_that_draws_a_random_letter_scores_a_response_the_same_every_time():
+    """lm-eval's letter-frequency check picks a random letter when the item's is not one (IFEval
+    item 1122 asks for the "letter" "#"); seeded per item, a response scores the same whatever
+    the global random state, and that state is left as it was."""
+    import random
+
+    from harness.data.records import Instruction
+
+    item = Instruction("1122", ("Use the letter # at least 4 times.",), instruction_ids=("keywords:letter_frequency",),
+                       instruction_kwargs=({"letter": "#", "let_frequency": 4, "let_relation": "at least"},))
+    response = " ".join(letter * 4 for letter in "abcdefghijklm")  # half the alphabet 4 times, half never
+    scores = set()
+    for seed in range(12):
+        random.seed(seed)
+        before = random.getstate()
+        scores.add(score_response(item, response).inst_loose[0])
+        assert random.getstate() == before
+    assert len(scores) == 1
