@@ -38,9 +38,16 @@ def old_weighted_nll(logits, input_ids, weights):
     return (w * nll).sum(), w.sum()
 
 
+def old_adamw(params, budget):
+    """The optimiser before issue 36: torch's default AdamW (on a CPU, a loop over the parameters)."""
+    import torch
+
+    return torch.optim.AdamW(params, lr=budget.learning_rate, weight_decay=budget.weight_decay)
+
+
 # the trainer's code before issue 36, put back for the old runs
-OLD = {"fast_lora": lambda model: contextlib.nullcontext(), "weighted_nll": old_weighted_nll,
-       "packable": lambda model: False}
+OLD = {"fast_lora": lambda model, fused=None: contextlib.nullcontext(), "weighted_nll": old_weighted_nll,
+       "packable": lambda model: False, "adamw": old_adamw}
 
 
 def run(model, tokenizer, examples, args, new: bool) -> dict:

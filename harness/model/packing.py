@@ -7,19 +7,22 @@ micro-batches of similar length, padded to their longest example (``length_group
 the same micro-batches are packed end to end into one sequence of the step's real tokens:
 every projection, norm and activation runs once over all of them, no padding is computed,
 and attention runs sequence by sequence (causal, on that sequence's own keys; RoPE positions
-restart at 0 for each). The logits are computed at exactly the positions the padded pass
+restart at 0 for each; the pack is split, not sliced, per sequence, since a slice's gradient is a
+zero tensor of the whole pack's size; key and value heads are read by the query heads they
+serve in the kernel, ``enable_gqa``, not copied). The logits are computed at exactly the positions the padded pass
 computed them (each micro-batch's positions from its first scored one; ``first_scored``), so
 the FLOPs counted (``harness.model.compute``) and planned (``budget.equalise: compute``) are
 unchanged, and the loss is the same token-weighted NLL: equal to the padded passes' up to
 floating-point rounding (tests/test_training.py; ``benchmarks/training_compare.py``). The
-LoRA layers run as ``harness.model.fast_lora`` runs them; a frozen head and the NLL run a
+LoRA layers run as ``harness.model.fast_lora`` runs them (q, k and v as one product); a frozen head and the NLL run a
 slice of positions at a time (``_HeadNLL``), keeping no [positions, vocab] tensor.
 
 Rounding, not bits: the step's weight gradients are now sums over all its tokens in one
 product instead of per micro-batch, and attention runs unpadded, so the trained weights differ
 from the padded passes' in the last bits (per-step losses on the embedded model within 5e-7
 relative), which moves the golden tiny run's retention scores (``kl_stop`` by ~2e-3 relative):
-this path changes results at the golden test's tolerance and needs its own trainer version.
+this path changes results at the golden test's tolerance and came with trainer version 2
+(``harness.versions``).
 
 Only where that holds it is used (``packable``): one process on a CPU, a Llama whose attention
 goes through transformers' attention interface (SDPA), no dropout anywhere (its random masks
@@ -47,18 +50,14 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     """Causal attention of each packed sequence over its own keys: ``query`` [1, heads, tokens,
     dim], ``key``/``value`` [1, kv_heads, tokens, dim]; returns [1, tokens, heads, dim]."""
     import torch
-    from transformers.integrations.sdpa_attention import repeat_kv
 
-    groups = query.shape[1] // key.shape[1]
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # as transformers' SDPA path does
-    outs, start = [], 0
-    for n in kwargs[PACKED]:
-        end = start + n
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], dropout_p=dropout, scale=scaling,
-            is_causal=n > 1)
-        outs.append(out.transpose(1, 2))
-        start = end
+    lengths = kwargs[PACKED]
+    # split, not sliced: a split's backward pass is one concatenation of the pieces' gradients,
+    # where each slice's would fill a zero tensor of the whole pack's size
+    # key and value heads shared by query heads in the kernel (``enable_gqa``), not copied per head
+    outs = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
+                                                             is_causal=q.shape[2] > 1, enable_gqa=True).transpose(1, 2)
+            for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))]
     return torch.cat(outs, dim=1), None
 
 
@@ -84,7 +83,7 @@ def packable(model) -> bool:
 
 
 @contextlib.contextmanager
-def packed_passes(model):
+def packed_passes(model, fused: dict | None = None):
     """The model's forward passes inside take packed input (``Pack.inputs``); the attention
     implementation is restored afterwards."""
     global _registered
@@ -99,7 +98,7 @@ def packed_passes(model):
     before = config._attn_implementation
     config._attn_implementation = NAME
     try:
-        with fast_lora(model):
+        with fast_lora(model, fused):
             yield
     finally:
         config._attn_implementation = before
@@ -192,7 +191,8 @@ class _HeadNLL(torch.autograd.Function):
         return grad * upstream, None, None, None
 
 
-def packed_step(model, groups: list, device, step_weight: float, backward, meter, mixed: bool = False) -> tuple[float, int]:
+def packed_step(model, groups: list, device, step_weight: float, backward, meter, mixed: bool = False,
+                fused: dict | None = None) -> tuple[float, int]:
     """Forward and ``backward`` of a step's micro-batches packed (``packs``), each pass's loss its
     weighted NLL over ``step_weight``, FLOPs counted into ``meter``; (summed loss, tokens).
     A frozen head without bias runs as ``_HeadNLL`` (its FLOPs counted here, as the head's hook
@@ -202,11 +202,11 @@ def packed_step(model, groups: list, device, step_weight: float, backward, meter
 
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = lm.get_output_embeddings()
-    fused = not mixed and head.bias is None and not head.weight.requires_grad and hasattr(lm, "model")
+    sliced_head = not mixed and head.bias is None and not head.weight.requires_grad and hasattr(lm, "model")
     loss_sum, tokens = 0.0, 0
     for pack in packs(groups, device):
-        with metering(meter), packed_passes(model):
-            if fused:
+        with metering(meter), packed_passes(model, fused):
+            if sliced_head:
                 inputs = {k: v for k, v in pack.inputs.items() if k != "logits_to_keep"}
                 hidden = lm.model(**inputs).last_hidden_state[0, pack.inputs["logits_to_keep"]]
                 meter.add("trained", 2 * hidden.shape[0] * shape_of(lm).logits)
