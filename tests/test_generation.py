@@ -333,3 +333,16 @@ def test_a_writer_killed_mid_write_leaves_a_usable_cache(tmp_path):
     assert cache.get("k0-0").text == "x" * 200 and cache.get("k4-49").token_ids == list(range(10))
     cache.put_many([("after", Output("ok", 1, True))])
     assert cache.get("after").text == "ok"
+
+
+def test_greedy_picks_the_first_of_tied_largest_logits_as_argmax_does():
+    import torch
+
+    from harness.model.generation import Decoder
+    from harness.plugins.requests import Decoding
+
+    logits = torch.randn(6, 50)
+    logits[:, 7] = logits[:, 31] = 10.0  # ties
+    logits[5, 2] = float("nan")  # a NaN is the largest, as for argmax
+    picked = Decoder._pick(logits, Decoding(max_new_tokens=4), None)
+    assert picked.tolist() == logits.argmax(-1).tolist() == [7, 7, 7, 7, 7, 2]
