@@ -23,6 +23,18 @@ V1_TRAIN = {("vanilla", 0): "d12935fcc62d2b67", ("radis", 0): "bb27762c8d145ffd"
 V1_EVAL = {("vanilla-seed0", "translation"): "7e6633e43481f32f", ("radis-seed0", "translation"): "71a03dd8b1bbf365"}
 
 
+@pytest.fixture
+def first_trainer(monkeypatch):
+    """The trainer as it was when these units were made (version 1): since trainer version 2
+    (issue 36) no unit made before code versions existed is reused for a training, nor for the
+    evaluation of a trained model (``test_a_trainer_past_version_1_recomputes_the_trainings``)."""
+    import harness.run.keys as keys
+    import harness.versions as versions
+
+    monkeypatch.setattr(versions, "TRAINER", 1)
+    monkeypatch.setattr(keys, "TRAINER", 1)
+
+
 def published_plan(run_dir: Path, data_dir: Path) -> Plan:
     cfg = RunConfig()
     configure(cfg, read_config_file(CONFIG), str(CONFIG))
@@ -31,7 +43,7 @@ def published_plan(run_dir: Path, data_dir: Path) -> Plan:
 
 
 @pytest.mark.parametrize("where", ["shared", "elsewhere"])
-def test_first_version_units_are_rekeyed_except_radis(tmp_path, data_dir, where):
+def test_first_version_units_are_rekeyed_except_radis(tmp_path, data_dir, where, first_trainer):
     """Scheme 1 hashed the data dir's absolute path: a clone whose data lies elsewhere (CI's)
     must still reuse the published units, by the data label they were made with."""
     if where == "elsewhere":
@@ -63,6 +75,25 @@ def test_first_version_units_are_rekeyed_except_radis(tmp_path, data_dir, where)
     assert units.rekeyed == 2
 
 
+def test_a_trainer_past_version_1_recomputes_the_trainings(tmp_path, data_dir):
+    """With the trainer at its current version (2), the first-version training and the
+    evaluation of its model are not reused."""
+    from harness import versions
+
+    assert versions.TRAINER > 1
+    plan = published_plan(tmp_path / "run", data_dir)
+    units = Units(plan)
+    workdir = units.workdir("vanilla", 0)
+    workdir.mkdir(parents=True)
+    (workdir / "unit_key.txt").write_text(V1_TRAIN[("vanilla", 0)])
+    (workdir / "train_stats.json").write_text("{}")
+    path = units.result_path("vanilla-seed0", "translation")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": V1_EVAL[("vanilla-seed0", "translation")], "metrics": [], "not_scored": []}))
+    assert not units.training_done("vanilla", 0) and units.evaluation("vanilla-seed0", "translation") is None
+    assert units.rekeyed == 0 and not units.unversioned
+
+
 def test_a_copy_with_other_files_does_not_claim_the_published_units(tmp_path, data_dir):
     """The published data path is tried only for a data dir holding the very same files."""
     copy = Path(shutil.copytree(data_dir, tmp_path / "data"))
@@ -81,7 +112,8 @@ def test_a_copy_with_other_files_does_not_claim_the_published_units(tmp_path, da
 V2 = Path(__file__).resolve().parents[1] / "reports" / "smollm2-135m-de-en-v2"
 
 
-def test_units_made_before_code_versions_are_reused_with_a_warning_unless_their_code_moved(tmp_path, data_dir):
+def test_units_made_before_code_versions_are_reused_with_a_warning_unless_their_code_moved(tmp_path, data_dir,
+                                                                                            first_trainer):
     """The v2 report's units hold scheme-2 keys (no code versions): those of unchanged code
     are taken for version 1 and reused, marked; retention (version 2 since it scores the
     generated ids) and the λ rows (the end of turn has its own weight now) are recomputed."""

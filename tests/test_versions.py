@@ -37,15 +37,16 @@ def test_every_key_holds_the_versions_of_the_code_that_computes_it(tiny_checkpoi
             return ({label: fresh.keys.train_key(label, 0) for label in fresh.entries},
                     fresh.keys.eval_key(fresh.keys.model_key("vanilla-seed0"), "translation"))
 
-    trainer = keys_after(lambda m: m.setattr(versions, "TRAINER", 2))
+    trainer = keys_after(lambda m: m.setattr(versions, "TRAINER", versions.TRAINER + 1))
     assert all(trainer[0][label] != train[label] for label in train) and trainer[1] != evaluation
     # the generator: every evaluation, and the trainings of methods that generate with the original
-    generator = keys_after(lambda m: m.setattr(versions, "GENERATOR", 2))
+    generator = keys_after(lambda m: m.setattr(versions, "GENERATOR", versions.GENERATOR + 1))
     assert generator[0]["vanilla"] == train["vanilla"] and generator[0]["sdft"] != train["sdft"]
     assert generator[1] != evaluation
-    method = keys_after(lambda m: m.setattr(type(plan.methods["sdft"]), "version", 2))
+    method = keys_after(lambda m: m.setattr(type(plan.methods["sdft"]), "version", type(plan.methods["sdft"]).version + 1))
     assert method[0]["sdft"] != train["sdft"] and method[0]["vanilla"] == train["vanilla"] and method[1] == evaluation
-    suite = keys_after(lambda m: m.setattr(type(plan.suites["translation"]), "version", 2))
+    suite = keys_after(lambda m: m.setattr(type(plan.suites["translation"]), "version",
+                                           type(plan.suites["translation"]).version + 1))
     assert suite[0] == train and suite[1] != evaluation
 
 
