@@ -6,16 +6,15 @@ and those run faster the more rows they get at once (at SmolLM2-135M's widths a 
 micro-batches of similar length, padded to their longest example (``length_groups``); here
 the same micro-batches are packed end to end into one sequence of the step's real tokens:
 every projection, norm and activation runs once over all of them, no padding is computed,
-and attention runs sequence by sequence (causal, on that sequence's own keys; RoPE positions
-restart at 0 for each; the pack is split, not sliced, per sequence, since a slice's gradient is a
-zero tensor of the whole pack's size; key and value heads are read by the query heads they
-serve in the kernel, ``enable_gqa``, not copied). The logits are computed at exactly the positions the padded pass
-computed them (each micro-batch's positions from its first scored one; ``first_scored``), so
-the FLOPs counted (``harness.model.compute``) and planned (``budget.equalise: compute``) are
-unchanged, and the loss is the same token-weighted NLL: equal to the padded passes' up to
-floating-point rounding (tests/test_training.py; ``benchmarks/training_compare.py``). The
-LoRA layers run as ``harness.model.fast_lora`` runs them (q, k and v as one product); a frozen head and the NLL run a
-slice of positions at a time (``_HeadNLL``), keeping no [positions, vocab] tensor.
+and attention runs sequence by sequence (``packed_attention``: causal, on that sequence's own
+keys; RoPE positions restart at 0 for each). The logits are computed at exactly the positions
+the padded pass computed them (each micro-batch's positions from its first scored one;
+``first_scored``), so the FLOPs counted (``harness.model.compute``) and planned
+(``budget.equalise: compute``) are unchanged, and the loss is the same token-weighted NLL:
+equal to the padded passes' up to floating-point rounding (tests/test_training.py;
+``benchmarks/training_compare.py``). The LoRA layers run as ``harness.model.fast_lora`` runs
+them (q, k and v as one product); a frozen head and the NLL run a slice of positions at a
+time (``_HeadNLL``), keeping no [positions, vocab] tensor.
 
 Rounding, not bits: the step's weight gradients are now sums over all its tokens in one
 product instead of per micro-batch, and attention runs unpadded, so the trained weights differ
@@ -26,8 +25,8 @@ this path changes results at the golden test's tolerance and came with trainer v
 
 Only where that holds it is used (``packable``): one process on a CPU, a Llama whose attention
 goes through transformers' attention interface (SDPA), no dropout anywhere (its random masks
-would be drawn over other shapes), no gradient checkpointing, the plain NLL (no method's extra or per-token loss, which
-read the padded [batch, length] logits).
+would be drawn over other shapes), no gradient checkpointing, the plain NLL (no method's extra
+or per-token loss, which read the padded [batch, length] logits).
 """
 
 from __future__ import annotations
@@ -52,9 +51,9 @@ def packed_attention(module, query, key, value, attention_mask, dropout: float =
     import torch
 
     lengths = kwargs[PACKED]
-    # split, not sliced: a split's backward pass is one concatenation of the pieces' gradients,
-    # where each slice's would fill a zero tensor of the whole pack's size
-    # key and value heads shared by query heads in the kernel (``enable_gqa``), not copied per head
+    # Split, not sliced: a split's backward pass is one concatenation of the pieces' gradients,
+    # where each slice's would fill a zero tensor of the whole pack's size (13% of a step). Key
+    # and value heads are read by their query heads in the kernel (enable_gqa), not copied.
     outs = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
                                                              is_causal=q.shape[2] > 1, enable_gqa=True).transpose(1, 2)
             for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))]
