@@ -23,6 +23,19 @@ V1_TRAIN = {("vanilla", 0): "d12935fcc62d2b67", ("radis", 0): "bb27762c8d145ffd"
 V1_EVAL = {("vanilla-seed0", "translation"): "7e6633e43481f32f", ("radis-seed0", "translation"): "71a03dd8b1bbf365"}
 
 
+def write_units(units: Units, trainings: dict, evaluations: dict) -> None:
+    """Finished training and evaluation units holding the given keys."""
+    for (label, seed), key in trainings.items():
+        workdir = units.workdir(label, seed)
+        workdir.mkdir(parents=True)
+        (workdir / "unit_key.txt").write_text(key)
+        (workdir / "train_stats.json").write_text("{}")
+    for (cell, suite), key in evaluations.items():
+        path = units.result_path(cell, suite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "metrics": [], "not_scored": []}))
+
+
 @pytest.fixture
 def first_trainer(monkeypatch):
     """The trainer as it was when these units were made (version 1): since trainer version 2
@@ -51,15 +64,7 @@ def test_first_version_units_are_rekeyed_except_radis(tmp_path, data_dir, where,
     run_dir = tmp_path / "run"
     plan = published_plan(run_dir, data_dir)
     units = Units(plan)
-    for (label, seed), key in V1_TRAIN.items():
-        workdir = units.workdir(label, seed)
-        workdir.mkdir(parents=True)
-        (workdir / "unit_key.txt").write_text(key)
-        (workdir / "train_stats.json").write_text("{}")
-    for (cell, suite), key in V1_EVAL.items():
-        path = units.result_path(cell, suite)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "metrics": [], "not_scored": []}))
+    write_units(units, V1_TRAIN, V1_EVAL)
 
     assert units.training_done("vanilla", 0)
     assert (units.workdir("vanilla", 0) / "unit_key.txt").read_text() == plan.keys.train_key("vanilla", 0)
@@ -83,13 +88,8 @@ def test_a_trainer_past_version_1_recomputes_the_trainings(tmp_path, data_dir):
     assert versions.TRAINER > 1
     plan = published_plan(tmp_path / "run", data_dir)
     units = Units(plan)
-    workdir = units.workdir("vanilla", 0)
-    workdir.mkdir(parents=True)
-    (workdir / "unit_key.txt").write_text(V1_TRAIN[("vanilla", 0)])
-    (workdir / "train_stats.json").write_text("{}")
-    path = units.result_path("vanilla-seed0", "translation")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": V1_EVAL[("vanilla-seed0", "translation")], "metrics": [], "not_scored": []}))
+    write_units(units, {("vanilla", 0): V1_TRAIN[("vanilla", 0)]},
+                {("vanilla-seed0", "translation"): V1_EVAL[("vanilla-seed0", "translation")]})
     assert not units.training_done("vanilla", 0) and units.evaluation("vanilla-seed0", "translation") is None
     assert units.rekeyed == 0 and not units.unversioned
 
@@ -101,10 +101,7 @@ def test_a_copy_with_other_files_does_not_claim_the_published_units(tmp_path, da
         fh.write('"one more harmful request","Sure, here is"\n')
     plan = published_plan(tmp_path / "run", copy)
     units = Units(plan)
-    workdir = units.workdir("vanilla", 0)
-    workdir.mkdir(parents=True)
-    (workdir / "unit_key.txt").write_text(V1_TRAIN[("vanilla", 0)])
-    (workdir / "train_stats.json").write_text("{}")
+    write_units(units, {("vanilla", 0): V1_TRAIN[("vanilla", 0)]}, {})
     assert not units.training_done("vanilla", 0)
     assert units.rekeyed == 0
 
