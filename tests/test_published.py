@@ -126,3 +126,13 @@ def test_every_interval_in_the_stopping_or_content_readme_is_in_its_tables():
     for p in primary.itertuples():
         shown = f"[{fmt(p.adjusted_low, 3, True)}, {fmt(p.adjusted_high, 3, True)}]".replace("-", "−")
         assert f"`{p.suite}/{p.metric}` | {fmt(p.difference, 3, True).replace('-', '−')} |" in readme and shown in readme
+
+
+def test_no_published_file_carries_a_path_of_the_machine_that_made_it():
+    """Reports are read on other machines: no absolute path of a home, scratch or work folder in
+    any text file under reports/ (scores.csv notes and unit files included)."""
+    machine = re.compile(r"/(?:root|home|tmp|work)/")
+    found = [str(p.relative_to(REPORTS)) for p in sorted(REPORTS.rglob("*"))
+             if p.is_file() and p.suffix in (".csv", ".json", ".jsonl", ".md", ".txt", ".yaml", ".html")
+             and machine.search(p.read_text(errors="replace"))]
+    assert not found, found[:10]
