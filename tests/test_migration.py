@@ -41,11 +41,9 @@ def first_trainer(monkeypatch):
     """The trainer as it was when these units were made (version 1): since trainer version 2
     (issue 36) no unit made before code versions existed is reused for a training, nor for the
     evaluation of a trained model (``test_a_trainer_past_version_1_recomputes_the_trainings``)."""
-    import harness.run.keys as keys
     import harness.versions as versions
 
     monkeypatch.setattr(versions, "TRAINER", 1)
-    monkeypatch.setattr(keys, "TRAINER", 1)
 
 
 def published_plan(run_dir: Path, data_dir: Path) -> Plan:

@@ -21,7 +21,7 @@ import torch
 from harness.config.settings import Budget, LoRASettings, lora_key
 from harness.model.examples import TokenisedExample
 from harness.store import write_json
-from harness.versions import TRAINER
+from harness import versions
 
 log = logging.getLogger("radis_bench")
 
@@ -52,7 +52,7 @@ def state_identity(items: list[TokenisedExample], budget: Budget, lora: LoRASett
     and seed (and the trainer version). Not a unit key (those are ``harness.run.keys``): it
     only keeps a resumed training from continuing a state saved for other data."""
     blob = json.dumps([[i.input_ids, i.weights] for i in items] + [asdict(budget), lora_key(lora), seed] + (
-        [TRAINER] if TRAINER > 1 else []), default=list)  # a state saved by another trainer version is not resumed
+        [versions.TRAINER] if versions.TRAINER > 1 else []), default=list)  # a state saved by another trainer version is not resumed
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

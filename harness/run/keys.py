@@ -52,13 +52,14 @@ import hashlib
 import json
 from dataclasses import asdict
 
+from harness import versions
 from harness.config.settings import lora_key
 from harness.data.sources import file_hash
 from harness.model.loading import scheme1_fingerprints as model_scheme1_fingerprints
 from harness.plugins import registry
 from harness.plugins.method import Method
 from harness.store import ORIGINAL
-from harness.versions import TRAINER, all_first, evaluation_code, training_code
+from harness.versions import all_first, evaluation_code, training_code
 
 
 def digest(obj) -> str:
@@ -138,7 +139,7 @@ class UnitKeys:
         hooked = (m.extra_loss is not None or m.token_loss is not None or m.sample_step is not None
                   or type(m).prepare_model is not Method.prepare_model)
         return digest({
-            "base": self.plan.spec.fingerprint, "seed": seed, "budget": asdict(budget), "trainer": TRAINER,
+            "base": self.plan.spec.fingerprint, "seed": seed, "budget": asdict(budget), "trainer": versions.TRAINER,
             "lora": lora_key(self.plan.loras[label]),
             "examples": [[e["messages"], e["response"], e.get("end_of_turn", True), e.get("end_weight")] for e in examples],
             "hooks": [self.plan.entries[label].method, m.options_dict()] if hooked else None,
