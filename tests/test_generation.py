@@ -346,3 +346,73 @@ def test_greedy_picks_the_first_of_tied_largest_logits_as_argmax_does():
     logits[5, 2] = float("nan")  # a NaN is the largest, as for argmax
     picked = Decoder._pick(logits, Decoding(max_new_tokens=4), None)
     assert picked.tolist() == logits.argmax(-1).tolist() == [7, 7, 7, 7, 7, 2]
+
+
+def test_compact_drops_only_the_columns_no_row_attends_to():
+    import torch
+
+    from harness.model.kv_cache import compact
+
+    cache = GrowingCache()
+    keys = torch.arange(3 * 1 * 6 * 2, dtype=torch.float32).view(3, 1, 6, 2)
+    cache.update(keys.clone(), -keys.clone(), 0)
+    mask = torch.tensor([[1, 0, 0, 1, 1, 1],   # a shared start, a hole, then the row's tokens
+                         [1, 0, 0, 0, 1, 1],
+                         [1, 0, 1, 0, 1, 1]])
+    narrower = compact(cache, mask)
+    assert narrower.tolist() == [[1, 0, 1, 1, 1], [1, 0, 0, 1, 1], [1, 1, 0, 1, 1]]  # column 1 was nobody's
+    kept_keys, kept_values = cache.layers[0]._view()
+    assert torch.equal(kept_keys, keys[:, :, [0, 2, 3, 4, 5]]) and torch.equal(kept_values, -keys[:, :, [0, 2, 3, 4, 5]])
+    assert compact(cache, narrower) is narrower  # nothing more to drop
+    assert compact(cache, torch.tensor([[0, 1, 1, 1, 1]] * 3), least=2).shape[1] == 5  # one column: under ``least``
+
+
+def test_the_cache_stays_as_wide_as_its_rows_across_refills(tiny_model, tiny_tokenizer, tmp_path):
+    """Rows that join later, and rows left behind by longer ones, share a cache no wider than the
+    longest row still in it needs: without compacting, every refill's rows were padded to a
+    width that grew by one column per step since the call began. Outputs are unchanged."""
+    import harness.model.generation as generation
+
+    _varied_weights(tiny_model, 3)
+    from harness.model.prompts import request_ids
+
+    questions = [f"Question {i}: " + "word " * (i % 5) for i in range(12)]
+    items = [(Request(user_turn(q)), Decoding(max_new_tokens=3 + (5 * i) % 11)) for i, q in enumerate(questions)]
+    one = Generator(tiny_model, tiny_tokenizer, "x", GenerationCache(tmp_path / "one.sqlite"), batch_size=1)
+    expected = [o.token_ids for o in one.generate_many(items)]
+    longest_prompt = max(len(request_ids(tiny_tokenizer, r.messages)) for r, _ in items)
+    widths = []
+    merge = generation.merge
+
+    def recording(parts):
+        cache, mask = merge(parts)
+        widths.append(mask.shape[1])
+        return cache, mask
+
+    generation.merge = recording
+    try:
+        gen = Generator(tiny_model, tiny_tokenizer, "x", GenerationCache(tmp_path / "two.sqlite"), batch_size=3)
+        assert [o.token_ids for o in gen.generate_many(items)] == expected
+    finally:
+        generation.merge = merge
+    assert len(widths) >= 4  # rows joined mid-way, several times
+    assert max(widths) <= longest_prompt + 13  # the longest prompt and the longest answer
+
+
+def test_greedy_batches_grow_as_waiting_prompts_shorten(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    """Under a memory budget that fits few long rows, a greedy call starts narrow and widens
+    once the long prompts are done; sampling keeps its first width (which rows share a step
+    decides which random numbers each draws)."""
+    import harness.model.generation as generation
+    from harness.model.kv_cache import kv_bytes_per_token
+
+    per_token = kv_bytes_per_token(tiny_model)
+    monkeypatch.setattr(generation, "auto_batch_size",
+                        lambda model, requests, tokens: max(1, min(requests, 3000 * per_token // (per_token * tokens))))
+    reqs = [Request(user_turn("long " * 400))] + [Request(user_turn(f"short {i}")) for i in range(20)]
+    gen = Generator(tiny_model, tiny_tokenizer, "x", GenerationCache(tmp_path / "g.sqlite"))
+    gen.generate(reqs, Decoding(max_new_tokens=4))
+    assert gen.current_batch == 20  # the short prompts: 3000 tokens hold every one of them at once
+    sampled = Generator(tiny_model, tiny_tokenizer, "x", GenerationCache(tmp_path / "s.sqlite"))
+    sampled.generate(reqs, Decoding(max_new_tokens=4, do_sample=True, seed=0))
+    assert sampled.current_batch < 20  # the width the long prompt allowed

@@ -18,7 +18,7 @@ from pathlib import Path
 from harness.model.attention import use_decode_attention
 from harness.model.compute import adapter_flops, count_generation, counting, shape_of, uncounted
 from harness.model.fast_llama import FastLlama
-from harness.model.kv_cache import auto_batch_size, fill_holes
+from harness.model.kv_cache import auto_batch_size, compact, fill_holes
 from harness.model.prefill import Prefill, merge
 from harness.model.prompts import end_of_turn_ids, render_chat, request_ids
 from harness.paths import cache_dir
@@ -137,10 +137,19 @@ class Decoder:
                 layout = (len(fast.layers), fast.kv_heads, fast.head_dim, fast.embed.dtype)
         while queue or alive:
             width = self.current_batch
+            if queue and not decoding.do_sample and not self.batch_size:
+                # Greedy: as many rows as the memory budget allows for the cache as it is now (``compact``)
+                # and the longest waiting prompt (prompts wait longest first, so the cap grows as they
+                # shorten). Sampling keeps the cap of the call's start: which rows share a step decides
+                # which random numbers each row draws.
+                tokens = max(len(prompts[queue[0]]), mask.shape[1] if alive else 0) + max(limits)
+                width = auto_batch_size(model, len(queue) + len(alive), tokens)
+                self.current_batch = max(self.current_batch, width)
             if queue and len(alive) <= width // 2:
                 take, queue = queue[: width - len(alive)], queue[width - len(alive) :]
                 new_cache, new_mask, new_pos, new_logits = self.prefill.run([prompts[j] for j in take], prefix, layout)
                 if alive:
+                    mask = compact(cache, mask)
                     cache, mask = merge([(cache, mask), (new_cache, new_mask)])
                     next_pos, logits = torch.cat([next_pos, new_pos]), torch.cat([logits, new_logits])
                 else:
@@ -168,6 +177,8 @@ class Decoder:
                 index = torch.tensor(order, dtype=torch.long, device=mask.device)
                 mask, next_pos, chosen, logits = mask[index], next_pos[index], chosen[index], logits[index]
                 alive = [alive[k] for k in order]
+                if alive:  # the columns only the rows that left used (worth a copy of the cache when many)
+                    mask = compact(cache, mask, least=max(16, mask.shape[1] // 8))
             if not alive:
                 continue
             mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)

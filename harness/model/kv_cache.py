@@ -106,11 +106,37 @@ def growing_layer_class():
                 self.keys[to], self.values[to] = self.keys[source], self.values[source]
             self.keys, self.values = self.keys[: len(order)], self.values[: len(order)]
 
+        def keep_columns(self, columns):
+            """Keep only the positions ``columns`` (ascending indices), moved down in place."""
+            if not self.is_initialized:
+                return
+            for t in (self.keys, self.values):
+                t[..., : len(columns), :] = t[..., columns, :]  # the index gathers a copy first
+            self.length = len(columns)
+
         def batch_select_indices(self, indices):
             if self.is_initialized:
                 self.keys, self.values = self.keys[indices, ...], self.values[indices, ...]
 
     return GrowingLayer
+
+
+def compact(cache, mask, least: int = 1):
+    """Drop the cache columns that no row attends to (``mask`` [rows, columns], 0 = not
+    attended): left padding that every row still in the batch has, because the longest rows
+    left or joined narrower. Returns the narrower mask, or ``mask`` itself when fewer than
+    ``least`` columns would go. Every row keeps its keys and values in order, and its
+    positions (given apart); what goes are columns whose softmax weights are exact zeros."""
+    import torch
+
+    used = mask.bool().any(0)
+    kept = int(used.sum())
+    if mask.shape[1] - kept < max(least, 1):
+        return mask
+    columns = used.nonzero()[:, 0]
+    for layer in cache.layers:
+        layer.keep_columns(columns)
+    return mask[:, columns]
 
 
 def GrowingCache():
