@@ -36,12 +36,19 @@ itself every divergence is exactly 0.
 
 Cost. The original's side is the same for every evaluated model: its final hidden states at
 the scored positions are computed once per run and kept on disk (``OriginalHidden``); each
-evaluation then runs only the evaluated model and applies the original's output layer.
+evaluation then runs only the evaluated model and applies the original's output layer (the
+original's own evaluation reads its stored states: the same bits, so every divergence is 0).
 The evaluated model's own answers cost one generation per instruction.
 
 Version 2 (issue 30): scores the token ids the original generated (version 1 re-tokenised
 their decoded text, which is another sequence where greedy decoding produced a
 non-canonical split), and adds ``kl_stop``, ``kl_content``, ``finished`` and ``length``.
+
+Version 3 (issue 36): the teacher-forced passes run as prompts are prefilled
+(``harness.model.prefill.Prefill.hidden``): longest first, the shared chat-template start
+once, passes of similar length (under 10% padding, at most ``batch_size`` sequences) instead
+of ``batch_size`` sequences in request order padded to their longest (a third of the tokens
+computed were padding on the published configuration). The scores move by rounding only.
 """
 
 from __future__ import annotations
@@ -85,7 +92,7 @@ class RetentionOptions:
         default="alpaca_eval", metadata={"help": "General instruction set whose prompts the original model answers."}
     )
     max_new_tokens: int = generation_limit("Length limit of the original model's answers.", default=128, run_default=False)
-    batch_size: int = field(default=8, metadata={"help": "Sequences per teacher-forced forward pass.", "above": 0})
+    batch_size: int = field(default=8, metadata={"help": "Sequences per teacher-forced forward pass at most.", "above": 0})
 
 
 @dataclass
@@ -119,16 +126,15 @@ def divergences(log_p, log_q, stop_ids: list[int]) -> tuple:
     which add up to it."""
     import torch
 
-    p = log_p.exp()
-    pointwise = p * (log_p - log_q)
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=log_p.device)
+    pointwise = (log_p - log_q).mul_(log_p.exp())
     kl = pointwise.sum(-1)
-    stop = torch.zeros(log_p.shape[-1], dtype=torch.bool, device=log_p.device)
-    stop[stop_ids] = True
+    stop_part = pointwise.index_select(-1, stop).sum(-1)
     # log of the mass of the tokens that do not end the turn, under each model
-    go_p, go_q = torch.logsumexp(log_p[:, ~stop], -1), torch.logsumexp(log_q[:, ~stop], -1)
+    go_p, go_q = (x.index_fill(-1, stop, float("-inf")).logsumexp(-1) for x in (log_p, log_q))
     go_term = go_p.exp() * (go_p - go_q)
-    kl_content = pointwise[:, ~stop].sum(-1) - go_term
-    kl_stop = pointwise[:, stop].sum(-1) + go_term
+    kl_content = (kl - stop_part) - go_term
+    kl_stop = stop_part + go_term
     return kl, kl_stop, kl_content
 
 
@@ -144,12 +150,14 @@ def _padded(batch: list[tuple[list[int], int]], pad_id: int, device):
     return input_ids.to(device), mask.to(device)
 
 
-def scored_hidden(model, batch: list[tuple[list[int], int]], pad_id: int) -> list:
+def scored_hidden(model, tokenizer, sequences: list[tuple[list[int], int]], most: int) -> list:
     """The model's final hidden states (its output layer's input) at each sequence's scored
-    positions: position t predicts token t + 1."""
-    input_ids, mask = _padded(batch, pad_id, next(model.parameters()).device)
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
-    return [hidden[row, len(ids) - scored - 1 : len(ids) - 1] for row, (ids, scored) in enumerate(batch)]
+    positions (position t predicts token t + 1), computed as prompts are prefilled
+    (``Prefill.hidden``: the shared start once, passes of similar length, at most ``most``
+    sequences each)."""
+    from harness.model.prefill import Prefill
+
+    return Prefill(model, tokenizer).hidden(sequences, most)
 
 
 def _head_is_linear(model) -> bool:
@@ -166,15 +174,17 @@ class OriginalHidden:
     forward pass. Kept on disk in ``folder`` (hidden size x 4 bytes per scored position,
     e.g. 576 x 4 x ~96 = ~0.2 MB per answer for SmolLM2-135M) and read back one batch at a
     time, so memory stays bounded. The key covers the original model, the sequences and the
-    batches they are computed in (padding changes the last bits of a float)."""
+    passes they are computed in (``scored_hidden``; padding changes the last bits of a float)."""
+
+    PASSES = "prefill"  # version 3: passes as prompts are prefilled (version 2: padded batches of batch_size)
 
     def __init__(self, folder: Path | None, fingerprint: str, sequences, batch_size: int):
         self.folder, self.sequences, self.batch_size = folder, sequences, batch_size
-        blob = json.dumps([fingerprint, [list(s) for s in sequences], batch_size])
+        blob = json.dumps([fingerprint, [list(s) for s in sequences], batch_size, self.PASSES])
         self.key = hashlib.sha256(blob.encode()).hexdigest()[:16]
         self.rows: dict[int, Any] = {}
 
-    def load(self, original_model_fn, pad_id: int, todo: list[int]) -> None:
+    def load(self, original_model_fn, tokenizer, todo: list[int]) -> None:
         import numpy as np
         import torch
 
@@ -193,12 +203,10 @@ class OriginalHidden:
                      "computing the original's hidden states again.")
         parts, offsets, at = [], {}, 0
         with torch.no_grad(), original_model_fn() as original:
-            for start in range(0, len(todo), self.batch_size):
-                rows = todo[start : start + self.batch_size]
-                for i, h in zip(rows, scored_hidden(original, [self.sequences[i] for i in rows], pad_id)):
-                    parts.append(h.float().cpu().numpy())
-                    offsets[i] = (at, at + len(parts[-1]))
-                    at += len(parts[-1])
+            for i, h in zip(todo, scored_hidden(original, tokenizer, [self.sequences[i] for i in todo], self.batch_size)):
+                parts.append(h.float().cpu().numpy())
+                offsets[i] = (at, at + len(parts[-1]))
+                at += len(parts[-1])
         stacked = np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
         self.rows = {i: stacked[a:b] for i, (a, b) in offsets.items()}
         if path is not None:
@@ -238,16 +246,26 @@ def score_answers(model, original_model_fn, tokenizer, sequences: list[tuple[lis
     todo = [i for i, (_, n) in enumerate(sequences) if n > 0]
     with original_model_fn() as original:
         linear = _head_is_linear(original) and _head_is_linear(model)
+        # the original evaluated (not a model whose adapter is off inside this block): its states are the stored ones
+        itself = original is model and not hasattr(model, "disable_adapter")
     cache = OriginalHidden(shared, fingerprint, sequences, batch_size) if linear else None
     if cache is not None:
-        cache.load(original_model_fn, pad_id, todo)
+        cache.load(original_model_fn, tokenizer, todo)
     with torch.no_grad():
+        # the evaluated model's states in the passes the original's were computed in
+        if cache is None:
+            states = {}
+        elif itself:
+            param = next(model.parameters())
+            states = {i: torch.from_numpy(np.array(cache.rows[i])).to(param.device, param.dtype) for i in todo}
+        else:
+            states = dict(zip(todo, scored_hidden(model, tokenizer, [sequences[i] for i in todo], batch_size)))
         for start in range(0, len(todo), batch_size):
             rows = todo[start : start + batch_size]
             batch = [sequences[i] for i in rows]
             if cache is not None:
                 head = model.get_output_embeddings()
-                evaluated = [torch.log_softmax(head(h).float(), dim=-1) for h in scored_hidden(model, batch, pad_id)]
+                evaluated = [torch.log_softmax(head(states.pop(i)).float(), dim=-1) for i in rows]
                 with original_model_fn() as original:
                     reference_head = original.get_output_embeddings()
                     # np.array copies the read-only memory-mapped rows: torch cannot wrap them writable
@@ -277,7 +295,7 @@ class DivergenceSuite(Suite):
 
     Options = RetentionOptions
     compares_with_original = True
-    version = 2
+    version = 3
     note = "KL(original || evaluated) per answer token, on the original's greedy answers"
 
     def metrics(self) -> list[MetricSpec]:

@@ -22,7 +22,7 @@ from suites.retention import DivergenceSuite
 @dataclass
 class TaskKLOptions:
     max_new_tokens: int | None = generation_limit("Length limit of the original's translations")
-    batch_size: int = field(default=8, metadata={"help": "Sequences per teacher-forced forward pass.", "above": 0})
+    batch_size: int = field(default=8, metadata={"help": "Sequences per teacher-forced forward pass at most.", "above": 0})
 
 
 class TaskKLSuite(DivergenceSuite):
@@ -31,7 +31,7 @@ class TaskKLSuite(DivergenceSuite):
                    "(RL's Razor's on-task KL): KL split into stopping and content, NLL change, own finished share.")
     Options = TaskKLOptions
     uses_directions = True
-    version = 1
+    version = 2  # 2 (issue 36): the teacher-forced passes of retention's version 3
     note = "KL(original || evaluated) per answer token, on the original's greedy translations of held-out test sources"
 
     def prompts(self, ctx: SuiteContext) -> list[tuple[str, str]]:

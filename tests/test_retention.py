@@ -209,10 +209,62 @@ def test_the_cached_original_gives_the_full_forward_numbers_and_is_computed_once
 
     passes = []
     real = retention.scored_hidden
-    monkeypatch.setattr(retention, "scored_hidden", lambda model, batch, pad: passes.append(model) or real(model, batch, pad))
+    monkeypatch.setattr(retention, "scored_hidden", lambda model, *args: passes.append(model) or real(model, *args))
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         _, again = run(ctx)
     assert not [w for w in seen if "not writable" in str(w.message)]  # the read-only memory map is copied, not wrapped
     assert passes and all(model is adapted for model in passes)  # the original's side came from disk
     assert [r["kl"] for r in again.outputs] == [r["kl"] for r in result.outputs]
+
+
+def test_teacher_forced_states_match_one_sequence_at_a_time(tiny_model, tiny_tokenizer):
+    """``Prefill.hidden`` (longest first, the shared start once, passes of similar length, at
+    most ``most`` sequences each) gives each sequence's own unpadded states at its scored
+    positions, also where sequences share their whole context and the first answer tokens (the
+    shared start then ends before the first position kept)."""
+    from harness.model.prefill import Prefill
+
+    _vary(tiny_model)
+    context = [tiny_tokenizer.bos_token_id or 1] + list(range(5, 25))  # 21 shared tokens: a shared start
+    sequences = [(context + [30, 31, 32], 3), (context + [30, 31, 40, 41], 4), (context + [50], 1),
+                 (context[:12] + [60] * 30, 25), (context + list(range(70, 80)), 10)]
+    prefill = Prefill(tiny_model, tiny_tokenizer)
+    passes = []
+    decoder = tiny_model.get_decoder()
+    forward = decoder.forward
+    decoder.forward = lambda *a, **k: passes.append(tuple(k["input_ids"].shape)) or forward(*a, **k)
+    try:
+        with torch.no_grad():
+            states = prefill.hidden(sequences, most=2)
+    finally:
+        del decoder.forward
+    assert passes[0] == (1, 12)  # the start all five share, once
+    assert max(rows for rows, _ in passes[1:]) <= 2 and sum(rows for rows, _ in passes[1:]) == len(sequences)
+    with torch.no_grad():
+        for (ids, scored), got in zip(sequences, states):
+            alone = decoder(input_ids=torch.tensor([ids])).last_hidden_state[0, len(ids) - scored - 1 : len(ids) - 1]
+            assert got.shape == alone.shape and torch.allclose(got, alone, atol=1e-5)
+
+
+def _vary(model):
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.3)
+
+
+def test_the_original_s_own_evaluation_reads_its_stored_states(tiny_model, tiny_tokenizer, data_root, tmp_path, monkeypatch):
+    """Evaluating the original computes its states once (for the store) and reads them back:
+    every divergence is exactly 0 with no second pass."""
+    import suites.retention as retention
+
+    passes = []
+    real = retention.scored_hidden
+    monkeypatch.setattr(retention, "scored_hidden", lambda model, *args: passes.append(model) or real(model, *args))
+    ctx = make_context(tiny_model, tiny_model, tiny_tokenizer, data_root, tmp_path)
+    ctx.shared_dir = tmp_path / "shared"
+    metrics, _ = run(ctx)
+    assert len(passes) == 1
+    assert metrics["kl"].value == metrics["kl_stop"].value == metrics["kl_content"].value == 0.0
+    assert metrics["nll"].value == metrics["nll_original"].value > 0

@@ -38,19 +38,52 @@ class Prefill:
         return len(shared), [layer._view() for layer in cache.layers]
 
     @staticmethod
-    def _chunks(prompts: list[list[int]], start: int, budget: int) -> list[list[int]]:
+    def _chunks(prompts: list[list[int]], start: int, budget: int, most: int = 0) -> list[list[int]]:
         """Consecutive runs of prompts (indices) to prefill together: each under ``budget``
-        padded tokens (``start`` shared tokens excluded) and under 10% padding."""
+        padded tokens (``start`` shared tokens excluded), under 10% padding and, with ``most``,
+        of at most that many prompts."""
         chunks, current, real, longest = [], [], 0, 0
         for k, p in enumerate(prompts):
             padded = (max(longest, len(p)) - start) * (len(current) + 1)
-            if current and (padded > budget or 1 - (real + len(p) - start) / padded > 0.1):
+            if current and (padded > budget or 1 - (real + len(p) - start) / padded > 0.1 or len(current) == most):
                 chunks.append(current)
                 current, real, longest = [], 0, 0
             current.append(k)
             real += len(p) - start
             longest = max(longest, len(p))
         return chunks + [current] if current else chunks
+
+    def hidden(self, sequences: list[tuple[list[int], int]], most: int = 0) -> list:
+        """Teacher-forced final hidden states (the output layer's input) of each (token ids,
+        scored) sequence at its last ``scored`` + 1 positions but the very last, i.e. the positions
+        that predict its ``scored`` last tokens: the sequences longest first, the start they all
+        share (before any needed position) computed once, the rest in passes of similar length
+        as prompts are prefilled (``most`` sequences per pass at most). Each sequence's states
+        depend only on its pass, so two models given the same sequences compute in the same
+        passes."""
+        import torch
+
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
+        ids = [sequences[i][0] for i in order]
+        # the shared start ends before the first position whose state is kept
+        start, shared = self.prefix([sequences[i][0][: len(sequences[i][0]) - sequences[i][1]] for i in order])
+        decoder = self.model.get_decoder()
+        out: list = [None] * len(sequences)
+        for chunk in self._chunks(ids, start, self.PREFILL_TOKENS, most):
+            rest = [ids[k][start:] for k in chunk]
+            input_ids, mask, positions = self._pass_inputs(rest, start)
+            cache = None
+            if start:
+                cache = GrowingCache()
+                for index, (keys, values) in enumerate(shared):
+                    cache.update(keys.expand(len(rest), -1, -1, -1).contiguous(),
+                                 values.expand(len(rest), -1, -1, -1).contiguous(), index)
+            states = decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, start:],
+                             past_key_values=cache, use_cache=cache is not None).last_hidden_state
+            for row, k in enumerate(chunk):
+                scored = sequences[order[k]][1]
+                out[order[k]] = states[row, states.shape[1] - scored - 1 : states.shape[1] - 1]
+        return out
 
     def run(self, prompts: list[list[int]], prefix=(0, None), layout=None):
         """Forward passes over new prompts, length-bucketed and joined into one left-padded
