@@ -416,3 +416,32 @@ def test_greedy_batches_grow_as_waiting_prompts_shorten(tiny_model, tiny_tokeniz
     sampled = Generator(tiny_model, tiny_tokenizer, "x", GenerationCache(tmp_path / "s.sqlite"))
     sampled.generate(reqs, Decoding(max_new_tokens=4, do_sample=True, seed=0))
     assert sampled.current_batch < 20  # the width the long prompt allowed
+
+
+def test_a_refill_fills_the_rows_that_left_and_copies_nothing_else():
+    import torch
+
+    from harness.model.prefill import merge
+
+    def cache_of(keys):
+        cache = GrowingCache()
+        cache.update(keys.clone(), -keys.clone(), 0)
+        return cache
+
+    old = torch.randn(4, 1, 6, 2)
+    batch = cache_of(old)
+    batch.layers[0].keep_rows([0, 3])  # two rows left
+    storage = batch.layers[0].keys.data_ptr()
+    joining = torch.randn(2, 1, 4, 2)
+    joined, mask = merge([(batch, torch.ones(2, 6, dtype=torch.long)), (cache_of(joining), torch.ones(2, 4, dtype=torch.long))])
+    keys, values = joined.layers[0]._view()
+    assert keys.data_ptr() == storage  # written into the freed rows
+    assert torch.equal(keys[:2], old[[0, 3]]) and torch.equal(keys[2:, :, 2:], joining) and torch.equal(values[2:, :, 2:], -joining)
+    assert mask.tolist() == [[1] * 6] * 2 + [[0, 0, 1, 1, 1, 1]] * 2
+    # more rows than left, or wider than the batch: joined by a copy into new tensors, left-padded
+    wider = torch.randn(1, 1, 9, 2)
+    joined, mask = merge([(joined, mask), (cache_of(wider), torch.ones(1, 9, dtype=torch.long))])
+    keys, _ = joined.layers[0]._view()
+    assert keys.data_ptr() != storage and keys.shape == (5, 1, 9, 2)
+    assert torch.equal(keys[:2, :, 3:], old[[0, 3]]) and torch.equal(keys[4], wider[0])
+    assert mask.tolist()[4] == [1] * 9 and mask.tolist()[2] == [0] * 5 + [1] * 4

@@ -68,6 +68,22 @@ def growing_layer_class():
         def replace(self, keys, values, length=None):
             """Hold ``keys`` and ``values``, of which the first ``length`` positions are filled."""
             self.keys, self.values, self.length = keys, values, keys.shape[-2] if length is None else length
+            self.room = (keys, values)  # every row allocated: rows that leave (``keep_rows``) free theirs
+
+        def fits_rows(self, rows: int, width: int) -> bool:
+            """Whether ``rows`` more rows of ``width`` positions fit in the freed rows (``add_rows``)."""
+            keys = self.room[0]
+            return (width <= self.length and keys.shape[0] >= self.keys.shape[0] + rows
+                    and keys.data_ptr() == self.keys.data_ptr() and keys.shape[1:] == self.keys.shape[1:])
+
+        def add_rows(self, keys, values):
+            """Rows joining the batch, written into the freed rows right-aligned at the current
+            length (``fits_rows``): nothing else is copied. Their columns before that stay as the
+            rows that left them (finite values their masks exclude)."""
+            start, end, width = self.keys.shape[0], self.keys.shape[0] + keys.shape[0], keys.shape[-2]
+            for room, part in zip(self.room, (keys, values)):
+                room[start:end, :, self.length - width : self.length] = part
+            self.keys, self.values = self.room[0][:end], self.room[1][:end]
 
         def _view(self):
             return self.keys[..., : self.length, :], self.values[..., : self.length, :]
@@ -84,6 +100,7 @@ def growing_layer_class():
                 grow = max(self.CHUNK, new)
                 pad = lambda t: torch.cat([t[..., : self.length, :], t.new_zeros(*t.shape[:-2], grow + new, t.shape[-1])], dim=-2)
                 self.keys, self.values = pad(self.keys), pad(self.values)
+                self.room = (self.keys, self.values)
             self.keys[..., self.length : self.length + new, :] = key_states
             self.values[..., self.length : self.length + new, :] = value_states
             self.length += new
@@ -117,6 +134,7 @@ def growing_layer_class():
         def batch_select_indices(self, indices):
             if self.is_initialized:
                 self.keys, self.values = self.keys[indices, ...], self.values[indices, ...]
+                self.room = (self.keys, self.values)
 
     return GrowingLayer
 

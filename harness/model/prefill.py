@@ -170,12 +170,20 @@ class Prefill:
 
 def merge(parts):
     """Join (cache, mask) pairs along the batch into the first cache, left-padding the
-    narrower ones: one copy into tensors with room for the next tokens."""
+    narrower ones: one copy into tensors with room for the next tokens, or, when one part
+    joins a cache at least as wide whose freed rows hold it, a copy of that part only."""
     import torch
     import torch.nn.functional as F
 
     if len(parts) == 1:
         return parts[0]
+    (cache, mask), rest = parts[0], parts[1:]
+    if len(rest) == 1 and all(layer.fits_rows(rest[0][1].shape[0], rest[0][1].shape[1]) for layer in cache.layers):
+        # the usual refill: the new rows go into the rows that left, no wider than the batch
+        new_cache, new_mask = rest[0]
+        for layer, new in zip(cache.layers, new_cache.layers):
+            layer.add_rows(*new._view())
+        return cache, torch.cat([mask, F.pad(new_mask, (mask.shape[1] - new_mask.shape[1], 0))])
     width = max(mask.shape[1] for _, mask in parts)
     caches = [cache for cache, _ in parts]
     for index, layer in enumerate(caches[0].layers):
