@@ -17,6 +17,7 @@ from harness.model.comet import CometScorer, CometUnavailable, check_comet, come
 from harness.model.examples import collate, tokenise_example, weighted_nll
 from harness.model.generation import Generator
 from harness.model.onpolicy import TrainingStep, WeightSnapshot
+from harness.model.prefill import teacher_forced_states
 from harness.model.loading import check_model, load_model, looks_like_path, resolve_model
 from harness.model.prompts import (
                                    EXTRACTION_RULES,
@@ -46,7 +47,7 @@ __all__ = [
     "check_model", "load_model", "looks_like_path", "resolve_model",
     "EXTRACTION_RULES", "end_of_turn_ids", "extract_translation", "render_chat", "request_ids", "translation_prompt",
     "turn_end_tokens", "user_turn",
-    "collate", "tokenise_example", "weighted_nll", "Generator", "TrainingStep", "WeightSnapshot",
+    "collate", "tokenise_example", "weighted_nll", "Generator", "TrainingStep", "WeightSnapshot", "teacher_forced_states",
     "cache_dir", "check_file", "check_folder",
     "Method", "MethodContext", "Segment", "TrainingExample",
     "NoOptions", "generation_limit",

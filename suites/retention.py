@@ -78,6 +78,7 @@ from harness.api import (
     load_instructions,
     request_ids,
     sample,
+    teacher_forced_states,
     turn_end_tokens,
     user_turn,
     warn,
@@ -155,9 +156,7 @@ def scored_hidden(model, tokenizer, sequences: list[tuple[list[int], int]], most
     positions (position t predicts token t + 1), computed as prompts are prefilled
     (``Prefill.hidden``: the shared start once, passes of similar length, at most ``most``
     sequences each)."""
-    from harness.model.prefill import Prefill
-
-    return Prefill(model, tokenizer).hidden(sequences, most)
+    return teacher_forced_states(model, tokenizer, sequences, most)
 
 
 def _head_is_linear(model) -> bool:

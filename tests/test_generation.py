@@ -445,3 +445,19 @@ def test_a_refill_fills_the_rows_that_left_and_copies_nothing_else():
     assert keys.data_ptr() != storage and keys.shape == (5, 1, 9, 2)
     assert torch.equal(keys[:2, :, 3:], old[[0, 3]]) and torch.equal(keys[4], wider[0])
     assert mask.tolist()[4] == [1] * 9 and mask.tolist()[2] == [0] * 5 + [1] * 4
+
+
+def test_a_generator_version_past_1_generates_again(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    """Units name the generator's version; so do cached outputs past version 1, or a bumped
+    generator would read the old one's answers back (version 1's keys are those from before)."""
+    import hashlib
+    import json
+
+    from harness import versions
+
+    gen = Generator(tiny_model, tiny_tokenizer, "tiny", GenerationCache(tmp_path / "g.sqlite"))
+    text = gen.prompt_text(Request(user_turn("Hi")))
+    before = hashlib.sha256(json.dumps(["tiny", text, Decoding().key()], sort_keys=True).encode()).hexdigest()
+    assert gen.key(text, Decoding()) == before
+    monkeypatch.setattr(versions, "GENERATOR", 2)
+    assert gen.key(text, Decoding()) != before

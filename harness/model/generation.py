@@ -235,9 +235,13 @@ class Generator(Decoder):
         use_decode_attention(model)  # on a CPU: single-query attention without copying keys per head
 
     def key(self, prompt_text: str, decoding: Decoding, prefix: bool = False) -> str:
+        from harness import versions
+
         parts = [self.fingerprint, prompt_text, decoding.key()]
         if prefix:  # the assistant prefix is tokenised on its own (``request_ids``): other ids than the joined text's
             parts.append("prefix tokenised apart")
+        if versions.GENERATOR > 1:  # another version's outputs are not this one's (version 1's keys stand)
+            parts.append({"generator": versions.GENERATOR})
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
     def prompt_text(self, request: Request) -> str:

@@ -51,11 +51,54 @@ def auto_batch_size(model, requests: int, tokens_per_sequence: int) -> int:
     return max(1, min(MAX_BATCH.get(device.type, 64), requests, fits))
 
 
+class _BatchEdits:
+    """How the generator's cache (``GrowingLayer``) changes its batch in place: rows leave
+    (``keep_rows``), join into the rows that left (``fits_rows``, ``add_rows``), and columns no
+    row attends to go (``keep_columns``, by ``compact``)."""
+
+    def fits_rows(self, rows: int, width: int) -> bool:
+        """Whether ``rows`` more rows of ``width`` positions fit in the freed rows (``add_rows``)."""
+        keys = self.room[0]
+        return (width <= self.length and keys.shape[0] >= self.keys.shape[0] + rows
+                and keys.data_ptr() == self.keys.data_ptr() and keys.shape[1:] == self.keys.shape[1:])
+
+    def add_rows(self, keys, values):
+        """Rows joining the batch, written into the freed rows right-aligned at the current
+        length (``fits_rows``): nothing else is copied. Their columns before that stay as the
+        rows that left them (finite values their masks exclude)."""
+        start, end, width = self.keys.shape[0], self.keys.shape[0] + keys.shape[0], keys.shape[-2]
+        for room, part in zip(self.room, (keys, values)):
+            room[start:end, :, self.length - width : self.length] = part
+        self.keys, self.values = self.room[0][:end], self.room[1][:end]
+
+    def keep_rows(self, order: list[int]):
+        """Row ``p`` becomes old row ``order[p]``: moves only the rows that change place and
+        narrows the batch in place (``batch_select_indices`` copies the whole cache)."""
+        import torch
+
+        if not self.is_initialized:
+            return
+        moved = [p for p, source in enumerate(order) if p != source]
+        if moved:
+            to = torch.tensor(moved, device=self.keys.device)
+            source = torch.tensor([order[p] for p in moved], device=self.keys.device)
+            self.keys[to], self.values[to] = self.keys[source], self.values[source]
+        self.keys, self.values = self.keys[: len(order)], self.values[: len(order)]
+
+    def keep_columns(self, columns):
+        """Keep only the positions ``columns`` (ascending indices), moved down in place."""
+        if not self.is_initialized:
+            return
+        for t in (self.keys, self.values):
+            t[..., : len(columns), :] = t[..., columns, :]  # the index gathers a copy first
+        self.length = len(columns)
+
+
 @functools.cache
 def growing_layer_class():
     from transformers.cache_utils import DynamicLayer
 
-    class GrowingLayer(DynamicLayer):
+    class GrowingLayer(_BatchEdits, DynamicLayer):
         """A cache layer that writes new keys and values into spare capacity instead of
         concatenating the whole cache at every step (which copies it once per token)."""
 
@@ -69,21 +112,6 @@ def growing_layer_class():
             """Hold ``keys`` and ``values``, of which the first ``length`` positions are filled."""
             self.keys, self.values, self.length = keys, values, keys.shape[-2] if length is None else length
             self.room = (keys, values)  # every row allocated: rows that leave (``keep_rows``) free theirs
-
-        def fits_rows(self, rows: int, width: int) -> bool:
-            """Whether ``rows`` more rows of ``width`` positions fit in the freed rows (``add_rows``)."""
-            keys = self.room[0]
-            return (width <= self.length and keys.shape[0] >= self.keys.shape[0] + rows
-                    and keys.data_ptr() == self.keys.data_ptr() and keys.shape[1:] == self.keys.shape[1:])
-
-        def add_rows(self, keys, values):
-            """Rows joining the batch, written into the freed rows right-aligned at the current
-            length (``fits_rows``): nothing else is copied. Their columns before that stay as the
-            rows that left them (finite values their masks exclude)."""
-            start, end, width = self.keys.shape[0], self.keys.shape[0] + keys.shape[0], keys.shape[-2]
-            for room, part in zip(self.room, (keys, values)):
-                room[start:end, :, self.length - width : self.length] = part
-            self.keys, self.values = self.room[0][:end], self.room[1][:end]
 
         def _view(self):
             return self.keys[..., : self.length, :], self.values[..., : self.length, :]
@@ -108,28 +136,6 @@ def growing_layer_class():
 
         def get_seq_length(self) -> int:
             return self.length if self.is_initialized else 0
-
-        def keep_rows(self, order: list[int]):
-            """Row ``p`` becomes old row ``order[p]``: moves only the rows that change place and
-            narrows the batch in place (``batch_select_indices`` copies the whole cache)."""
-            import torch
-
-            if not self.is_initialized:
-                return
-            moved = [p for p, source in enumerate(order) if p != source]
-            if moved:
-                to = torch.tensor(moved, device=self.keys.device)
-                source = torch.tensor([order[p] for p in moved], device=self.keys.device)
-                self.keys[to], self.values[to] = self.keys[source], self.values[source]
-            self.keys, self.values = self.keys[: len(order)], self.values[: len(order)]
-
-        def keep_columns(self, columns):
-            """Keep only the positions ``columns`` (ascending indices), moved down in place."""
-            if not self.is_initialized:
-                return
-            for t in (self.keys, self.values):
-                t[..., : len(columns), :] = t[..., columns, :]  # the index gathers a copy first
-            self.length = len(columns)
 
         def batch_select_indices(self, indices):
             if self.is_initialized:

@@ -168,6 +168,12 @@ class Prefill:
         return cache, mask, mask.sum(-1), torch.cat(logits)
 
 
+def teacher_forced_states(model, tokenizer, sequences: list[tuple[list[int], int]], most: int = 0) -> list:
+    """Each (token ids, scored) sequence's final hidden states at the positions that predict its
+    ``scored`` last tokens, computed as prompts are prefilled (``Prefill.hidden``)."""
+    return Prefill(model, tokenizer).hidden(sequences, most)
+
+
 def merge(parts):
     """Join (cache, mask) pairs along the batch into the first cache, left-padding the
     narrower ones: one copy into tensors with room for the next tokens, or, when one part
