@@ -72,12 +72,7 @@ class Prefill:
         for chunk in self._chunks(ids, start, self.PREFILL_TOKENS, most):
             rest = [ids[k][start:] for k in chunk]
             input_ids, mask, positions = self._pass_inputs(rest, start)
-            cache = None
-            if start:
-                cache = GrowingCache()
-                for index, (keys, values) in enumerate(shared):
-                    cache.update(keys.expand(len(rest), -1, -1, -1).contiguous(),
-                                 values.expand(len(rest), -1, -1, -1).contiguous(), index)
+            cache = _with_start(shared, len(rest)) if start else None
             states = decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions[:, start:],
                              past_key_values=cache, use_cache=cache is not None).last_hidden_state
             for row, k in enumerate(chunk):
@@ -99,11 +94,7 @@ class Prefill:
         for chunk in chunks:
             rest = [prompts[k][start:] for k in chunk]
             ids, mask, positions = self._pass_inputs(rest, start)
-            cache = GrowingCache()
-            if start:
-                for index, (keys, values) in enumerate(shared):
-                    cache.update(keys.expand(len(rest), -1, -1, -1).contiguous(),
-                                 values.expand(len(rest), -1, -1, -1).contiguous(), index)
+            cache = _with_start(shared, len(rest)) if start else GrowingCache()
             logits.append(self.model(input_ids=ids, attention_mask=mask, position_ids=positions[:, start:],
                                      past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :])
             parts.append((cache, mask))
@@ -166,6 +157,14 @@ class Prefill:
             cache.layers.append(layer)
         mask = torch.cat(masks)
         return cache, mask, mask.sum(-1), torch.cat(logits)
+
+
+def _with_start(shared, rows: int):
+    """A cache holding the shared start's keys and values (``Prefill.prefix``) in each of ``rows`` rows."""
+    cache = GrowingCache()
+    for index, (keys, values) in enumerate(shared):
+        cache.update(keys.expand(rows, -1, -1, -1).contiguous(), values.expand(rows, -1, -1, -1).contiguous(), index)
+    return cache
 
 
 def teacher_forced_states(model, tokenizer, sequences: list[tuple[list[int], int]], most: int = 0) -> list:
