@@ -251,26 +251,21 @@ def score_answers(model, original_model_fn, tokenizer, sequences: list[tuple[lis
     if cache is not None:
         cache.load(original_model_fn, tokenizer, todo)
     with torch.no_grad():
-        # the evaluated model's states in the passes the original's were computed in
-        if cache is None:
-            states = {}
-        elif itself:
-            param = next(model.parameters())
-            states = {i: torch.from_numpy(np.array(cache.rows[i])).to(param.device, param.dtype) for i in todo}
-        else:
-            states = dict(zip(todo, scored_hidden(model, tokenizer, [sequences[i] for i in todo], batch_size)))
+        # the evaluated model's states in the passes the original's were computed in (the original's own are stored)
+        states = {} if cache is None or itself else dict(
+            zip(todo, scored_hidden(model, tokenizer, [sequences[i] for i in todo], batch_size)))
         for start in range(0, len(todo), batch_size):
             rows = todo[start : start + batch_size]
             batch = [sequences[i] for i in rows]
             if cache is not None:
                 head = model.get_output_embeddings()
-                evaluated = [torch.log_softmax(head(states.pop(i)).float(), dim=-1) for i in rows]
                 with original_model_fn() as original:
                     reference_head = original.get_output_embeddings()
                     # np.array copies the read-only memory-mapped rows: torch cannot wrap them writable
                     reference = [torch.log_softmax(reference_head(torch.from_numpy(np.array(cache.rows[i])).to(
                                      head.weight.device, head.weight.dtype)).float(), dim=-1)
                                  for i in rows]
+                evaluated = reference if itself else [torch.log_softmax(head(states.pop(i)).float(), dim=-1) for i in rows]
             else:
                 with original_model_fn() as original:
                     reference = _response_log_probs(original, batch, pad_id)
