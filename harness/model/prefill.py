@@ -61,8 +61,6 @@ class Prefill:
         as prompts are prefilled (``most`` sequences per pass at most). Each sequence's states
         depend only on its pass, so two models given the same sequences compute in the same
         passes."""
-        import torch
-
         order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
         ids = [sequences[i][0] for i in order]
         # the shared start ends before the first position whose state is kept
