@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 from harness.plugins.requests import Decoding, Output, Request
@@ -95,6 +96,22 @@ def test_auto_batch_size_bounds(tiny_model):
     assert auto_batch_size(tiny_model, 10_000, 100) == MAX_BATCH["cpu"]  # the device cap
     assert auto_batch_size(tiny_model, 5, 100) == 5  # never more than the requests
     assert auto_batch_size(tiny_model, 10_000, 10**9) == 1  # the memory budget
+
+
+def test_available_memory_counts_the_droppable_page_cache(tmp_path, monkeypatch, tiny_model):
+    from harness.model import kv_cache
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24683664 kB\nMemFree:          512000 kB\nMemAvailable:   20480000 kB\n")
+    assert kv_cache.available_memory(str(meminfo)) == 20_480_000 * 1024  # not the 500 MB of free pages
+    meminfo.write_text("MemTotal:       24683664 kB\n")  # no MemAvailable (an old kernel): free pages
+    assert kv_cache.available_memory(str(meminfo)) == os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    # the CPU budget is a tenth of it, at most 1.5 GiB
+    per_row = kv_cache.kv_bytes_per_token(tiny_model) * 1000
+    monkeypatch.setattr(kv_cache, "available_memory", lambda: 10 * 8 * per_row)
+    assert kv_cache.auto_batch_size(tiny_model, 10_000, 1000) == 8
+    monkeypatch.setattr(kv_cache, "available_memory", lambda: 2**40)
+    assert kv_cache.auto_batch_size(tiny_model, 10_000, 1000) == min(kv_cache.MAX_BATCH["cpu"], int(1.5 * 2**30 // per_row))
 
 
 def _varied_weights(model, seed):

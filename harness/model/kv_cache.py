@@ -32,6 +32,23 @@ def kv_bytes_per_token(model) -> int:
     return 2 * c.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size()
 
 
+def available_memory(meminfo: str = "/proc/meminfo") -> int:
+    """Bytes of RAM a process can still take: Linux's ``MemAvailable`` (free memory plus the page
+    cache it can drop), else free pages, else 16 GiB. Free pages alone shrink as files are read
+    (the model, the data), so the batch would depend on what the machine read before."""
+    try:
+        with open(meminfo) as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 16 * 2**30
+
+
 def auto_batch_size(model, requests: int, tokens_per_sequence: int) -> int:
     """Sequences decoded together: as many as the device's cap, the requests and a KV-cache
     memory budget allow (CUDA: a third of free memory; CPU: 1.5 GiB or a tenth of the
@@ -42,11 +59,7 @@ def auto_batch_size(model, requests: int, tokens_per_sequence: int) -> int:
     if device.type == "cuda":
         budget = torch.cuda.mem_get_info(device)[0] / 3
     else:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            available = 16 * 2**30
-        budget = min(1.5 * 2**30, available / 10)
+        budget = min(1.5 * 2**30, available_memory() / 10)
     fits = int(budget // max(kv_bytes_per_token(model) * tokens_per_sequence, 1))
     return max(1, min(MAX_BATCH.get(device.type, 64), requests, fits))
 
