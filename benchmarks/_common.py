@@ -10,10 +10,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.model.allocator import keep_heap
-
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-keep_heap()  # as the CLI does: the baselines and radis-bench alike
 
 
 def embedded_model(dtype: str = "float32"):

@@ -17,7 +17,6 @@ from typer.core import TyperCommand, TyperGroup
 
 from harness.config.parse import apply_settings, read_config_file, resolve_config_path
 from harness.config.settings import Budget, RunConfig, launched_processes, validate
-from harness.model.allocator import keep_heap
 from harness.errors import Terminated, UserError, interruption, on_sigint, on_sigterm
 from harness.paths import check_folder, check_output_folder
 from harness.plugins import registry
@@ -336,7 +335,6 @@ def rescore(
 
 
 def main() -> None:
-    keep_heap()  # freed tensors stay with the process instead of being faulted in again (harness/model/allocator.py)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Spinning OpenMP threads slow decoding many-fold when cores are shared. (On an idle
     # machine spinning decoded a batch of 12 ~1.5x faster per step; not measured end to end.)

@@ -478,16 +478,3 @@ def test_a_generator_version_past_1_generates_again(tiny_model, tiny_tokenizer, 
     assert gen.key(text, Decoding()) == before
     monkeypatch.setattr(versions, "GENERATOR", 2)
     assert gen.key(text, Decoding()) != before
-
-
-def test_keep_heap_fixes_glibc_thresholds_unless_the_environment_says_how():
-    import subprocess
-    import sys
-
-    code = "from harness.model.allocator import keep_heap; print(keep_heap())"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    ran = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert ran.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")  # mallopt took both values
-    ran = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_ARENA_MAX": "2"}, capture_output=True,
-                         text=True, check=True)
-    assert ran.stdout.strip() == "False"  # the user's own malloc settings stand
