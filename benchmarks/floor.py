@@ -19,7 +19,8 @@ The parts and their rates:
 Training takes the faster of this script's rate and the cold runs' fastest training. The work
 (defaults: the published configuration's cold runs, benchmarks/README.md "Second round"):
 trained tokens per method, the answers' 32,482 prompt tokens after the shared start and their
-new tokens per method, the KL suites' 27,382 scored positions, ~1 s of scoring. Prints each part's floor, their sum and the target (half of this morning's time).
+new tokens per method, the KL suites' 27,382 scored positions, ~1 s of scoring. Prints each
+part's floor, their sum and the target (half of this morning's time).
 
     python benchmarks/floor.py --data-dir ../shared/data
 """
