@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 from harness.plugins.requests import Decoding, Output, Request
@@ -105,7 +104,10 @@ def test_available_memory_counts_the_droppable_page_cache(tmp_path, monkeypatch,
     meminfo.write_text("MemTotal:       24683664 kB\nMemFree:          512000 kB\nMemAvailable:   20480000 kB\n")
     assert kv_cache.available_memory(str(meminfo)) == 20_480_000 * 1024  # not the 500 MB of free pages
     meminfo.write_text("MemTotal:       24683664 kB\n")  # no MemAvailable (an old kernel): free pages
-    assert kv_cache.available_memory(str(meminfo)) == os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    pages = {"SC_AVPHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}  # fixed: the machine's free pages move between two reads
+    monkeypatch.setattr(kv_cache.os, "sysconf", lambda name: pages[name])
+    assert kv_cache.available_memory(str(meminfo)) == 1000 * 4096
+    monkeypatch.undo()
     # the CPU budget is a tenth of it, at most 1.5 GiB
     per_row = kv_cache.kv_bytes_per_token(tiny_model) * 1000
     monkeypatch.setattr(kv_cache, "available_memory", lambda: 10 * 8 * per_row)
